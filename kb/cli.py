@@ -1,0 +1,222 @@
+"""The ``kb`` command: a thin face over :class:`kb.KnowledgeBase`.
+
+kb ingest docs/ --kb indexes/handbook
+kb search "how do I rotate the API key?" --kb indexes/handbook --filter product=api
+kb status --kb indexes/handbook
+kb demo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kb.errors import KbError
+from kb.indexing import IngestReport
+from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
+from kb.settings import RetrievalMode
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Answers from your own documents, cited.")
+console = Console()
+err_console = Console(stderr=True)
+
+KbOption = Annotated[
+    Path, typer.Option("--kb", envvar="KB_INDEX", help="Index folder (created on first ingest).", show_default=True)
+]
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[KnowledgeBase]:
+    try:
+        with KnowledgeBase.open(path) as kb:
+            yield kb
+    except KbError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            err_console.print(f"[bold red]error:[/] {option} {pair!r}: expected KEY=VALUE")
+            raise typer.Exit(2)
+        values = [v for v in value.split(",") if v]
+        out[key] = values if len(values) > 1 else value
+    return out
+
+
+@app.command()
+def ingest(
+    folder: Annotated[Path, typer.Argument(help="Folder of Markdown, reST, HTML or text documents.")],
+    kb_path: KbOption = DEFAULT_INDEX,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE added to every document.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Add new and changed documents under FOLDER to the knowledge base."""
+    metadata = _parse_pairs(meta, "--meta")
+    with _open(kb_path) as kb:
+        report = _ingest_with_progress(kb, folder, metadata, quiet=as_json)
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2))
+        else:
+            _print_report(report, kb)
+
+
+def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, Any], quiet: bool) -> IngestReport:
+    progress = Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("", total=None)
+
+        def update(done: int, total: int, doc_id: str) -> None:
+            progress.update(task, completed=done, total=total, description=doc_id[-60:])
+
+        try:
+            return kb.ingest(folder, metadata, progress=update)
+        except KbError as exc:
+            progress.stop()
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+
+def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
+    table = Table(title=f"ingested into {kb.path}", show_header=False, box=None)
+    table.add_row(
+        "documents",
+        f"{report.documents} ({len(report.added)} added, {len(report.changed)} changed, {report.unchanged} unchanged)",
+    )
+    table.add_row("chunks written", str(report.chunks_written))
+    table.add_row("chunks in index", str(kb.store.count()))
+    table.add_row("skipped files", str(len(report.skipped)))
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
+    table.add_row("time", f"{report.seconds:.2f}s ({stages})")
+    console.print(table)
+    for skipped in report.skipped[:20]:
+        console.print(f"  [yellow]skipped[/] {skipped.doc_id!r}: {skipped.reason}")
+    if len(report.skipped) > 20:
+        console.print(f"  … and {len(report.skipped) - 20} more (kb ingest --json lists all)")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Question or keywords.")],
+    kb_path: KbOption = DEFAULT_INDEX,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 5,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", help="KEY=VALUE[,VALUE] on front-matter fields.")
+    ] = None,
+    mode: Annotated[RetrievalMode | None, typer.Option(help="Legs to use (default from settings).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+) -> None:
+    """Search the knowledge base and print the best chunks with where they come from."""
+    where = _parse_pairs(filters, "--filter")
+    with _open(kb_path) as kb:
+        try:
+            hits = kb.search(query, k=k, filters=where or None, mode=mode)
+        except KbError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        if as_json:
+            print(json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False))
+        else:
+            _print_hits(hits)
+
+
+def _print_hits(hits: list[Hit]) -> None:
+    if not hits:
+        console.print("[dim]no results[/]")
+    for rank, hit in enumerate(hits, start=1):
+        where = f"{hit.doc_id}:{hit.span.line_start}-{hit.span.line_end}"
+        console.print(
+            f"[bold]{rank}.[/] [cyan]{where}[/]  {hit.header_path or hit.title}  [dim]score {hit.score:.4f}[/]"
+        )
+        snippet = " ".join(hit.text.split())
+        console.print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}", highlight=False)
+
+
+@app.command()
+def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show index statistics and the settings in force."""
+    with _open(kb_path) as kb:
+        state = kb.status()
+    if as_json:
+        print(json.dumps(asdict(state), indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("index", state.path)
+    table.add_row("documents", str(state.documents))
+    table.add_row("chunks", str(state.chunks))
+    table.add_row("disk", f"{state.disk_bytes / 1e6:.1f} MB")
+    table.add_row(
+        "embedder",
+        f"{state.embedder['name']} ({state.embedder['dimension']}-d, sha256 {state.embedder['sha256'][:12]}…)",
+    )
+    table.add_row("chunking", ", ".join(f"{k}={v}" for k, v in state.chunking.items()))
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.updated_at)) if state.updated_at else "never"
+    table.add_row("last ingest", updated)
+    console.print(table)
+    settings = Table("setting", "value", title="settings (defaults < kb.toml < KB_* < arguments)", box=None)
+    for key, value in state.settings.items():
+        settings.add_row(key, json.dumps(value))
+    console.print(settings)
+
+
+DEMO_SEARCHES = [
+    ("What does error E4012 mean?", None),
+    ("billing.retry_limit", None),
+    ("--dry-run", None),
+    ("how do I rotate the API key?", {"product": "api"}),
+]
+
+
+@app.command()
+def demo(
+    kb_path: Annotated[Path, typer.Option("--kb", help="Where to build the demo index.")] = Path("indexes/demo"),
+) -> None:
+    """Ingest the bundled sample knowledge base (a fictional payments company) and run a few searches."""
+    from kb.samples import sample_kb_path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _open(kb_path) as kb:
+        console.rule("[bold]kb demo: ingest the sample knowledge base")
+        report = _ingest_with_progress(kb, sample_kb_path(), {}, quiet=False)
+        _print_report(report, kb)
+        for query, filters in DEMO_SEARCHES:
+            console.rule(f"[bold]search[/] {query!r}" + (f" filters={filters}" if filters else ""))
+            _print_hits(kb.search(query, k=3, filters=filters))
+    console.rule()
+    console.print(f'Index kept in {kb_path}. Try: kb search "how are refunds handled?" --kb {kb_path}')
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

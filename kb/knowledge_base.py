@@ -1,0 +1,211 @@
+"""``KnowledgeBase``: the one object callers use. The CLI and the demo are thin faces over it.
+
+from kb import KnowledgeBase
+kb = KnowledgeBase.open("indexes/handbook")           # embedded Qdrant: no server to start
+kb.ingest("path/to/docs")
+for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "billing"}):
+    print(hit.score, hit.doc_id, hit.header_path, hit.span, hit.text[:80])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kb.chunking import HeadingChunker
+from kb.document import Span
+from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, model_identity
+from kb.errors import ConfigError, EmbedderMismatchError
+from kb.indexing import Indexer, IngestReport, Progress
+from kb.manifest import SHARD_DIR, IndexInfo, Manifest
+from kb.retrieval import HybridRetriever
+from kb.settings import FusionMethod, RetrievalMode, Settings
+from kb.sparse import Bm25Encoder
+from kb.store.base import ChunkStore, FilterValue
+from kb.store.edge import EdgeChunkStore
+from kb.tokens import TokenCounter
+
+DEFAULT_INDEX = Path("indexes/default")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a chunk, where it comes from, and its score."""
+
+    score: float
+    doc_id: str
+    title: str
+    header_path: str
+    span: Span
+    text: str
+    node_id: str
+    url: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, node_id: str, score: float, payload: dict[str, Any]) -> Hit:
+        return cls(
+            score=score,
+            doc_id=payload.get("doc_id", ""),
+            title=payload.get("title", ""),
+            header_path=" > ".join(payload.get("header_path") or []),
+            span=Span.from_list(payload.get("span") or [0, 0, 0, 0]),
+            text=payload.get("text", ""),
+            node_id=node_id,
+            url=payload.get("url", ""),
+            metadata=payload.get("meta") or {},
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    path: str
+    documents: int
+    chunks: int
+    disk_bytes: int
+    embedder: dict[str, Any]
+    chunking: dict[str, Any]
+    updated_at: float
+    settings: dict[str, Any]
+
+
+class KnowledgeBase:
+    """A knowledge base in an index folder: ingest documents, then search them."""
+
+    def __init__(self, path: Path, settings: Settings, store: ChunkStore, info: IndexInfo) -> None:
+        self.path = path
+        self.settings = settings
+        self.store = store
+        self.info = info
+        self.manifest = Manifest.read(path)
+        self._embedder: SentenceTransformerEmbedder | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: str | Path = DEFAULT_INDEX, settings: Settings | None = None, **overrides: Any
+    ) -> KnowledgeBase:
+        """Open the index at ``path``, creating it when the folder holds none.
+
+        Raises :class:`EmbedderMismatchError` when the index was built with another embedder than the one
+        the settings name, and :class:`IndexLockedError` when another process has it open.
+        """
+        folder = Path(path)
+        settings = settings or Settings.load(folder, **overrides)
+        identity = model_identity(settings.embedder_model)
+        _check_chunk_cap(settings)
+        if (folder / "index.json").exists():
+            info = IndexInfo.read(folder)
+            _check_compatible(folder, info, identity, settings)
+        else:
+            info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
+            folder.mkdir(parents=True, exist_ok=True)
+            info.write(folder)
+        bm25 = Bm25Encoder(settings.bm25_k, settings.bm25_b, settings.bm25_avg_len, settings.bm25_language)
+        store = EdgeChunkStore(folder / SHARD_DIR, identity.dimension, bm25)
+        return cls(folder, settings, store, info)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- parts ---------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> SentenceTransformerEmbedder:
+        if self._embedder is None:
+            self._embedder = SentenceTransformerEmbedder(self.settings.embedder_model, self.settings.embed_batch_size)
+        return self._embedder
+
+    def chunker(self) -> HeadingChunker:
+        counter = TokenCounter.for_model(self.embedder.model_path)
+        return HeadingChunker(
+            counter, max_tokens=self.settings.chunk_max_tokens, min_tokens=self.settings.chunk_min_tokens
+        )
+
+    def retriever(
+        self,
+        k: int = 5,
+        filters: dict[str, FilterValue] | None = None,
+        mode: RetrievalMode | str | None = None,
+        fusion: FusionMethod | str | None = None,
+    ) -> HybridRetriever:
+        """A LlamaIndex retriever over this knowledge base."""
+        return HybridRetriever(self.store, self.embedder, self.settings, k, filters, mode, fusion)
+
+    # -- operations ----------------------------------------------------------------------------------
+    def ingest(
+        self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
+    ) -> IngestReport:
+        """Add new and changed documents under ``folder`` (Markdown, reST, HTML, text) to the index."""
+        if self.info.chunking != self.settings.chunking_identity():
+            raise ConfigError(
+                f"{self.path} was chunked with {self.info.chunking}, the settings now say "
+                f"{self.settings.chunking_identity()}; mixing both would leave incompatible chunks. "
+                "Restore the old values or rebuild the index from scratch."
+            )
+        counter = TokenCounter.for_model(self.embedder.model_path)
+        indexer = Indexer(self.store, self.embedder, self.chunker(), counter, self.manifest, self.path, self.settings)
+        return indexer.ingest(folder, metadata, progress)
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        filters: dict[str, FilterValue] | None = None,
+        mode: RetrievalMode | str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` chunks that best match ``query``; ``filters`` match front-matter fields exactly."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("query: expected a non-empty question or keywords")
+        if k < 1:
+            raise ConfigError(f"k: expected a positive number of results, got {k}")
+        result = self.retriever(k, filters, mode).search(query)
+        return [
+            Hit.from_payload(n.node.node_id, n.score or 0.0, {**n.node.metadata, "text": n.node.get_content()})
+            for n in result.nodes
+        ]
+
+    def status(self) -> Status:
+        return Status(
+            path=str(self.path),
+            documents=len(self.manifest.documents),
+            chunks=self.store.count(),
+            disk_bytes=self.store.disk_bytes(),
+            embedder=self.info.embedder,
+            chunking=self.info.chunking,
+            updated_at=self.manifest.updated_at,
+            settings=self.settings.model_dump(mode="json"),
+        )
+
+
+def _check_chunk_cap(settings: Settings) -> None:
+    from kb.embedding import max_seq_length, resolve_model_path
+
+    readable = max_seq_length(resolve_model_path(settings.embedder_model)) - 2
+    if settings.chunk_max_tokens > readable:
+        raise ConfigError(
+            f"chunk_max_tokens={settings.chunk_max_tokens} is more than {settings.embedder_model} reads "
+            f"({readable} tokens); the rest of each chunk would be silently ignored. Set it to {readable} or less."
+        )
+
+
+def _check_compatible(folder: Path, info: IndexInfo, identity: ModelIdentity, settings: Settings) -> None:
+    built = info.embedder
+    if built.get("sha256") != identity.sha256 or built.get("dimension") != identity.dimension:
+        raise EmbedderMismatchError(
+            f"{folder} was built with embedder {built.get('name')} ({built.get('dimension')}-d, weights sha256 "
+            f"{str(built.get('sha256'))[:12]}…) but the settings name {identity.describe()}. Vectors from different "
+            f'models cannot be compared: set embedder_model = "{built.get("name")}" (kb.toml or KB_EMBEDDER_MODEL), '
+            "or build a new index with the new model."
+        )
+    if info.bm25 != settings.bm25_identity():
+        raise ConfigError(
+            f"{folder} was built with BM25 settings {info.bm25}, the settings now say {settings.bm25_identity()}; "
+            "restore the old values or build a new index."
+        )

@@ -1,0 +1,108 @@
+"""What an index folder records about itself: how it was built (``index.json``) and what it holds
+(``manifest.json``: one entry per document with its content hash and chunk count).
+
+Both are written atomically (temp file + rename), so a crash leaves the old or the new file, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kb.errors import IndexNotFoundError
+
+INDEX_FILE = "index.json"
+MANIFEST_FILE = "manifest.json"
+SHARD_DIR = "shard"
+INDEX_FORMAT = 1
+_POINT_NAMESPACE = uuid.UUID("6f1c1f8e-3a4b-4f0e-9a51-2d8f3c1b7e42")
+
+
+def point_id(doc_id: str, doc_hash: str, chunk_index: int) -> str:
+    """Stable id of a chunk; a new version of a document gets new ids, so old and new can coexist."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{doc_id}\0{doc_hash}\0{chunk_index}"))
+
+
+@dataclass
+class DocumentEntry:
+    doc_hash: str
+    chunks: int
+    mtime: float
+    size: int
+    source_format: str
+    title: str
+
+    def point_ids(self, doc_id: str) -> list[str]:
+        return [point_id(doc_id, self.doc_hash, i) for i in range(self.chunks)]
+
+
+@dataclass
+class IndexInfo:
+    """How the index was built; a different embedder or BM25 setup cannot share it."""
+
+    embedder: dict[str, Any]
+    chunking: dict[str, Any]
+    bm25: dict[str, Any]
+    created_at: float = field(default_factory=time.time)
+    format: int = INDEX_FORMAT
+
+    @classmethod
+    def read(cls, folder: Path) -> IndexInfo:
+        path = folder / INDEX_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**data)
+        except FileNotFoundError as exc:
+            raise IndexNotFoundError(
+                f"{folder}: no {INDEX_FILE}; not a kb index (kb ingest DIR --kb {folder} creates one)"
+            ) from exc
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise IndexNotFoundError(f"{path}: unreadable ({exc}); rebuild the index with kb ingest") from exc
+
+    def write(self, folder: Path) -> None:
+        write_json_atomic(folder / INDEX_FILE, asdict(self))
+
+
+@dataclass
+class Manifest:
+    documents: dict[str, DocumentEntry] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST_FILE
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls({k: DocumentEntry(**v) for k, v in data["documents"].items()}, data.get("updated_at", 0.0))
+
+    def write(self, folder: Path) -> None:
+        self.updated_at = time.time()
+        write_json_atomic(
+            folder / MANIFEST_FILE,
+            {"updated_at": self.updated_at, "documents": {k: asdict(v) for k, v in sorted(self.documents.items())}},
+        )
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(e.chunks for e in self.documents.values())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

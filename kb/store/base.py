@@ -1,0 +1,200 @@
+"""The chunk store: one Qdrant collection, a dense and a BM25 vector per chunk, the chunk in the payload.
+
+:class:`ChunkStore` is a LlamaIndex ``BasePydanticVectorStore``; backends (``kb.store.edge`` for the
+embedded engine) implement the few primitives at the bottom. Everything a backend needs to know about
+the schema and the query plan lives here, so both backends behave the same.
+
+Payload of a point: ``text``, ``doc_id``, ``doc_hash``, ``chunk_index``, ``title``, ``header_path`` (list),
+``span`` ([start, end, first line, last line]), ``source_format``, ``url`` and ``meta`` (front matter).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterOperator,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+from pydantic import PrivateAttr
+
+from kb.errors import ConfigError
+from kb.settings import FusionMethod, RetrievalMode
+from kb.sparse import Bm25Encoder, SparseVector
+
+DENSE = "dense"
+BM25 = "bm25"
+TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index"})
+KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format")
+
+FilterValue = str | int | bool | list[str] | list[int]
+
+
+@dataclass
+class StoredPoint:
+    id: str
+    dense: list[float]
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+@dataclass
+class ScoredChunk:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass
+class HybridQuery:
+    """One query plan; both legs see the same ``conditions`` (payload key → accepted values)."""
+
+    limit: int
+    dense: list[float] | None = None
+    sparse: SparseVector | None = None
+    conditions: dict[str, list[Any]] = field(default_factory=dict)
+    mode: RetrievalMode = RetrievalMode.HYBRID
+    fusion: FusionMethod = FusionMethod.WEIGHTED
+    weights: tuple[float, float] = (1.0, 1.0)
+    rrf_k: int = 60
+    prefetch_limit: int = 50
+
+    def fusion_weights(self) -> list[float] | None:
+        return list(self.weights) if self.fusion is FusionMethod.WEIGHTED else None
+
+
+def payload_key(key: str) -> str:
+    """Payload path of a filter key: built-in fields are top-level, front-matter fields live in ``meta``."""
+    return key if key in TOP_LEVEL_FIELDS or key.startswith("meta.") else f"meta.{key}"
+
+
+def conditions_from(filters: dict[str, FilterValue] | MetadataFilters | None) -> dict[str, list[Any]]:
+    """``{"product": "billing", "tags": ["a", "b"]}`` → payload conditions (a list means any of)."""
+    if filters is None:
+        return {}
+    if isinstance(filters, MetadataFilters):
+        out: dict[str, list[Any]] = {}
+        for item in filters.filters:
+            if isinstance(item, MetadataFilters) or item.operator not in (FilterOperator.EQ, FilterOperator.IN):
+                raise ConfigError("filters: only equality and 'in' filters joined by AND are supported")
+            values = item.value if isinstance(item.value, list) else [item.value]
+            out[payload_key(item.key)] = list(values)
+        return out
+    conditions: dict[str, list[Any]] = {}
+    for key, value in filters.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, bool)) for v in values):
+            raise ConfigError(
+                f"filters[{key!r}]: expected a string, number, bool or a non-empty list of them, got {value!r}"
+            )
+        conditions[payload_key(key)] = list(values)
+    return conditions
+
+
+def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
+    node = TextNode(
+        id_=point_id, text=payload.get("text", ""), metadata={k: v for k, v in payload.items() if k != "text"}
+    )
+    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=payload.get("doc_id", ""))
+    return node
+
+
+class ChunkStore(BasePydanticVectorStore):
+    """Qdrant collection of chunks with dense + BM25 vectors and hybrid queries fused inside Qdrant."""
+
+    stores_text: bool = True
+    is_embedding_query: bool = True
+    _bm25: Bm25Encoder = PrivateAttr()
+
+    def __init__(self, bm25: Bm25Encoder, **data: Any) -> None:
+        super().__init__(**data)
+        self._bm25 = bm25
+
+    @property
+    def bm25(self) -> Bm25Encoder:
+        return self._bm25
+
+    # -- LlamaIndex interface -----------------------------------------------------------------------
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        """Upsert nodes that carry an embedding; the BM25 vector is computed from their text here."""
+        points = []
+        for node in nodes:
+            if node.embedding is None:
+                raise ValueError(f"node {node.node_id} has no embedding; embed nodes before adding them")
+            payload = {**node.metadata, "text": node.get_content()}
+            payload.setdefault("doc_id", node.ref_doc_id or node.node_id)
+            points.append(StoredPoint(node.node_id, node.embedding, self.bm25_document(payload), payload))
+        self.upsert(points)
+        return [p.id for p in points]
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        self.delete_documents([ref_doc_id])
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """LlamaIndex query: DEFAULT = dense, SPARSE = BM25, HYBRID = both fused (``fusion`` etc. in kwargs)."""
+        mode = {
+            VectorStoreQueryMode.SPARSE: RetrievalMode.BM25,
+            VectorStoreQueryMode.HYBRID: RetrievalMode.HYBRID,
+        }.get(query.mode, RetrievalMode.DENSE)
+        plan = HybridQuery(
+            limit=query.similarity_top_k,
+            dense=query.query_embedding,
+            sparse=self._bm25.embed_query(query.query_str)
+            if query.query_str and mode is not RetrievalMode.DENSE
+            else None,
+            conditions=conditions_from(query.filters),
+            mode=mode,
+            **kwargs,
+        )
+        hits = self.search(plan)
+        return VectorStoreQueryResult(
+            nodes=[node_from_payload(h.id, h.payload) for h in hits],
+            similarities=[h.score for h in hits],
+            ids=[h.id for h in hits],
+        )
+
+    def bm25_document(self, payload: dict[str, Any]) -> SparseVector:
+        """BM25 vector of a chunk: its heading path and title count as words of the chunk."""
+        headings = " ".join(payload.get("header_path") or [])
+        return self._bm25.embed_document(f"{payload.get('title', '')}\n{headings}\n{payload.get('text', '')}")
+
+    # -- backend primitives -------------------------------------------------------------------------
+    @abstractmethod
+    def upsert(self, points: list[StoredPoint]) -> None: ...
+
+    @abstractmethod
+    def delete_points(self, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def delete_documents(self, doc_ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def search(self, plan: HybridQuery) -> list[ScoredChunk]: ...
+
+    @abstractmethod
+    def count(self, conditions: dict[str, list[Any]] | None = None) -> int: ...
+
+    @abstractmethod
+    def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
+        """Every point (score 0) matching ``conditions``, with payload."""
+
+    @abstractmethod
+    def ensure_payload_indexes(self, meta_fields: list[str]) -> None: ...
+
+    @abstractmethod
+    def optimize(self) -> None:
+        """Merge segments and build the HNSW index after bulk writes."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def disk_bytes(self) -> int:
+        return 0

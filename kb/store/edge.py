@@ -1,0 +1,181 @@
+"""Embedded backend: the Qdrant engine in-process through ``qdrant-edge-py``.
+
+One process may hold a shard open at a time (Qdrant's WAL lock); a second open raises
+:class:`IndexLockedError`. Edge never optimises in the background, so the indexer calls
+:meth:`EdgeChunkStore.optimize` after bulk writes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import PrivateAttr
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    Fusion,
+    MatchAny,
+    MatchValue,
+    Modifier,
+    PayloadSchemaType,
+    Point,
+    Prefetch,
+    Query,
+    QueryRequest,
+    ScrollRequest,
+    UpdateOperation,
+)
+from qdrant_edge import SparseVector as EdgeSparse
+
+from kb.errors import IndexLockedError
+from kb.settings import FusionMethod, RetrievalMode
+from kb.sparse import Bm25Encoder
+from kb.store.base import BM25, DENSE, KEYWORD_INDEXES, ChunkStore, HybridQuery, ScoredChunk, StoredPoint
+
+
+class EdgeChunkStore(ChunkStore):
+    """Chunk store in a folder on disk, served by the embedded Qdrant engine."""
+
+    path: str
+    _shard: EdgeShard = PrivateAttr()
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    def __init__(self, path: str | Path, dimension: int, bm25: Bm25Encoder) -> None:
+        super().__init__(bm25=bm25, path=str(path))
+        self._shard = _open_shard(Path(path), dimension)
+
+    @property
+    def client(self) -> EdgeShard:
+        return self._shard
+
+    def upsert(self, points: list[StoredPoint]) -> None:
+        if not points:
+            return
+        edge_points = [
+            Point(
+                id=p.id,
+                vector={DENSE: p.dense, BM25: EdgeSparse(p.sparse.indices, p.sparse.values)},
+                payload=p.payload,
+            )
+            for p in points
+        ]
+        with self._lock:
+            self._shard.update(UpdateOperation.upsert_points(edge_points))
+
+    def delete_points(self, ids: list[str]) -> None:
+        if ids:
+            with self._lock:
+                self._shard.update(UpdateOperation.delete_points(list(ids)))
+
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        if doc_ids:
+            with self._lock:
+                self._shard.update(UpdateOperation.delete_points_by_filter(_filter({"doc_id": list(doc_ids)})))
+
+    def search(self, plan: HybridQuery) -> list[ScoredChunk]:
+        where = _filter(plan.conditions)
+        legs: list[tuple[str, Any]] = []
+        if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
+            legs.append((DENSE, plan.dense))
+        if plan.mode is not RetrievalMode.DENSE and plan.sparse is not None and plan.sparse.indices:
+            legs.append((BM25, EdgeSparse(plan.sparse.indices, plan.sparse.values)))
+        if not legs:
+            return []
+        if len(legs) == 1:
+            request = QueryRequest(
+                limit=plan.limit, query=Query.Nearest(legs[0][1], using=legs[0][0]), filter=where, with_payload=True
+            )
+        else:
+            weights = plan.fusion_weights()
+            fusion = Fusion.Dbsf() if plan.fusion is FusionMethod.DBSF else Fusion.Rrf(k=plan.rrf_k, weights=weights)
+            request = QueryRequest(
+                limit=plan.limit,
+                prefetches=[
+                    Prefetch(limit=plan.prefetch_limit, query=Query.Nearest(vector, using=name), filter=where)
+                    for name, vector in legs
+                ],
+                query=fusion,
+                with_payload=True,
+            )
+        with self._lock:
+            hits = self._shard.query(request)
+        return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {})) for h in hits]
+
+    def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
+        with self._lock:
+            return int(self._shard.count(CountRequest(filter=_filter(conditions or {}), exact=True)))
+
+    def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
+        offset = None
+        while True:
+            with self._lock:
+                records, offset = self._shard.scroll(
+                    ScrollRequest(offset=offset, limit=batch, filter=_filter(conditions or {}), with_payload=True)
+                )
+            for record in records:
+                yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
+            if offset is None:
+                return
+
+    def ensure_payload_indexes(self, meta_fields: list[str]) -> None:
+        existing = set(self._shard.info().payload_schema)
+        wanted = list(KEYWORD_INDEXES) + [f"meta.{f}" for f in meta_fields]
+        with self._lock:
+            for name in wanted:
+                if name not in existing:
+                    self._shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+
+    def optimize(self) -> None:
+        with self._lock:
+            self._shard.optimize()
+            self._shard.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._shard.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._shard.close()
+
+    def disk_bytes(self) -> int:
+        # Allocated blocks, not apparent size: Qdrant preallocates sparse 32 MB WAL and storage pages.
+        return sum(f.stat().st_blocks * 512 for f in Path(self.path).rglob("*") if f.is_file())
+
+
+def _open_shard(path: Path, dimension: int) -> EdgeShard:
+    config = EdgeConfig(
+        vectors={DENSE: EdgeVectorParams(size=dimension, distance=Distance.Cosine)},
+        sparse_vectors={BM25: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+    )
+    try:
+        if (path / "edge_config.json").exists() or (path / "wal").exists():
+            return EdgeShard.load(str(path))
+        path.mkdir(parents=True, exist_ok=True)
+        return EdgeShard.create(str(path), config)
+    except Exception as exc:
+        if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
+            raise IndexLockedError(
+                f"{path}: the index is open in another process (Qdrant edge allows one). "
+                "Close that process, or send it the work (see 'Reindexing' in the README)."
+            ) from exc
+        raise
+
+
+def _filter(conditions: dict[str, list[Any]]) -> Filter | None:
+    if not conditions:
+        return None
+    must = [
+        FieldCondition(key=key, match=MatchValue(values[0]) if len(values) == 1 else MatchAny(list(values)))
+        for key, values in conditions.items()
+    ]
+    return Filter(must=must)

@@ -1,0 +1,53 @@
+"""Token counting in the embedder's own tokenizer, so chunk caps mean what the embedder reads."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+class TokenCounter:
+    """Counts and locates word pieces of a Hugging Face fast tokenizer (no special tokens).
+
+    >>> from kb.embedding import resolve_model_path
+    >>> counter = TokenCounter.for_model(resolve_model_path("all-MiniLM-L6-v2"))
+    >>> counter.count(["rotate the API key"])
+    [4]
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def for_model(cls, model_path: Path) -> TokenCounter:
+        return _cached_counter(str(model_path))
+
+    def count(self, texts: list[str]) -> list[int]:
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets of each token of ``text``."""
+        return self._tokenizer.encode(text, add_special_tokens=False).offsets
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` that holds at most ``max_tokens`` tokens."""
+        offsets = self.offsets(text)
+        if len(offsets) <= max_tokens:
+            return text
+        return text[: offsets[max_tokens - 1][1]] if max_tokens > 0 else ""
+
+
+@lru_cache(maxsize=4)
+def _cached_counter(model_path: str) -> TokenCounter:
+    tokenizer_file = Path(model_path) / "tokenizer.json"
+    if tokenizer_file.is_file():
+        return TokenCounter(Tokenizer.from_file(str(tokenizer_file)))
+    # Models without a tokenizer.json: let transformers build the fast tokenizer once.
+    from transformers import AutoTokenizer
+
+    return TokenCounter(AutoTokenizer.from_pretrained(model_path).backend_tokenizer)

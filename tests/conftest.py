@@ -1,0 +1,51 @@
+"""Shared fixtures. Everything here is real: the bundled MiniLM model, the embedded Qdrant engine, files
+on disk. The sample index is built once per session because loading the model dominates."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kb import KnowledgeBase, Settings
+from kb.samples import sample_kb_path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_QUESTIONS = REPO / "evals" / "sets" / "sample.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _clean_kb_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's KB_* variables must not change what the tests see.
+    for key in list(os.environ):
+        if key.startswith("KB_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
+    """The bundled sample corpus, ingested once into a fresh embedded index."""
+    kb = KnowledgeBase.open(tmp_path_factory.mktemp("sample") / "index", Settings())
+    kb.ingest(sample_kb_path())
+    yield kb
+    kb.close()
+
+
+@pytest.fixture(scope="session")
+def sample_questions() -> list[dict]:
+    return [json.loads(line) for line in SAMPLE_QUESTIONS.read_text().splitlines() if line.strip()]
+
+
+def write(root: Path, rel: str, content: str | bytes) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
