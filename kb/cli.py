@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -37,14 +37,18 @@ KbOption = Annotated[
 ]
 
 
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
 @contextmanager
 def _open(path: Path) -> Iterator[KnowledgeBase]:
     try:
         with KnowledgeBase.open(path) as kb:
             yield kb
     except KbError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc))
 
 
 def _parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
@@ -52,8 +56,7 @@ def _parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            err_console.print(f"[bold red]error:[/] {option} {pair!r}: expected KEY=VALUE")
-            raise typer.Exit(2)
+            _fail(f"{option} {pair!r}: expected KEY=VALUE")
         values = [v for v in value.split(",") if v]
         out[key] = values if len(values) > 1 else value
     return out
@@ -97,8 +100,7 @@ def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, A
             return kb.ingest(folder, metadata, progress=update)
         except KbError as exc:
             progress.stop()
-            err_console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            _fail(str(exc))
 
 
 def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
@@ -136,8 +138,7 @@ def search(
         try:
             hits = kb.search(query, k=k, filters=where or None, mode=mode)
         except KbError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            _fail(str(exc))
         if as_json:
             print(json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False))
         else:

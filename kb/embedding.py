@@ -104,6 +104,9 @@ class SentenceTransformerEmbedder(BaseEmbedding):
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()  # "Loading weights" bars would garble CLI output
 
             self._model = SentenceTransformer(str(self._path), device="cpu")
         return self._model

@@ -1,0 +1,48 @@
+"""The ``kb`` command, driven through its real entry point (Typer's runner, same process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from kb.cli import app
+from tests.conftest import write
+
+runner = CliRunner()
+
+
+def test_ingest_search_status_round_trip(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "errors.md", "---\nproduct: billing\n---\n# Errors\n\n## E4012\n\nE4012 means the issuer declined.\n")
+    write(docs, "other.md", "# Other\n\nNothing about errors here, only gardening.\n")
+    write(docs, "broken.md", b"\xff\xfe\x00\xd8")
+    index = tmp_path / "idx"
+
+    result = runner.invoke(app, ["ingest", str(docs), "--kb", str(index)])
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.output and "skipped files" in result.output and "broken.md" in result.output
+
+    result = runner.invoke(app, ["search", "E4012", "--kb", str(index), "--json", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["doc_id"] == "errors.md" and hits[0]["header_path"] == "Errors > E4012"
+
+    result = runner.invoke(app, ["search", "declined", "--kb", str(index), "--filter", "product=billing"])
+    assert result.exit_code == 0 and "errors.md:" in result.output and "other.md" not in result.output
+
+    result = runner.invoke(app, ["status", "--kb", str(index), "--json"])
+    status = json.loads(result.output)
+    assert (status["documents"], status["chunks"]) == (2, 2)
+
+
+def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--kb", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = runner.invoke(app, ["search", "x", "--kb", str(tmp_path / "idx"), "--filter", "nonsense"])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "kb.toml").write_text("chunk_max_tokens = -5\n")
+    result = runner.invoke(app, ["status", "--kb", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "chunk_max_tokens" in result.output
