@@ -1,5 +1,6 @@
 """kb: answers from your own documents, cited to the section they came from."""
 
+from kb.citations import Answer, Citation, Source
 from kb.errors import (
     ConfigError,
     EmbedderMismatchError,
@@ -10,9 +11,11 @@ from kb.errors import (
     SourceError,
 )
 from kb.knowledge_base import Hit, KnowledgeBase, Status
-from kb.settings import FusionMethod, RetrievalMode, Settings
+from kb.settings import FusionMethod, LlmBackend, RetrievalMode, Settings
 
 __all__ = [
+    "Answer",
+    "Citation",
     "ConfigError",
     "EmbedderMismatchError",
     "FusionMethod",
@@ -21,9 +24,11 @@ __all__ = [
     "IndexNotFoundError",
     "KbError",
     "KnowledgeBase",
+    "LlmBackend",
     "ModelNotAvailableError",
     "RetrievalMode",
     "Settings",
+    "Source",
     "SourceError",
     "Status",
 ]

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kb.citations import Answer
 from kb.errors import KbError
 from kb.indexing import IngestReport
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
@@ -158,6 +159,56 @@ def _print_hits(hits: list[Hit]) -> None:
 
 
 @app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about the documents.")],
+    kb_path: KbOption = DEFAULT_INDEX,
+    filters: Annotated[
+        list[str] | None, typer.Option("--filter", help="KEY=VALUE[,VALUE] on front-matter fields.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
+) -> None:
+    """Answer QUESTION from the knowledge base, citing the sections used (streams as it generates)."""
+    where = _parse_pairs(filters, "--filter")
+    with _open(kb_path) as kb:
+        try:
+            if as_json:
+                print(json.dumps(kb.ask(question, filters=where or None).as_dict(), indent=2, ensure_ascii=False))
+                return
+            answer = kb.ask(question, filters=where or None, on_token=_print_token)
+        except KbError as exc:
+            _fail(str(exc))
+        console.print()
+        _print_answer(answer, streamed=True)
+
+
+def _print_token(piece: str) -> None:
+    console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_answer(answer: Answer, streamed: bool = False) -> None:
+    """The answer (unless it was streamed already), then its sources with path, section and lines."""
+    if answer.refused or not streamed:
+        console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
+    if answer.citations:
+        console.print("[bold]Sources[/]")
+    for c in answer.citations:
+        console.print(
+            f"  [{c.number}] [cyan]{c.doc_id}:{c.span.line_start}-{c.span.line_end}[/]  {c.header_path or c.title}",
+            highlight=False,
+        )
+    if answer.refused and answer.sources:
+        closest = ", ".join(f"{s.doc_id} ({s.relevance:.2f})" for s in answer.sources[:3])
+        console.print(f"[dim]refused ({answer.refusal_reason}); closest sections: {closest}[/]", highlight=False)
+    if answer.uncited_sentences:
+        console.print(f"[yellow]{len(answer.uncited_sentences)} sentence(s) cite no source[/]")
+    t = answer.timings
+    stages = ", ".join(
+        f"{k} {t[k]:.0f} ms" for k in ("embed", "retrieve", "rerank", "first_token", "generate", "total") if k in t
+    )
+    console.print(f"[dim]{answer.backend}; {stages}[/]", highlight=False)
+
+
+@app.command()
 def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show index statistics and the settings in force."""
     with _open(kb_path) as kb:
@@ -192,11 +243,19 @@ DEMO_SEARCHES = [
 ]
 
 
+DEMO_QUESTIONS = [
+    "What does error E4012 mean and how do I fix it?",
+    "How do I roll back a bad deployment of billing-svc?",
+    "Do you support cryptocurrency payments?",
+    "How do I configure Kubernetes pod autoscaling with KEDA?",  # not in the sample: kb should say so
+]
+
+
 @app.command()
 def demo(
     kb_path: Annotated[Path, typer.Option("--kb", help="Where to build the demo index.")] = Path("indexes/demo"),
 ) -> None:
-    """Ingest the bundled sample knowledge base (a fictional payments company) and run a few searches."""
+    """Ingest the bundled sample knowledge base (a fictional payments company), search it, ask it questions."""
     from kb.samples import sample_kb_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -207,6 +266,11 @@ def demo(
         for query, filters in DEMO_SEARCHES:
             console.rule(f"[bold]search[/] {query!r}" + (f" filters={filters}" if filters else ""))
             _print_hits(kb.search(query, k=3, filters=filters))
+        for question in DEMO_QUESTIONS:
+            console.rule(f"[bold]ask[/] {question!r}")
+            answer = kb.ask(question, on_token=_print_token)
+            console.print()
+            _print_answer(answer, streamed=True)
     console.rule()
     console.print(f'Index kept in {kb_path}. Try: kb search "how are refunds handled?" --kb {kb_path}')
 

@@ -9,15 +9,21 @@ for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "b
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llama_index.core.llms import LLM
+
+from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
 from kb.chunking import HeadingChunker
+from kb.citations import Answer
 from kb.document import Span
 from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, model_identity
 from kb.errors import ConfigError, EmbedderMismatchError
 from kb.indexing import Indexer, IngestReport, Progress
+from kb.llm import build_llm
 from kb.manifest import SHARD_DIR, IndexInfo, Manifest
 from kb.retrieval import HybridRetriever
 from kb.settings import FusionMethod, RetrievalMode, Settings
@@ -80,6 +86,8 @@ class KnowledgeBase:
         self.info = info
         self.manifest = Manifest.read(path)
         self._embedder: SentenceTransformerEmbedder | None = None
+        self._llm: LLM | None = None
+        self._llm_built = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
@@ -128,6 +136,26 @@ class KnowledgeBase:
             counter, max_tokens=self.settings.chunk_max_tokens, min_tokens=self.settings.chunk_min_tokens
         )
 
+    @property
+    def llm(self) -> LLM | None:
+        """The generator the settings name (built on first use); ``None`` means extractive answers."""
+        if not self._llm_built:
+            self._llm = build_llm(self.settings)
+            self._llm_built = True
+        return self._llm
+
+    def use_llm(self, llm: LLM | None) -> None:
+        """Answer with ``llm`` (any LlamaIndex LLM), or extractively with ``None``."""
+        self._llm, self._llm_built = llm, True
+
+    def answer_engine(self, filters: dict[str, FilterValue] | None = None) -> AnswerEngine:
+        retriever = self.retriever(self.settings.answer_sources, filters)
+        return AnswerEngine(retriever, self.embedder, self.settings, self.llm)
+
+    def query_engine(self, filters: dict[str, FilterValue] | None = None) -> CitedQueryEngine:
+        """A LlamaIndex query engine that answers with citations."""
+        return CitedQueryEngine(self.answer_engine(filters))
+
     def retriever(
         self,
         k: int = 5,
@@ -170,6 +198,19 @@ class KnowledgeBase:
             Hit.from_payload(n.node.node_id, n.score or 0.0, {**n.node.metadata, "text": n.node.get_content()})
             for n in result.nodes
         ]
+
+    def ask(
+        self,
+        question: str,
+        filters: dict[str, FilterValue] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Answer ``question`` from the knowledge base, with citations, or refuse when it does not know."""
+        return self.answer_engine(filters).answer(question, on_token)
+
+    def ask_stream(self, question: str, filters: dict[str, FilterValue] | None = None) -> Iterator[AnswerEvent]:
+        """Like :meth:`ask`, as a stream: text pieces as they are generated, then the :class:`Answer`."""
+        return self.answer_engine(filters).stream(question)
 
     def status(self) -> Status:
         return Status(

@@ -26,10 +26,15 @@ from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from,
 
 @dataclass
 class RetrievalResult:
-    """Nodes with their scores, and milliseconds spent per stage (``embed``, ``retrieve``)."""
+    """Nodes with their scores, and milliseconds spent per stage (``embed``, ``retrieve``).
+
+    ``relevance`` holds, per node, the cosine similarity of its dense vector to the query: unlike fused
+    RRF scores (which only encode ranks), it says how close a chunk really is, so floors can use it.
+    """
 
     nodes: list[NodeWithScore]
     timings: dict[str, float] = field(default_factory=dict)
+    relevance: list[float] = field(default_factory=list)
 
 
 class HybridRetriever(BaseRetriever):
@@ -62,10 +67,11 @@ class HybridRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.search(query_bundle.query_str).nodes
 
-    def search(self, query: str, k: int | None = None) -> RetrievalResult:
+    def search(self, query: str, k: int | None = None, with_relevance: bool = False) -> RetrievalResult:
         """Retrieve for ``query`` and report the time spent embedding and querying the store."""
         started = time.perf_counter()
-        dense = self._embedder.embed([query])[0] if self.mode is not RetrievalMode.BM25 else None
+        need_vector = self.mode is not RetrievalMode.BM25 or with_relevance
+        dense = self._embedder.embed([query])[0] if need_vector else None
         embedded = time.perf_counter()
         sparse = self._store.bm25.embed_query(query) if self.mode is not RetrievalMode.DENSE else None
         plan = HybridQuery(
@@ -78,8 +84,16 @@ class HybridRetriever(BaseRetriever):
             weights=(self._settings.dense_weight, self._settings.bm25_weight),
             rrf_k=self._settings.rrf_k,
             prefetch_limit=max(self._settings.prefetch_limit, k or self.similarity_top_k),
+            with_vectors=with_relevance,
         )
         hits = self._store.search(plan)
         done = time.perf_counter()
         nodes = [NodeWithScore(node=node_from_payload(h.id, h.payload), score=h.score) for h in hits]
-        return RetrievalResult(nodes, {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3})
+        relevance = [_cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []
+        timings = {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3}
+        return RetrievalResult(nodes, timings, relevance)
+
+
+def _cosine(query: list[float], vector: list[float] | None) -> float:
+    # Both sides are L2-normalised (the embedder normalises, the collection uses cosine), so a dot product.
+    return float(sum(a * b for a, b in zip(query, vector, strict=True))) if vector else 0.0

@@ -43,6 +43,16 @@ class FusionMethod(StrEnum):
     DBSF = "dbsf"
 
 
+class LlmBackend(StrEnum):
+    """What writes answers: ``auto`` picks ``local`` when llama.cpp and a model are installed, else
+    ``extractive``."""
+
+    AUTO = "auto"
+    LOCAL = "local"
+    OPENAI = "openai"
+    EXTRACTIVE = "extractive"
+
+
 class Settings(BaseSettings):
     """Every knob of kb, with the defaults that the evaluation chose."""
 
@@ -86,6 +96,22 @@ class Settings(BaseSettings):
         default_factory=lambda: ["product", "kind", "tags", "team"],
         description="Front-matter fields that get a payload index for fast filters.",
     )
+
+    # --- answers ----------------------------------------------------------------------------------
+    llm_backend: LlmBackend = LlmBackend.AUTO
+    llm_model_path: str = Field("", description="GGUF file for the local backend; empty = bundled Qwen 1.5B.")
+    llm_base_url: str = Field("http://localhost:11434/v1", description="OpenAI-compatible endpoint root.")
+    llm_model: str = Field("", description="Model name sent to the OpenAI-compatible endpoint.")
+    llm_api_key: str = Field("", repr=False, description="Key for the endpoint; falls back to $OPENAI_API_KEY.")
+    llm_max_tokens: int = Field(320, ge=16, le=8192)
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    llm_context_window: int = Field(4096, ge=512)
+    answer_sources: int = Field(5, ge=1, le=20, description="Chunks handed to the generator.")
+    refusal_floor: float = Field(
+        0.30, description="Refuse without calling the generator when no source is at least this similar (cosine)."
+    )
+    extractive_sentences: int = Field(3, ge=1, le=10)
+    max_question_chars: int = Field(2000, ge=10)
 
     # --- BM25 -------------------------------------------------------------------------------------
     bm25_k: float = Field(1.2, ge=0.0)

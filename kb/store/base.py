@@ -51,6 +51,7 @@ class ScoredChunk:
     id: str
     score: float
     payload: dict[str, Any]
+    dense: list[float] | None = None  # only when the query asked for vectors
 
 
 @dataclass
@@ -66,6 +67,7 @@ class HybridQuery:
     weights: tuple[float, float] = (1.0, 1.0)
     rrf_k: int = 60
     prefetch_limit: int = 50
+    with_vectors: bool = False
 
     def fusion_weights(self) -> list[float] | None:
         return list(self.weights) if self.fusion is FusionMethod.WEIGHTED else None

@@ -90,9 +90,14 @@ class EdgeChunkStore(ChunkStore):
             legs.append((BM25, EdgeSparse(plan.sparse.indices, plan.sparse.values)))
         if not legs:
             return []
+        vectors = [DENSE] if plan.with_vectors else False
         if len(legs) == 1:
             request = QueryRequest(
-                limit=plan.limit, query=Query.Nearest(legs[0][1], using=legs[0][0]), filter=where, with_payload=True
+                limit=plan.limit,
+                query=Query.Nearest(legs[0][1], using=legs[0][0]),
+                filter=where,
+                with_payload=True,
+                with_vector=vectors,
             )
         else:
             weights = plan.fusion_weights()
@@ -105,10 +110,11 @@ class EdgeChunkStore(ChunkStore):
                 ],
                 query=fusion,
                 with_payload=True,
+                with_vector=vectors,
             )
         with self._lock:
             hits = self._shard.query(request)
-        return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {})) for h in hits]
+        return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {}), _dense(h.vector)) for h in hits]
 
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
         with self._lock:
@@ -169,6 +175,13 @@ def _open_shard(path: Path, dimension: int) -> EdgeShard:
                 "Close that process, or send it the work (see 'Reindexing' in the README)."
             ) from exc
         raise
+
+
+def _dense(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict):
+        value = vector.get(DENSE)
+        return list(value) if value is not None else None
+    return None
 
 
 def _filter(conditions: dict[str, list[Any]]) -> Filter | None:

@@ -1,0 +1,223 @@
+"""Cited answers: retrieve → (rerank) → floor check → numbered sources → generate → parse ``[n]``.
+
+    >>> kb = KnowledgeBase.open("indexes/handbook")                          # doctest: +SKIP
+    >>> answer = kb.ask("What does error E4012 mean and how do I fix it?")  # doctest: +SKIP
+    >>> answer.text, [(c.number, c.doc_id, c.header_path) for c in answer.citations]  # doctest: +SKIP
+
+Two guards keep answers honest. Before generation, when no retrieved chunk is at least
+``refusal_floor`` similar to the question, kb refuses without calling the generator. After generation,
+an "I don't know" reply, or one that repeats the instructions, becomes a refusal; markers that point at no
+source are dropped and sentences without a citation are reported in ``Answer.uncited_sentences``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.response.schema import Response
+from llama_index.core.llms import LLM
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from kb.citations import Answer, Citation, Source, is_refusal, parse_citations
+from kb.document import Span
+from kb.embedding import SentenceTransformerEmbedder
+from kb.errors import ConfigError
+from kb.prompting import build_messages, leaks_prompt
+from kb.retrieval import HybridRetriever
+from kb.settings import Settings
+
+NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to answer this question."
+MODEL_REFUSAL = "I don't know: the sources found do not contain the answer."
+UNSAFE = "I can't answer that from the knowledge base."
+
+AnswerEvent = str | Answer
+"""Items of :meth:`AnswerEngine.stream`: answer text as it is generated, then the final :class:`Answer`."""
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`*(\"'])|\n{2,}")
+_NOISE_LINE = re.compile(r"^\s*(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,})")
+
+
+class AnswerEngine:
+    """Writes cited answers from a retriever and a generator (``llm=None`` means extractive)."""
+
+    def __init__(
+        self,
+        retriever: HybridRetriever,
+        embedder: SentenceTransformerEmbedder,
+        settings: Settings,
+        llm: LLM | None,
+    ) -> None:
+        self.retriever = retriever
+        self.embedder = embedder
+        self.settings = settings
+        self.llm = llm
+
+    @property
+    def backend(self) -> str:
+        return "extractive" if self.llm is None else self.llm.metadata.model_name
+
+    def answer(self, question: str, on_token: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question``; ``on_token`` receives the generated text as it streams."""
+        for event in self.stream(question):
+            if isinstance(event, Answer):
+                return event
+            if on_token is not None:
+                on_token(event)
+        raise AssertionError("stream ended without an answer")  # pragma: no cover
+
+    def stream(self, question: str) -> Iterator[AnswerEvent]:
+        """Yield answer text as it is generated, then the final :class:`Answer`."""
+        started = time.perf_counter()
+        question = self._checked(question)
+        result = self.retriever.search(question, k=self.settings.answer_sources, with_relevance=True)
+        timings = dict(result.timings)
+        timings["rerank"] = 0.0
+        sources = _sources(result.nodes, result.relevance)
+        best = max((s.relevance for s in sources), default=0.0)
+        if best < self.settings.refusal_floor:
+            timings["generate"] = 0.0
+            timings["total"] = (time.perf_counter() - started) * 1e3
+            yield Answer(
+                question, NO_SOURCES, [], True, "no_relevant_sources", [], sources, False, self.backend, timings
+            )
+            return
+        tick = time.perf_counter()
+        if self.llm is None:
+            text = self._extract(question, sources)
+            timings["first_token"] = (time.perf_counter() - started) * 1e3
+            yield text
+        else:
+            pieces: list[str] = []
+            for response in self.llm.stream_chat(build_messages(question, sources)):
+                delta = response.delta or ""
+                if delta:
+                    if not pieces:
+                        timings["first_token"] = (time.perf_counter() - started) * 1e3
+                    pieces.append(delta)
+                    yield delta
+            text = "".join(pieces)
+        timings["generate"] = (time.perf_counter() - tick) * 1e3
+        answer = self._finish(question, text, sources, timings)
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        yield answer
+
+    def _checked(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError("question: expected a non-empty question")
+        cleaned = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in question).strip()
+        if len(cleaned) > self.settings.max_question_chars:
+            raise ConfigError(
+                f"question: {len(cleaned):,} characters is over "
+                f"max_question_chars={self.settings.max_question_chars:,}; ask a shorter question"
+            )
+        return cleaned
+
+    def _finish(self, question: str, raw: str, sources: list[Source], timings: dict[str, float]) -> Answer:
+        if leaks_prompt(raw):
+            return Answer(question, UNSAFE, [], True, "unsafe_output", [], sources, False, self.backend, timings)
+        if is_refusal(raw) or not raw.strip():
+            return Answer(question, MODEL_REFUSAL, [], True, "model", [], sources, False, self.backend, timings)
+        text, used, uncited = parse_citations(raw, len(sources))
+        citations = [Citation.of(sources[n - 1]) for n in used]
+        return Answer(question, text, citations, False, "", uncited, sources, False, self.backend, timings)
+
+    def _extract(self, question: str, sources: list[Source]) -> str:
+        """The sentences of the sources closest to the question, each with its citation."""
+        candidates: list[tuple[int, str]] = []
+        for source in sources:
+            if source.relevance < self.settings.refusal_floor:
+                continue
+            for sentence in _sentences(source.text):
+                candidates.append((source.number, sentence))
+        if not candidates:
+            return ""
+        vectors = self.embedder.embed([question] + [s for _, s in candidates])
+        query, rest = vectors[0], vectors[1:]
+        scored = sorted(
+            ((sum(a * b for a, b in zip(query, v, strict=True)), i) for i, v in enumerate(rest)), reverse=True
+        )
+        chosen: list[int] = []
+        per_source: dict[int, int] = {}
+        for _score, i in scored:
+            number = candidates[i][0]
+            if per_source.get(number, 0) >= 2:
+                continue
+            chosen.append(i)
+            per_source[number] = per_source.get(number, 0) + 1
+            if len(chosen) == self.settings.extractive_sentences:
+                break
+        # Keep document order within a source so the extract reads naturally.
+        chosen.sort(key=lambda i: (candidates[i][0], i))
+        return " ".join(f"{_terminated(candidates[i][1])} [{candidates[i][0]}]" for i in chosen)
+
+
+def _sources(nodes: list[NodeWithScore], relevance: list[float]) -> list[Source]:
+    out = []
+    for number, (node, rel) in enumerate(zip(nodes, relevance or [0.0] * len(nodes), strict=True), start=1):
+        meta: dict[str, Any] = node.node.metadata
+        out.append(
+            Source(
+                number=number,
+                node_id=node.node.node_id,
+                doc_id=meta.get("doc_id", ""),
+                title=meta.get("title", ""),
+                header_path=" > ".join(meta.get("header_path") or []),
+                span=Span.from_list(meta.get("span") or [0, 0, 0, 0]),
+                url=meta.get("url", ""),
+                text=node.node.get_content(),
+                score=node.score or 0.0,
+                relevance=rel,
+            )
+        )
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    lines = [line for line in text.split("\n") if not _NOISE_LINE.match(line)]
+    body = "\n".join(lines)
+    return [" ".join(s.split()) for s in _SENTENCE_SPLIT.split(body) if len(s.split()) >= 4]
+
+
+def _terminated(sentence: str) -> str:
+    return sentence if sentence.endswith((".", "!", "?", ":")) else sentence + "."
+
+
+class CitedQueryEngine(BaseQueryEngine):
+    """LlamaIndex face of :class:`AnswerEngine`: ``query()`` returns a ``Response`` whose ``source_nodes``
+    are the cited chunks and whose ``metadata["answer"]`` is the full :class:`Answer`."""
+
+    def __init__(self, engine: AnswerEngine) -> None:
+        super().__init__(callback_manager=None)
+        self._engine = engine
+
+    def _get_prompt_modules(self) -> dict[str, Any]:
+        return {}
+
+    def _query(self, query_bundle: QueryBundle) -> Response:
+        answer = self._engine.answer(query_bundle.query_str)
+        cited = {c.node_id for c in answer.citations}
+        nodes = [
+            NodeWithScore(
+                node=TextNode(
+                    id_=s.node_id,
+                    text=s.text,
+                    metadata={
+                        "doc_id": s.doc_id,
+                        "title": s.title,
+                        "header_path": s.header_path,
+                        "span": s.span.as_list(),
+                    },
+                ),
+                score=s.score,
+            )
+            for s in answer.sources
+            if s.node_id in cited
+        ]
+        return Response(response=answer.text, source_nodes=nodes, metadata={"answer": answer})
+
+    async def _aquery(self, query_bundle: QueryBundle) -> Response:
+        return self._query(query_bundle)

@@ -1,0 +1,119 @@
+"""Answers as data: numbered sources in, ``[n]`` markers out, mapped back to the sections they cite.
+
+    >>> from kb.citations import parse_citations
+    >>> text, used, uncited = parse_citations("E4012 is a soft decline [1]. Retry later [7].", n_sources=2)
+    >>> text, used, uncited
+    ('E4012 is a soft decline [1]. Retry later.', [1], ['Retry later.'])
+
+Markers that point at no source are removed; sentences left without a marker are kept and reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kb.document import Span
+
+_MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.MULTILINE)
+_REFUSALS = ("i don't know", "i do not know", "i don’t know", "not in the sources", "cannot answer")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One numbered source handed to the generator (a retrieved chunk)."""
+
+    number: int
+    node_id: str
+    doc_id: str
+    title: str
+    header_path: str
+    span: Span
+    url: str
+    text: str
+    score: float
+    relevance: float  # cosine similarity of the chunk to the question (or the reranker's score)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A source the answer actually cites, with where to find it."""
+
+    number: int
+    doc_id: str
+    title: str
+    header_path: str
+    span: Span
+    url: str
+    quote: str
+    node_id: str
+
+    @classmethod
+    def of(cls, source: Source, quote_chars: int = 500) -> Citation:
+        quote = source.text if len(source.text) <= quote_chars else source.text[:quote_chars].rstrip() + "…"
+        return cls(
+            source.number,
+            source.doc_id,
+            source.title,
+            source.header_path,
+            source.span,
+            source.url,
+            quote,
+            source.node_id,
+        )
+
+
+@dataclass
+class Answer:
+    """A question's answer, its citations, and how it was made."""
+
+    question: str
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    refused: bool = False
+    refusal_reason: str = ""  # "no_relevant_sources" (score floor) or "model" (the generator said so)
+    uncited_sentences: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    reranked: bool = False
+    backend: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str]]:
+    """Clean ``text`` of markers outside ``1..n_sources``; return it, the cited numbers, uncited sentences."""
+    used: list[int] = []
+
+    def keep_valid(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))]
+        valid = [n for n in numbers if 1 <= n <= n_sources]
+        for n in valid:
+            if n not in used:
+                used.append(n)
+        return "".join(f"[{n}]" for n in valid) if valid else ""
+
+    cleaned = _MARKER.sub(lambda m: (" " if m.group(0)[0].isspace() else "") + keep_valid(m), text)
+    cleaned = re.sub(r" +([.,;:!?])", r"\1", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
+    cleaned = re.sub(r" +(\[\d+\])", r"\1", cleaned)
+    cleaned = re.sub(r"(\S)(\[\d+\])", r"\1 \2", cleaned)
+    uncited = [
+        s.strip()
+        for s in _SENTENCE.findall(_move_trailing_markers(cleaned))
+        if s.strip() and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
+    ]
+    return cleaned, used, uncited
+
+
+def _move_trailing_markers(text: str) -> str:
+    # "Claim. [1]" cites the sentence before it: move the marker in front of the full stop for the check.
+    return re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", text)
+
+
+def is_refusal(text: str) -> bool:
+    """Whether the generator declined to answer (and cited nothing)."""
+    lowered = text.strip().lower()
+    return not re.search(r"\[\d+\]", lowered) and any(phrase in lowered for phrase in _REFUSALS)
