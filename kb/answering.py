@@ -33,6 +33,7 @@ from kb.settings import Settings
 NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to answer this question."
 MODEL_REFUSAL = "I don't know: the sources found do not contain the answer."
 UNSAFE = "I can't answer that from the knowledge base."
+EXTRACT_RELATIVE_FLOOR = 0.8
 
 AnswerEvent = str | Answer
 """Items of :meth:`AnswerEngine.stream`: answer text as it is generated, then the final :class:`Answer`."""
@@ -140,16 +141,18 @@ class AnswerEngine:
         scored = sorted(
             ((sum(a * b for a, b in zip(query, v, strict=True)), i) for i, v in enumerate(rest)), reverse=True
         )
+        best = scored[0][0]
         chosen: list[int] = []
         per_source: dict[int, int] = {}
-        for _score, i in scored:
+        for score, i in scored:
+            # Only sentences nearly as close as the best one: filler lowers citation precision.
+            if score < best * EXTRACT_RELATIVE_FLOOR or len(chosen) == self.settings.extractive_sentences:
+                break
             number = candidates[i][0]
             if per_source.get(number, 0) >= 2:
                 continue
             chosen.append(i)
             per_source[number] = per_source.get(number, 0) + 1
-            if len(chosen) == self.settings.extractive_sentences:
-                break
         # Keep document order within a source so the extract reads naturally.
         chosen.sort(key=lambda i: (candidates[i][0], i))
         return " ".join(f"{_terminated(candidates[i][1])} [{candidates[i][0]}]" for i in chosen)
@@ -177,9 +180,18 @@ def _sources(nodes: list[NodeWithScore], relevance: list[float]) -> list[Source]
 
 
 def _sentences(text: str) -> list[str]:
-    lines = [line for line in text.split("\n") if not _NOISE_LINE.match(line)]
-    body = "\n".join(lines)
-    return [" ".join(s.split()) for s in _SENTENCE_SPLIT.split(body) if len(s.split()) >= 4]
+    """Sentences of a chunk; each table row is one (headers and rules dropped), headings are skipped."""
+    out: list[str] = []
+    prose: list[str] = []
+    for line in text.split("\n"):
+        if line.lstrip().startswith("|"):
+            cells = [c.strip(" `") for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set(":- ") for c in cells):
+                out.append(", ".join(c for c in cells if c))
+        elif not _NOISE_LINE.match(line):
+            prose.append(line)
+    out += [" ".join(s.split()) for s in _SENTENCE_SPLIT.split("\n".join(prose))]
+    return [s for s in out if len(s.split()) >= 3]
 
 
 def _terminated(sentence: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from kb.document import Span
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.MULTILINE)
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # "billing.retry_limit" is not a sentence end
 _REFUSALS = ("i don't know", "i do not know", "i don’t know", "not in the sources", "cannot answer")
 
 
@@ -102,7 +102,7 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
     cleaned = re.sub(r"(\S)(\[\d+\])", r"\1 \2", cleaned)
     uncited = [
         s.strip()
-        for s in _SENTENCE.findall(_move_trailing_markers(cleaned))
+        for s in _SENTENCE_BREAK.split(_move_trailing_markers(cleaned))
         if s.strip() and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
     ]
     return cleaned, used, uncited

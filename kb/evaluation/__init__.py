@@ -1,0 +1,1 @@
+"""Evaluation: gold references, metrics and reports (used by ``kb eval`` and the scripts in evals/)."""
