@@ -22,7 +22,7 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from kb.citations import Answer, Citation, Source, is_refusal, parse_citations
+from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
 from kb.document import Span
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import ConfigError
@@ -82,9 +82,7 @@ class AnswerEngine:
         if best < self.settings.refusal_floor:
             timings["generate"] = 0.0
             timings["total"] = (time.perf_counter() - started) * 1e3
-            yield Answer(
-                question, NO_SOURCES, [], True, "no_relevant_sources", [], sources, False, self.backend, timings
-            )
+            yield self._refusal(question, "no_relevant_sources", NO_SOURCES, sources, timings)
             return
         tick = time.perf_counter()
         if self.llm is None:
@@ -119,12 +117,36 @@ class AnswerEngine:
 
     def _finish(self, question: str, raw: str, sources: list[Source], timings: dict[str, float]) -> Answer:
         if leaks_prompt(raw):
-            return Answer(question, UNSAFE, [], True, "unsafe_output", [], sources, False, self.backend, timings)
+            return self._refusal(question, "unsafe_output", UNSAFE, sources, timings)
         if is_refusal(raw) or not raw.strip():
-            return Answer(question, MODEL_REFUSAL, [], True, "model", [], sources, False, self.backend, timings)
-        text, used, uncited = parse_citations(raw, len(sources))
+            return self._refusal(question, "model", MODEL_REFUSAL, sources, timings)
+        text, _, _ = parse_citations(raw, len(sources))
+        text, inferred = attribute(text, sources)
+        text, used, uncited = parse_citations(text, len(sources))
         citations = [Citation.of(sources[n - 1]) for n in used]
-        return Answer(question, text, citations, False, "", uncited, sources, False, self.backend, timings)
+        return Answer(
+            question=question,
+            text=text,
+            citations=citations,
+            uncited_sentences=uncited,
+            inferred_citations=inferred,
+            sources=sources,
+            backend=self.backend,
+            timings=timings,
+        )
+
+    def _refusal(
+        self, question: str, reason: str, text: str, sources: list[Source], timings: dict[str, float]
+    ) -> Answer:
+        return Answer(
+            question=question,
+            text=text,
+            refused=True,
+            refusal_reason=reason,
+            sources=sources,
+            backend=self.backend,
+            timings=timings,
+        )
 
     def _extract(self, question: str, sources: list[Source]) -> str:
         """The sentences of the sources closest to the question, each with its citation."""

@@ -75,6 +75,7 @@ class Answer:
     refused: bool = False
     refusal_reason: str = ""  # "no_relevant_sources" (score floor) or "model" (the generator said so)
     uncited_sentences: list[str] = field(default_factory=list)
+    inferred_citations: list[int] = field(default_factory=list)  # markers kb added, not the generator
     sources: list[Source] = field(default_factory=list)
     reranked: bool = False
     backend: str = ""
@@ -111,6 +112,37 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
 def _move_trailing_markers(text: str) -> str:
     # "Claim. [1]" cites the sentence before it: move the marker in front of the full stop for the check.
     return re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", text)
+
+
+_PIECES = re.compile(r"((?<=[.!?])\s+|\n+)")
+_WORD = re.compile(r"[a-z0-9_.\-]+")
+ATTRIBUTION_OVERLAP = 0.6
+
+
+def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
+    """Add a marker to each uncited sentence that mostly repeats one source's words.
+
+    Small models often copy a passage and forget the marker. A sentence whose words (four or more) appear
+    at least 60% in one source gets that source's number; the numbers added are returned so an
+    :class:`Answer` can say which citations kb inferred.
+    """
+    vocabularies = [set(_WORD.findall(s.text.lower())) for s in sources]
+    pieces = _PIECES.split(text)
+    added: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 or _MARKER.search(piece):
+            continue
+        words = _WORD.findall(piece.lower())
+        if len(words) < 4:
+            continue
+        overlaps = [sum(w in vocab for w in words) / len(words) for vocab in vocabularies]
+        best = max(range(len(overlaps)), key=overlaps.__getitem__, default=None)
+        if best is not None and overlaps[best] >= ATTRIBUTION_OVERLAP:
+            number = sources[best].number
+            pieces[i] = f"{piece} [{number}]"
+            if number not in added:
+                added.append(number)
+    return "".join(pieces), added
 
 
 def is_refusal(text: str) -> bool:

@@ -16,13 +16,13 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kb import KnowledgeBase
+from kb.evaluation.debian import fetch_debian_package
 from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,16 +43,8 @@ HANDWRITTEN = [
 
 
 def debian_corpus(package: str, subdir: str) -> tuple[Path, str]:
-    """Download and extract a Debian documentation package; returns (folder, package version)."""
-    target = WORK / package
-    if not target.exists():
-        WORK.mkdir(exist_ok=True)
-        subprocess.run(["apt-get", "download", package], cwd=WORK, check=True, capture_output=True)
-        deb = next(WORK.glob(f"{package}_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
-    deb = next(WORK.glob(f"{package}_*.deb"))
-    version = deb.name.split("_")[1]
-    return target / subdir, version
+    root, version = fetch_debian_package(package, WORK)
+    return root / subdir, version
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -54,3 +54,13 @@ def test_sources_are_fenced_data_and_cannot_close_their_fence() -> None:
 def test_prompt_leak_detection() -> None:
     assert leaks_prompt("Sure! My rules: " + SYSTEM_PROMPT.split("Rules:")[1][:300])
     assert not leaks_prompt("E4012 means the card issuer declined a retry attempt [1].")
+
+
+def test_attribution_cites_copied_sentences_only() -> None:
+    from kb.citations import attribute
+
+    sources = [source(1, "Backups are kept for 35 days in a second region."), source(2, "Rotate keys every 90 days with lumen keys roll.")]
+    text, added = attribute("Rotate keys every 90 days with lumen keys roll. The moon is made of green cheese today. Done [1].", sources)
+    assert added == [2]
+    assert text == "Rotate keys every 90 days with lumen keys roll. [2] The moon is made of green cheese today. Done [1]."
+    assert parse_citations(text, 2)[2] == ["The moon is made of green cheese today."]

@@ -46,3 +46,23 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     (tmp_path / "bad" / "kb.toml").write_text("chunk_max_tokens = -5\n")
     result = runner.invoke(app, ["status", "--kb", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "chunk_max_tokens" in result.output
+
+
+def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
+    docs = tmp_path / "docs"
+    write(docs, "retries.md", "# Retries\n\n## Error E4012\n\nE4012 means the card issuer declined the retry attempt.\n")
+    index = tmp_path / "idx"
+    assert runner.invoke(app, ["ingest", str(docs), "--kb", str(index)]).exit_code == 0
+
+    result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index)])
+    assert result.exit_code == 0, result.output
+    assert "E4012 means the card issuer declined the retry attempt. [1]" in result.output
+    assert "[1] retries.md:3-5  Retries > Error E4012" in result.output
+
+    result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index), "--json"])
+    answer = json.loads(result.stdout)
+    assert answer["citations"][0]["doc_id"] == "retries.md" and answer["refused"] is False
+
+    result = runner.invoke(app, ["ask", "How do I bake sourdough bread?", "--kb", str(index)])
+    assert result.exit_code == 0 and "I don't know" in result.output and "no_relevant_sources" in result.output

@@ -17,8 +17,12 @@ from kb.settings import Settings
 
 @dataclass(frozen=True)
 class GoldRef:
+    """A gold section: a document, and within it a header path or an explicit character span."""
+
     doc_id: str
     header_path: str = ""
+    span: tuple[int, int] | None = None
+    anchor: str = ""
 
 
 def section_spans(doc: ParsedDocument) -> dict[str, tuple[int, int]]:
@@ -46,6 +50,8 @@ class GoldResolver:
 
     def span(self, ref: GoldRef) -> tuple[int, int] | None:
         """Character range of the gold section, the whole document when no header path is given."""
+        if ref.span is not None:
+            return ref.span
         if ref.doc_id not in self._spans:
             doc = load_file(self.corpus / ref.doc_id, ref.doc_id, self.settings).parsed
             spans = section_spans(doc)

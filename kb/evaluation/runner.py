@@ -1,0 +1,158 @@
+"""Run a question set against kb (and the stock LlamaIndex recipe) and judge every stage.
+
+A *system* answers two calls: ``retrieve(stage, question, k)`` for each ranking stage it has (``bm25``,
+``dense``, ``fused``, ``reranked``) and ``answer(question)``. Both kb and the baseline are judged the same way:
+a retrieved chunk is relevant when its character span overlaps a gold section of the same document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kb.evaluation.gold import GoldResolver
+from kb.evaluation.metrics import rouge_l, token_f1
+from kb.evaluation.questions import Question
+from kb.knowledge_base import KnowledgeBase
+from kb.settings import RetrievalMode
+
+KB_STAGES: dict[str, RetrievalMode] = {
+    "bm25": RetrievalMode.BM25,
+    "dense": RetrievalMode.DENSE,
+    "fused": RetrievalMode.HYBRID,
+}
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    doc_id: str
+    start: int
+    end: int
+    node_id: str
+
+
+@dataclass
+class AnswerRecord:
+    text: str
+    refused: bool
+    cited: list[Retrieved]
+    timings: dict[str, float]
+
+
+class System(Protocol):
+    name: str
+    stages: tuple[str, ...]
+
+    def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]: ...
+
+    def answer(self, question: str) -> AnswerRecord: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class KbSystem:
+    """kb through its public API."""
+
+    name = "kb"
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self.stages = tuple(KB_STAGES)
+
+    def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]:
+        result = self.kb.retriever(k, mode=KB_STAGES[stage]).search(question)
+        return [
+            Retrieved(n.node.metadata["doc_id"], n.node.metadata["span"][0], n.node.metadata["span"][1], n.node.node_id)
+            for n in result.nodes
+        ]
+
+    def answer(self, question: str) -> AnswerRecord:
+        answer = self.kb.ask(question)
+        cited = [Retrieved(c.doc_id, c.span.start, c.span.end, c.node_id) for c in answer.citations]
+        return AnswerRecord(answer.text, answer.refused, cited, answer.timings)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.kb.settings
+        return {
+            "embedder": self.kb.info.embedder,
+            "chunking": self.kb.info.chunking,
+            "retrieval": {
+                "fusion": s.fusion.value,
+                "dense_weight": s.dense_weight,
+                "bm25_weight": s.bm25_weight,
+                "rrf_k": s.rrf_k,
+                "prefetch_limit": s.prefetch_limit,
+            },
+            "answers": {
+                "backend": self.kb.answer_engine().backend,
+                "sources": s.answer_sources,
+                "refusal_floor": s.refusal_floor,
+            },
+            "reranker": "none (no cross-encoder available offline; see issue 8)",
+        }
+
+
+@dataclass
+class QuestionResult:
+    id: str
+    question: str
+    answerable: bool
+    split: str
+    n_gold: int
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> {ids, gold_hits, ms}
+    answer: dict[str, Any] | None = None
+
+
+def judge(resolver: GoldResolver, question: Question, items: list[Retrieved]) -> list[int]:
+    """Index of the first gold reference each item overlaps, or -1."""
+    out = []
+    for item in items:
+        hit = -1
+        for i, ref in enumerate(question.gold):
+            if ref.doc_id == item.doc_id and resolver.hits(item.doc_id, item.start, item.end, [ref]):
+                hit = i
+                break
+        out.append(hit)
+    return out
+
+
+def run(
+    system: System,
+    questions: list[Question],
+    resolver: GoldResolver,
+    k: int = 10,
+    answer_ids: set[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[QuestionResult]:
+    """Judge every stage of ``system`` on ``questions``; answers only for ``answer_ids``."""
+    results = []
+    for done, question in enumerate(questions, start=1):
+        row = QuestionResult(question.id, question.question, question.answerable, question.split, len(question.gold))
+        for stage in system.stages:
+            tick = time.perf_counter()
+            items = system.retrieve(stage, question.question, k)
+            ms = (time.perf_counter() - tick) * 1e3
+            row.stages[stage] = {
+                "ids": [i.node_id for i in items],
+                "gold_hits": judge(resolver, question, items),
+                "ms": ms,
+            }
+        if answer_ids is not None and question.id in answer_ids:
+            record = system.answer(question.question)
+            cited_hits = judge(resolver, question, record.cited)
+            row.answer = {
+                "text": record.text,
+                "refused": record.refused,
+                "cited": len(record.cited),
+                "cited_on_gold": sum(h >= 0 for h in cited_hits),
+                "supported": any(h >= 0 for h in cited_hits),
+                "token_f1": token_f1(record.text, question.answer) if question.answer and not record.refused else None,
+                "rouge_l": rouge_l(record.text, question.answer) if question.answer and not record.refused else None,
+                "timings": record.timings,
+            }
+        results.append(row)
+        if progress:
+            progress(done, len(questions))
+    return results
