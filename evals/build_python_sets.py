@@ -184,7 +184,9 @@ def write_set(
         "builder": "python evals/build_python_sets.py",
     }
     (SETS / f"{name}.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"{name}: {meta['questions']} questions ({meta['answerable']} answerable, {meta['tune']} in tune), corpus {corpus}")
+    print(
+        f"{name}: {meta['questions']} questions ({meta['answerable']} answerable, {meta['tune']} in tune), corpus {corpus}"
+    )
 
 
 def read_inventory(path: Path) -> dict[tuple[str, str], str]:

@@ -98,6 +98,7 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
         return "".join(f"[{n}]" for n in valid) if valid else ""
 
     cleaned = _MARKER.sub(lambda m: (" " if m.group(0)[0].isspace() else "") + keep_valid(m), text)
+    cleaned = _MARKER_RUN.sub(_dedupe_run, cleaned)
     cleaned = re.sub(r" +([.,;:!?])", r"\1", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
     cleaned = re.sub(r" +(\[\d+\])", r"\1", cleaned)
     cleaned = re.sub(r"(\S)(\[\d+\])", r"\1 \2", cleaned)
@@ -107,6 +108,15 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
         if s.strip() and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
     ]
     return cleaned, used, uncited
+
+
+_MARKER_RUN = re.compile(r"\[\d+\](?:\s*\[\d+\])+")
+
+
+def _dedupe_run(match: re.Match[str]) -> str:
+    # "[1][1] [2]" → "[1][2]": a run of markers cites each source once.
+    numbers = list(dict.fromkeys(re.findall(r"\d+", match.group(0))))
+    return "".join(f"[{n}]" for n in numbers)
 
 
 def _move_trailing_markers(text: str) -> str:

@@ -275,6 +275,31 @@ def demo(
     console.print(f'Index kept in {kb_path}. Try: kb search "how are refunds handled?" --kb {kb_path}')
 
 
+@app.command("eval")
+def eval_command(
+    question_set: Annotated[Path | None, typer.Argument(help="JSONL question set (see evals/README.md).")] = None,
+    kb_path: KbOption = DEFAULT_INDEX,
+    report: Annotated[Path | None, typer.Option("--report", help="Report folder to write.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (default: from <set>.meta.json).")] = None,
+    baseline: Annotated[bool, typer.Option(help="Also run the stock LlamaIndex recipe.")] = True,
+    answers: Annotated[int, typer.Option(help="Answer this many questions (0 = retrieval only).")] = 0,
+    split: Annotated[str, typer.Option(help="Questions to use: test, tune or all.")] = "test",
+    compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Diff two report folders (A B).")] = None,
+) -> None:
+    """Evaluate retrieval (and answers) on a question set, next to the stock LlamaIndex recipe."""
+    from kb.evaluation.cli import compare_reports, run_evaluation
+
+    if compare is not None:
+        print(compare_reports(*compare))
+        return
+    if question_set is None:
+        _fail("give a question set, or --compare A B")
+    try:
+        run_evaluation(question_set, kb_path, report, corpus, baseline, answers, split, console, err_console)
+    except KbError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     try:
         app()

@@ -18,6 +18,7 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
         ("Claim one. [1] Claim two.", 1, "Claim one. [1] Claim two.", [1], ["Claim two."]),
         ("No markers at all.", 2, "No markers at all.", [], ["No markers at all."]),
         ("Run `lumen keys roll` [2]; then revoke it [9].", 2, "Run `lumen keys roll` [2]; then revoke it.", [2], []),
+        ("Ask the customer. [1][1] [2]", 2, "Ask the customer. [1][2]", [1, 2], []),
     ],
 )
 def test_markers_are_validated_and_uncited_sentences_flagged(raw, n, text, used, uncited) -> None:
@@ -59,8 +60,15 @@ def test_prompt_leak_detection() -> None:
 def test_attribution_cites_copied_sentences_only() -> None:
     from kb.citations import attribute
 
-    sources = [source(1, "Backups are kept for 35 days in a second region."), source(2, "Rotate keys every 90 days with lumen keys roll.")]
-    text, added = attribute("Rotate keys every 90 days with lumen keys roll. The moon is made of green cheese today. Done [1].", sources)
+    sources = [
+        source(1, "Backups are kept for 35 days in a second region."),
+        source(2, "Rotate keys every 90 days with lumen keys roll."),
+    ]
+    text, added = attribute(
+        "Rotate keys every 90 days with lumen keys roll. The moon is made of green cheese today. Done [1].", sources
+    )
     assert added == [2]
-    assert text == "Rotate keys every 90 days with lumen keys roll. [2] The moon is made of green cheese today. Done [1]."
+    assert (
+        text == "Rotate keys every 90 days with lumen keys roll. [2] The moon is made of green cheese today. Done [1]."
+    )
     assert parse_citations(text, 2)[2] == ["The moon is made of green cheese today."]

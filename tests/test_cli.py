@@ -51,7 +51,9 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
 def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
     docs = tmp_path / "docs"
-    write(docs, "retries.md", "# Retries\n\n## Error E4012\n\nE4012 means the card issuer declined the retry attempt.\n")
+    write(
+        docs, "retries.md", "# Retries\n\n## Error E4012\n\nE4012 means the card issuer declined the retry attempt.\n"
+    )
     index = tmp_path / "idx"
     assert runner.invoke(app, ["ingest", str(docs), "--kb", str(index)]).exit_code == 0
 

@@ -1,0 +1,202 @@
+"""Evaluation reports: summary tables (kb next to the baseline, with ratios), ``results.jsonl``, plots, and
+the question-by-question comparison of two report folders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kb.evaluation.metrics import mean, percentile, ranking_metrics
+from kb.evaluation.runner import QuestionResult
+
+HEADLINE = ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "recall@5", "recall@10")
+
+
+def summarize(rows: list[QuestionResult]) -> dict[str, Any]:
+    """Mean ranking metrics per stage (answerable questions), latency per stage, answer metrics."""
+    answerable = [r for r in rows if r.answerable]
+    stages = list(rows[0].stages) if rows else []
+    out: dict[str, Any] = {"questions": len(rows), "answerable": len(answerable), "stages": {}, "latency_ms": {}}
+    for stage in stages:
+        per_q = [ranking_metrics(r.stages[stage]["gold_hits"], r.n_gold) for r in answerable]
+        out["stages"][stage] = {m: mean([q[m] for q in per_q]) for m in HEADLINE}
+        ms = [r.stages[stage]["ms"] for r in rows]
+        out["latency_ms"][stage] = {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)}
+    answered = [r for r in rows if r.answer is not None]
+    if answered:
+        out["answers"] = answer_metrics(answered)
+    return out
+
+
+def answer_metrics(rows: list[QuestionResult]) -> dict[str, float]:
+    ans = [r for r in rows if r.answerable]
+    unans = [r for r in rows if not r.answerable]
+    refused = [r for r in rows if r.answer and r.answer["refused"]]
+    cited = sum(r.answer["cited"] for r in ans if r.answer)
+    f1 = [r.answer["token_f1"] for r in ans if r.answer and r.answer["token_f1"] is not None]
+    rouge = [r.answer["rouge_l"] for r in ans if r.answer and r.answer["rouge_l"] is not None]
+    totals = [r.answer["timings"].get("total", 0.0) for r in rows if r.answer]
+    return {
+        "sample": len(rows),
+        "citation_precision": sum(r.answer["cited_on_gold"] for r in ans if r.answer) / cited
+        if cited
+        else float("nan"),
+        "answer_support": mean([float(bool(r.answer and r.answer["supported"])) for r in ans]),
+        "false_refusals": mean([float(bool(r.answer and r.answer["refused"])) for r in ans]),
+        "refusal_precision": sum(not r.answerable for r in refused) / len(refused) if refused else float("nan"),
+        "refusal_recall": mean([float(bool(r.answer and r.answer["refused"])) for r in unans]),
+        "token_f1": mean(f1),
+        "rouge_l": mean(rouge),
+        "answer_ms_p50": percentile(totals, 0.5),
+        "answer_ms_p95": percentile(totals, 0.95),
+    }
+
+
+def write_report(
+    folder: Path,
+    title: str,
+    systems: dict[str, list[QuestionResult]],
+    context: dict[str, Any],
+) -> str:
+    """Write ``report.md``, ``results.jsonl``, ``summary.json`` and plots into ``folder``; return the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "results.jsonl").open("w", encoding="utf-8") as handle:
+        for system, rows in systems.items():
+            for row in rows:
+                handle.write(json.dumps({"system": system, **asdict(row)}, ensure_ascii=False) + "\n")
+    summaries = {name: summarize(rows) for name, rows in systems.items()}
+    (folder / "summary.json").write_text(json.dumps({"context": context, "summary": summaries}, indent=1, default=str))
+    _plots(folder, systems)
+    text = render(title, summaries, context)
+    (folder / "report.md").write_text(text)
+    return text
+
+
+def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, Any]) -> str:
+    names = list(summaries)
+    kb_name, base = names[0], (names[1] if len(names) > 1 else None)
+    lines = [f"# {title}", ""]
+    for key, value in context.items():
+        lines.append(f"- **{key}**: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    lines += [
+        "",
+        f"Ranking metrics over the {summaries[kb_name]['answerable']} answerable questions "
+        f"({summaries[kb_name]['questions']} in all); a chunk is relevant when its span overlaps a gold section.",
+        "",
+    ]
+    header = "| stage | metric | " + " | ".join(names) + (" | kb ÷ baseline |" if base else " |")
+    lines += [header, "|" + "---|" * (len(names) + (3 if base else 2))]
+    for stage in summaries[kb_name]["stages"]:
+        for metric in HEADLINE:
+            values = [summaries[n]["stages"].get(stage, {}).get(metric) for n in names]
+            cells = " | ".join("—" if v is None else f"{v:.3f}" for v in values)
+            ratio = f" | {_ratio(values[0], values[1])}" if base else ""
+            lines.append(f"| {stage} | {metric} | {cells}{ratio} |")
+    lines += [
+        "",
+        "Latency per stage, ms (p50 / p95):",
+        "",
+        "| stage | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for stage in summaries[kb_name]["latency_ms"]:
+        cells = " | ".join(_latency(summaries[n]["latency_ms"].get(stage)) for n in names)
+        lines.append(f"| {stage} | {cells} |")
+    answer_systems = [n for n in names if "answers" in summaries[n]]
+    if answer_systems:
+        lines += [
+            "",
+            "Answers (a sample; citation precision = cited chunks inside a gold section / all cited):",
+            "",
+            "| metric | " + " | ".join(answer_systems) + " |",
+            "|---|" + "---|" * len(answer_systems),
+        ]
+        for metric in summaries[answer_systems[0]]["answers"]:
+            cells = " | ".join(f"{summaries[n]['answers'].get(metric, float('nan')):.3f}" for n in answer_systems)
+            lines.append(f"| {metric} | {cells} |")
+    lines += [
+        "",
+        "Files: `results.jsonl` (one row per system and question), `summary.json`, `recall_at_k.png`, `latency.png`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def compare(a: Path, b: Path, system: str = "kb", stage: str = "fused") -> str:
+    """What got better and worse from report folder ``a`` to ``b``, question by question."""
+    rows_a, rows_b = _load(a, system), _load(b, system)
+    better, worse = [], []
+    for qid, row in rows_b.items():
+        if (
+            qid not in rows_a
+            or not row["answerable"]
+            or stage not in row["stages"]
+            or stage not in rows_a[qid]["stages"]
+        ):
+            continue
+        before = ranking_metrics(rows_a[qid]["stages"][stage]["gold_hits"], row["n_gold"])
+        after = ranking_metrics(row["stages"][stage]["gold_hits"], row["n_gold"])
+        delta = after["mrr@10"] - before["mrr@10"]
+        line = f"{qid}: mrr@10 {before['mrr@10']:.2f} → {after['mrr@10']:.2f}  {row['question'][:80]}"
+        (better if delta > 0 else worse if delta < 0 else []).append((delta, line))
+    out = [f"{system}/{stage}: {len(better)} better, {len(worse)} worse, {len(rows_b) - len(better) - len(worse)} same"]
+    out += ["", "better:"] + [f"  {line}" for _, line in sorted(better, reverse=True)]
+    out += ["", "worse:"] + [f"  {line}" for _, line in sorted(worse)]
+    return "\n".join(out)
+
+
+def _load(folder: Path, system: str) -> dict[str, dict[str, Any]]:
+    path = folder / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in rows if r["system"] == system}
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def _latency(values: dict[str, float] | None) -> str:
+    return "—" if not values else f"{values['p50']:.1f} / {values['p95']:.1f}"
+
+
+def _plots(folder: Path, systems: dict[str, list[QuestionResult]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in systems.items():
+        answerable = [r for r in rows if r.answerable]
+        for stage in rows[0].stages:
+            curve = [
+                mean([ranking_metrics(r.stages[stage]["gold_hits"][:k], r.n_gold)["recall@10"] for r in answerable])
+                for k in range(1, 11)
+            ]
+            ax.plot(range(1, 11), curve, marker="o", label=f"{name} {stage}", linestyle="-" if name == "kb" else "--")
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k (gold sections found)")
+    ax.set_title("recall@k per stage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "recall_at_k.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels, data = [], []
+    for name, rows in systems.items():
+        for stage in rows[0].stages:
+            labels.append(f"{name}\n{stage}")
+            data.append([r.stages[stage]["ms"] for r in rows])
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set_ylabel("ms per query")
+    ax.set_title("retrieval latency per stage")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(folder / "latency.png", dpi=110)
+    plt.close(fig)
