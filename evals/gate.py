@@ -57,7 +57,7 @@ def main() -> None:
         figures = measure(kb)
     print(json.dumps(figures, indent=1))
     if args.record:
-        GATE.write_text(json.dumps({k: round(v, 4) for k, v in figures.items()}, indent=1) + "\n")
+        GATE.write_text(json.dumps(figures, indent=1) + "\n")
         print(f"recorded in {GATE}")
     else:
         recorded = json.loads(GATE.read_text())

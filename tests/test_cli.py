@@ -60,7 +60,7 @@ def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index)])
     assert result.exit_code == 0, result.output
     assert "E4012 means the card issuer declined the retry attempt. [1]" in result.output
-    assert "[1] retries.md:3-5  Retries > Error E4012" in result.output
+    assert "[1] retries.md:1-5  Retries > Error E4012" in result.output  # the bare top heading leads in
 
     result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index), "--json"])
     answer = json.loads(result.stdout)
