@@ -9,12 +9,13 @@ cross-encoder can be loaded offline here, so neither system has that stage.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from llama_index.core import SimpleDirectoryReader, StorageContext, VectorStoreIndex
-from llama_index.core.llms import LLM
+from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import CitationQueryEngine
 from llama_index.core.retrievers import QueryFusionRetriever
@@ -52,8 +53,15 @@ class LlamaIndexBaseline:
         self.timings["embed+store"] = time.perf_counter() - tick
         self.dense = self.index.as_retriever(similarity_top_k=k)
         self.bm25 = BM25Retriever.from_defaults(nodes=self.nodes, similarity_top_k=k)
+        # With num_queries=1 the fusion retriever never calls its LLM, but it resolves one when built
+        # (OpenAI by default, which is not installed here): hand it the generator, or a mock.
         self.fused = QueryFusionRetriever(
-            [self.dense, self.bm25], mode="reciprocal_rerank", num_queries=1, similarity_top_k=k, use_async=False
+            [self.dense, self.bm25],
+            llm=llm or MockLLM(),
+            mode="reciprocal_rerank",
+            num_queries=1,
+            similarity_top_k=k,
+            use_async=False,
         )
         self._retrievers = {"bm25": self.bm25, "dense": self.dense, "fused": self.fused}
 
@@ -87,9 +95,11 @@ class LlamaIndexBaseline:
         rel = doc_id.relative_to(self.corpus).as_posix() if doc_id.is_relative_to(self.corpus) else str(doc_id)
         start, end = node.start_char_idx, node.end_char_idx
         if start is None or end is None:
+            # CitationQueryEngine's "Source n:" nodes lose their offsets: find the text in its document.
+            content = re.sub(r"^Source \d+:\n", "", node.get_content())
             text = self._texts.get(node.ref_doc_id or "", "")
-            start = max(text.find(node.get_content()[:200]), 0)
-            end = start + len(node.get_content())
+            start = max(text.find(content[:200]), 0)
+            end = start + len(content)
         return Retrieved(rel, start, end, node.node_id)
 
 

@@ -68,7 +68,8 @@ def run_evaluation(
                     system,
                     questions,
                     resolver,
-                    answer_ids=answer_ids,
+                    # The baseline has no extractive mode: without a generator it answers nothing.
+                    answer_ids=answer_ids if (name == "kb" or kb.llm is not None) else None,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
     _print_table(console, {name: summarize(rows) for name, rows in results.items()})
