@@ -10,7 +10,7 @@ from kb.errors import (
     ModelNotAvailableError,
     SourceError,
 )
-from kb.knowledge_base import Hit, KnowledgeBase, Status
+from kb.knowledge_base import FullRebuildRequired, Hit, KnowledgeBase, ReindexJob, Status
 from kb.settings import FusionMethod, LlmBackend, RetrievalMode, Settings
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Citation",
     "ConfigError",
     "EmbedderMismatchError",
+    "FullRebuildRequired",
     "FusionMethod",
     "Hit",
     "IndexLockedError",
@@ -26,6 +27,7 @@ __all__ = [
     "KnowledgeBase",
     "LlmBackend",
     "ModelNotAvailableError",
+    "ReindexJob",
     "RetrievalMode",
     "Settings",
     "Source",

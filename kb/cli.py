@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -20,12 +20,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from kb.citations import Answer
 from kb.errors import KbError
-from kb.indexing import IngestReport
+from kb.indexing import IngestReport, Progress
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
 from kb.settings import RetrievalMode
 
@@ -44,9 +45,9 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[KnowledgeBase]:
+def _open(path: Path, for_rebuild: bool = False) -> Iterator[KnowledgeBase]:
     try:
-        with KnowledgeBase.open(path) as kb:
+        with KnowledgeBase.open(path, for_rebuild=for_rebuild) as kb:
             yield kb
     except KbError as exc:
         _fail(str(exc))
@@ -80,9 +81,46 @@ def ingest(
             _print_report(report, kb)
 
 
+@app.command()
+def reindex(
+    folder: Annotated[Path, typer.Argument(help="The documents folder the index must mirror.")],
+    kb_path: KbOption = DEFAULT_INDEX,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Rebuild everything (after changing embedder or chunking).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Make the index mirror FOLDER: add new, replace changed and delete removed documents."""
+    with _open(kb_path, for_rebuild=full) as kb:
+        work = lambda progress: kb.reindex(folder, full=full, dry_run=dry_run, progress=progress)  # noqa: E731
+        report = _with_progress(work, quiet=as_json or dry_run, label="reindex")
+        if as_json:
+            print(
+                json.dumps(
+                    report.as_dict()
+                    | {"added_ids": report.added, "changed_ids": report.changed, "deleted_ids": report.deleted},
+                    indent=2,
+                )
+            )
+        elif dry_run:
+            console.print(f"plan: {report.summary()}" + (" (full rebuild)" if full else ""))
+            for label, ids in (("add", report.added), ("change", report.changed), ("delete", report.deleted)):
+                for doc_id in ids[:50]:
+                    console.print(f"  {label:6} {doc_id}", highlight=False)
+                if len(ids) > 50:
+                    console.print(f"  … and {len(ids) - 50} more to {label}")
+        else:
+            _print_report(report, kb)
+
+
 def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, Any], quiet: bool) -> IngestReport:
-    progress = Progress(
-        TextColumn("[bold]ingest"),
+    return _with_progress(lambda progress: kb.ingest(folder, metadata, progress=progress), quiet, "ingest")
+
+
+def _with_progress(work: Callable[[Progress], IngestReport], quiet: bool, label: str) -> IngestReport:
+    bar = RichProgress(
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -91,26 +129,23 @@ def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, A
         transient=True,
         disable=quiet,
     )
-    with progress:
-        task = progress.add_task("", total=None)
+    with bar:
+        task = bar.add_task("", total=None)
 
         def update(done: int, total: int, doc_id: str) -> None:
-            progress.update(task, completed=done, total=total, description=doc_id[-60:])
+            bar.update(task, completed=done, total=total, description=doc_id[-60:])
 
         try:
-            return kb.ingest(folder, metadata, progress=update)
+            return work(update)
         except KbError as exc:
-            progress.stop()
+            bar.stop()
             _fail(str(exc))
 
 
 def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
-    table = Table(title=f"ingested into {kb.path}", show_header=False, box=None)
-    table.add_row(
-        "documents",
-        f"{report.documents} ({len(report.added)} added, {len(report.changed)} changed, {report.unchanged} unchanged)",
-    )
-    table.add_row("chunks written", str(report.chunks_written))
+    table = Table(title=f"{kb.path}", show_header=False, box=None)
+    table.add_row("documents", f"{report.documents} ({report.summary()})")
+    table.add_row("chunks written", f"{report.chunks_written} ({report.chunks_reused} vectors reused, not re-embedded)")
     table.add_row("chunks in index", str(kb.store.count()))
     table.add_row("skipped files", str(len(report.skipped)))
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())

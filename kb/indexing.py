@@ -1,14 +1,27 @@
-"""Ingest: source folder → documents → chunks → dense + BM25 vectors → store, with a report.
+"""Ingest and reindex: source folder → plan of changes → chunks → dense + BM25 vectors → store.
 
-Documents whose content hash is already in the manifest are not parsed again. Chunks are embedded in
-batches across documents; a document's new chunks are written before its old ones are deleted, and the
-manifest is saved after every batch, so an interrupted ingest resumes where it stopped.
+    plan = indexer.plan("docs/", sync=True)      # content hashes against the manifest: nothing is written
+    print(plan.summary())                         # "3 added, 2 changed, 1 deleted, 412 unchanged"
+    report = indexer.apply(plan)
+
+Work is proportional to the change: unchanged documents are only read and hashed; changed ones are
+re-chunked, and a chunk whose embedded text is already in the index (an unchanged part of a changed or
+renamed document, or the same text in another document) reuses its stored vector instead of being
+embedded again — the store is the embedding cache, keyed by the hash of the text the pinned embedder read.
+
+Safety: a document's new version is written, the manifest switched, and the old version deleted while the
+store's lock is held, so a query in this process sees the old or the new version, never both or neither.
+The manifest is the truth: while writes are in flight a ``DIRTY`` marker exists, and on the next open
+:func:`sweep` deletes every (document, hash) version the manifest does not name — after a crash at any
+point, each document is in its old or its new version, and the next reindex finishes the job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,47 +29,83 @@ from typing import Any
 from kb.chunking import Chunk, HeadingChunker
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import SourceError
-from kb.loading import SkippedFile, SourceDocument, discover, parse_file, read_file
+from kb.loading import RawFile, SkippedFile, SourceDocument, discover, parse_file, read_file
 from kb.manifest import DocumentEntry, Manifest, point_id
 from kb.settings import Settings
 from kb.store.base import ChunkStore, StoredPoint
 from kb.tokens import TokenCounter
 
 Progress = Callable[[int, int, str], None]
-"""Called as ``progress(files_done, files_total, doc_id)``."""
+"""Called as ``progress(done, total, doc_id)``."""
 
 EMBED_FLUSH_CHUNKS = 256
+DIRTY_FILE = "DIRTY"
+
+
+@dataclass
+class IndexPlan:
+    """What a reindex would do. ``files`` keeps what was read, so applying the plan does not read twice."""
+
+    root: Path
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    files: dict[str, RawFile] = field(default_factory=dict, repr=False)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.changed)} changed, {len(self.deleted)} deleted, "
+            f"{self.unchanged} unchanged" + (f", {len(self.skipped)} skipped" if self.skipped else "")
+        )
 
 
 @dataclass
 class IngestReport:
-    """What an ingest did: counts per outcome, skipped files with reasons, seconds per stage."""
+    """What an ingest or reindex did: documents per outcome, chunks, skipped files, seconds per stage."""
 
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     chunks_written: int = 0
+    chunks_reused: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     timings: dict[str, float] = field(
-        default_factory=lambda: {"load_model": 0.0, "read": 0.0, "parse": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0}
+        default_factory=lambda: {"plan": 0.0, "load_model": 0.0, "parse": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0}
     )
     seconds: float = 0.0
+    dry_run: bool = False
 
     @property
     def documents(self) -> int:
         return len(self.added) + len(self.changed) + self.unchanged
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.changed)} changed, {len(self.deleted)} deleted, "
+            f"{self.unchanged} unchanged"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "documents": self.documents,
             "added": len(self.added),
             "changed": len(self.changed),
+            "deleted": len(self.deleted),
             "unchanged": self.unchanged,
             "chunks_written": self.chunks_written,
+            "chunks_reused": self.chunks_reused,
             "skipped": [{"doc_id": s.doc_id, "reason": s.reason} for s in self.skipped],
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
         }
+
+
+ReindexReport = IngestReport
 
 
 @dataclass
@@ -64,6 +113,7 @@ class _PendingDoc:
     document: SourceDocument
     chunks: list[Chunk]
     points: list[StoredPoint]
+    embed_texts: list[str]
 
 
 class Indexer:
@@ -86,53 +136,91 @@ class Indexer:
         self.manifest = manifest
         self.index_dir = index_dir
         self.settings = settings
+        self.vector_cache: ChunkStore | None = None  # another store whose vectors may be reused
 
-    def ingest(
-        self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
-    ) -> IngestReport:
-        """Add or update every document under ``folder``; ``metadata`` is merged into each document's."""
+    # -- planning -------------------------------------------------------------------------------------
+    def plan(self, folder: str | Path, sync: bool) -> IndexPlan:
+        """Compare ``folder`` with the manifest by content hash. With ``sync``, documents that are no
+        longer in the folder are planned for deletion (reindex); without, the ingest only adds."""
         root = Path(folder)
         if not root.is_dir():
             raise SourceError(f"{folder}: not a folder; pass the folder that holds the documents")
         started = time.perf_counter()
-        report = IngestReport()
-        files = list(discover(root, self.settings))
-        tick = time.perf_counter()
-        _ = self.embedder.model  # load once, outside the per-batch embed timing
-        report.timings["load_model"] = time.perf_counter() - tick
+        plan = IndexPlan(root)
+        present: set[str] = set()
+        for doc_id, path in discover(root, self.settings):
+            try:
+                raw = read_file(path, self.settings, root)
+            except SourceError as exc:
+                plan.skipped.append(SkippedFile(doc_id, str(exc)))
+                continue
+            present.add(doc_id)
+            known = self.manifest.documents.get(doc_id)
+            if known is not None and known.doc_hash == raw.content_hash:
+                plan.unchanged += 1
+                continue
+            (plan.changed if known is not None else plan.added).append(doc_id)
+            plan.files[doc_id] = raw
+        if sync:
+            # A file that is still there but now unreadable keeps its indexed version (nothing is lost).
+            kept = present | {s.doc_id for s in plan.skipped}
+            plan.deleted = sorted(set(self.manifest.documents) - kept)
+        plan.seconds = time.perf_counter() - started
+        return plan
+
+    # -- applying -------------------------------------------------------------------------------------
+    def ingest(
+        self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
+    ) -> IngestReport:
+        """Add new and changed documents under ``folder``; documents elsewhere in the index are kept."""
+        return self.apply(self.plan(folder, sync=False), metadata, progress)
+
+    def apply(
+        self, plan: IndexPlan, metadata: dict[str, Any] | None = None, progress: Progress | None = None
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport(unchanged=plan.unchanged, skipped=list(plan.skipped))
+        report.timings["plan"] = plan.seconds
+        todo = plan.added + plan.changed
+        if not todo and not plan.deleted:
+            report.seconds = time.perf_counter() - started + plan.seconds
+            return report
         self.store.ensure_payload_indexes(self.settings.indexed_fields)
-        batch: list[_PendingDoc] = []
-        for done, (doc_id, path) in enumerate(files, start=1):
-            pending = self._prepare(root, doc_id, path, metadata or {}, report)
-            if pending is not None:
-                batch.append(pending)
-                if sum(len(p.points) for p in batch) >= EMBED_FLUSH_CHUNKS:
-                    self._write(batch, report)
-                    batch = []
-            if progress:
-                progress(done, len(files), doc_id)
-        self._write(batch, report)
-        if report.chunks_written:
+        if todo:
+            tick = time.perf_counter()
+            _ = self.embedder.model  # load once, outside the per-batch embed timing
+            report.timings["load_model"] = time.perf_counter() - tick
+        with self.writing():
+            batch: list[_PendingDoc] = []
+            for done, doc_id in enumerate(todo, start=1):
+                pending = self._prepare(plan.files[doc_id], doc_id, metadata or {}, report)
+                if pending is not None:
+                    batch.append(pending)
+                    if sum(len(p.points) for p in batch) >= EMBED_FLUSH_CHUNKS:
+                        self._write(batch, report)
+                        batch = []
+                if progress:
+                    progress(done, len(todo), doc_id)
+            self._write(batch, report)
+            if plan.deleted:
+                self._delete(plan.deleted, report)
+        if report.chunks_written or report.deleted:
             tick = time.perf_counter()
             self.store.optimize()
             report.timings["store"] += time.perf_counter() - tick
-        report.seconds = time.perf_counter() - started
+        report.seconds = time.perf_counter() - started + plan.seconds
         return report
 
-    def _prepare(
-        self, root: Path, doc_id: str, path: Path, extra: dict[str, Any], report: IngestReport
-    ) -> _PendingDoc | None:
-        tick = time.perf_counter()
-        try:
-            raw = read_file(path, self.settings, root)
-        except SourceError as exc:
-            report.skipped.append(SkippedFile(doc_id, str(exc)))
-            return None
-        report.timings["read"] += time.perf_counter() - tick
-        known = self.manifest.documents.get(doc_id)
-        if known is not None and known.doc_hash == raw.content_hash:
-            report.unchanged += 1
-            return None
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Mark the index dirty while writes are in flight (a crash leaves the marker for :func:`sweep`)."""
+        marker = self.index_dir / DIRTY_FILE
+        marker.write_text(str(time.time()))
+        yield  # an exception propagates from here and leaves the marker for the sweep on the next open
+        self.store.flush()
+        marker.unlink(missing_ok=True)
+
+    def _prepare(self, raw: RawFile, doc_id: str, extra: dict[str, Any], report: IngestReport) -> _PendingDoc | None:
         tick = time.perf_counter()
         try:
             document = parse_file(raw, doc_id)
@@ -143,17 +231,19 @@ class Indexer:
         report.timings["parse"] += time.perf_counter() - tick
         tick = time.perf_counter()
         chunks = self.chunker.chunk(document.parsed)
-        report.timings["chunk"] += time.perf_counter() - tick
-        points = [
-            StoredPoint(
-                point_id(doc_id, document.content_hash, c.index), [], self.store.bm25_document(payload), payload
+        embed_texts = [self.embed_text(document.title, c) for c in chunks]
+        points = []
+        for chunk, text in zip(chunks, embed_texts, strict=True):
+            payload = self._payload(document, chunk, text)
+            points.append(
+                StoredPoint(
+                    point_id(doc_id, document.content_hash, chunk.index), [], self.store.bm25_document(payload), payload
+                )
             )
-            for c in chunks
-            for payload in [self._payload(document, c)]
-        ]
-        return _PendingDoc(document, chunks, points)
+        report.timings["chunk"] += time.perf_counter() - tick
+        return _PendingDoc(document, chunks, points, embed_texts)
 
-    def _payload(self, document: SourceDocument, chunk: Chunk) -> dict[str, Any]:
+    def _payload(self, document: SourceDocument, chunk: Chunk, embed_text: str) -> dict[str, Any]:
         meta = document.metadata
         return {
             "text": chunk.text,
@@ -166,6 +256,7 @@ class Indexer:
             "source_format": document.source_format.value,
             "url": str(meta.get("url", "")),
             "meta": meta,
+            "text_hash": text_hash(embed_text),
         }
 
     def embed_text(self, title: str, chunk: Chunk) -> str:
@@ -179,24 +270,68 @@ class Indexer:
         if not batch:
             return
         tick = time.perf_counter()
-        texts = [self.embed_text(p.document.title, c) for p in batch for c in p.chunks]
-        vectors = self.embedder.embed(texts) if texts else []
+        flat = [point for p in batch for point in p.points]
+        texts = [t for p in batch for t in p.embed_texts]
+        hashes = list({p.payload["text_hash"] for p in flat})
+        cached = (self.vector_cache or self.store).vectors_by_text_hash(hashes)
+        missing: dict[str, str] = {}  # text hash -> text, each embedded once even if repeated in the batch
+        for point, text in zip(flat, texts, strict=True):
+            if point.payload["text_hash"] not in cached:
+                missing.setdefault(point.payload["text_hash"], text)
+        fresh = self.embedder.embed(list(missing.values())) if missing else []
+        cached.update(zip(missing, fresh, strict=True))
+        for point in flat:
+            point.dense = cached[point.payload["text_hash"]]
+        report.chunks_reused += len(flat) - len(missing)
         report.timings["embed"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        flat = [point for p in batch for point in p.points]
-        for point, vector in zip(flat, vectors, strict=True):
-            point.dense = vector
-        self.store.upsert(flat)
-        for pending in batch:
-            doc = pending.document
-            old = self.manifest.documents.get(doc.doc_id)
-            # New version first, then the old one goes: the document is never missing from the index.
-            if old is not None and old.doc_hash != doc.content_hash:
-                self.store.delete_points(old.point_ids(doc.doc_id))
-            (report.changed if old is not None else report.added).append(doc.doc_id)
-            self.manifest.documents[doc.doc_id] = DocumentEntry(
-                doc.content_hash, len(pending.chunks), doc.mtime, doc.size, doc.source_format.value, doc.title
-            )
-        self.manifest.write(self.index_dir)
+        with self.store.transaction():  # queries in this process wait: they see old or new, never both
+            self.store.upsert(flat)
+            replaced: list[tuple[str, str]] = []
+            for pending in batch:
+                doc = pending.document
+                old = self.manifest.documents.get(doc.doc_id)
+                if old is not None and old.doc_hash != doc.content_hash:
+                    replaced.append((doc.doc_id, old.doc_hash))
+                (report.changed if old is not None else report.added).append(doc.doc_id)
+                self.manifest.documents[doc.doc_id] = DocumentEntry(
+                    doc.content_hash, len(pending.chunks), doc.mtime, doc.size, doc.source_format.value, doc.title
+                )
+            self.manifest.write(self.index_dir)
+            for doc_id, old_hash in replaced:
+                self.store.delete_version(doc_id, old_hash)
         report.chunks_written += len(flat)
         report.timings["store"] += time.perf_counter() - tick
+
+    def _delete(self, doc_ids: list[str], report: IngestReport) -> None:
+        tick = time.perf_counter()
+        with self.store.transaction():
+            for doc_id in doc_ids:
+                self.manifest.documents.pop(doc_id, None)
+            self.manifest.write(self.index_dir)
+            self.store.delete_documents(doc_ids)
+        report.deleted.extend(doc_ids)
+        report.timings["store"] += time.perf_counter() - tick
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def sweep(store: ChunkStore, manifest: Manifest) -> int:
+    """Delete every stored (document, hash) version the manifest does not name; returns points deleted.
+
+    Also drops manifest entries whose points are missing or incomplete, so the next reindex re-adds them.
+    """
+    versions = store.versions()
+    deleted = 0
+    for (doc_id, doc_hash), count in versions.items():
+        entry = manifest.documents.get(doc_id)
+        if entry is None or entry.doc_hash != doc_hash:
+            store.delete_version(doc_id, doc_hash)
+            deleted += count
+    for doc_id, entry in list(manifest.documents.items()):
+        if versions.get((doc_id, entry.doc_hash), 0) != entry.chunks:
+            store.delete_version(doc_id, entry.doc_hash)
+            del manifest.documents[doc_id]
+    return deleted

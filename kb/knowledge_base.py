@@ -9,6 +9,9 @@ for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "b
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +25,10 @@ from kb.citations import Answer
 from kb.document import Span
 from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, model_identity
 from kb.errors import ConfigError, EmbedderMismatchError
-from kb.indexing import Indexer, IngestReport, Progress
+from kb.indexing import DIRTY_FILE, Indexer, IngestReport, Progress, sweep
 from kb.llm import build_llm
-from kb.manifest import SHARD_DIR, IndexInfo, Manifest
+from kb.locking import IndexLock
+from kb.manifest import INDEX_FILE, MANIFEST_FILE, SHARD_DIR, IndexInfo, Manifest
 from kb.retrieval import HybridRetriever
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
@@ -33,6 +37,7 @@ from kb.store.edge import EdgeChunkStore
 from kb.tokens import TokenCounter
 
 DEFAULT_INDEX = Path("indexes/default")
+NEXT_DIR, PREV_DIR, SWAP_FILE = "next", "prev", "SWAP"
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,22 @@ class Status:
 class KnowledgeBase:
     """A knowledge base in an index folder: ingest documents, then search them."""
 
-    def __init__(self, path: Path, settings: Settings, store: ChunkStore, info: IndexInfo) -> None:
+    def __init__(
+        self,
+        path: Path,
+        settings: Settings,
+        store: ChunkStore,
+        info: IndexInfo,
+        lock: IndexLock | None = None,
+        incompatible: str | None = None,
+    ) -> None:
         self.path = path
         self.settings = settings
         self.store = store
         self.info = info
         self.manifest = Manifest.read(path)
+        self._lock = lock
+        self._incompatible = incompatible  # why only a full rebuild may touch this index, if so
         self._embedder: SentenceTransformerEmbedder | None = None
         self._llm: LLM | None = None
         self._llm_built = False
@@ -92,30 +107,54 @@ class KnowledgeBase:
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path = DEFAULT_INDEX, settings: Settings | None = None, **overrides: Any
+        cls,
+        path: str | Path = DEFAULT_INDEX,
+        settings: Settings | None = None,
+        for_rebuild: bool = False,
+        **overrides: Any,
     ) -> KnowledgeBase:
         """Open the index at ``path``, creating it when the folder holds none.
 
         Raises :class:`EmbedderMismatchError` when the index was built with another embedder than the one
-        the settings name, and :class:`IndexLockedError` when another process has it open.
+        the settings name (with ``for_rebuild`` the index opens, and only ``reindex(full=True)`` works),
+        and :class:`IndexLockedError`, naming the holder, when another process has it open.
+        After a crash, unfinished work is rolled back or forward here, before anything is read.
         """
         folder = Path(path)
         settings = settings or Settings.load(folder, **overrides)
         identity = model_identity(settings.embedder_model)
         _check_chunk_cap(settings)
-        if (folder / "index.json").exists():
-            info = IndexInfo.read(folder)
-            _check_compatible(folder, info, identity, settings)
-        else:
-            info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
-            folder.mkdir(parents=True, exist_ok=True)
-            info.write(folder)
-        bm25 = Bm25Encoder(settings.bm25_k, settings.bm25_b, settings.bm25_avg_len, settings.bm25_language)
-        store = EdgeChunkStore(folder / SHARD_DIR, identity.dimension, bm25)
-        return cls(folder, settings, store, info)
+        lock = IndexLock(folder).acquire()
+        try:
+            recover_swap(folder)
+            incompatible = None
+            if (folder / INDEX_FILE).exists():
+                info = IndexInfo.read(folder)
+                try:
+                    _check_compatible(folder, info, identity, settings)
+                except (EmbedderMismatchError, ConfigError) as exc:
+                    if not for_rebuild:
+                        raise
+                    incompatible = str(exc)
+            else:
+                info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
+                info.write(folder)
+            store = EdgeChunkStore(folder / SHARD_DIR, int(info.embedder["dimension"]), _bm25(info.bm25))
+            kb = cls(folder, settings, store, info, lock, incompatible)
+            if (folder / DIRTY_FILE).exists():
+                sweep(store, kb.manifest)
+                kb.manifest.write(folder)
+                store.flush()
+                (folder / DIRTY_FILE).unlink()
+            return kb
+        except BaseException:
+            lock.release()
+            raise
 
     def close(self) -> None:
         self.store.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> KnowledgeBase:
         return self
@@ -170,16 +209,102 @@ class KnowledgeBase:
     def ingest(
         self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
     ) -> IngestReport:
-        """Add new and changed documents under ``folder`` (Markdown, reST, HTML, text) to the index."""
+        """Add new and changed documents under ``folder`` (Markdown, reST, HTML, text) to the index.
+
+        Documents already indexed from elsewhere are kept; use :meth:`reindex` to mirror a folder.
+        """
+        self._require_incremental()
+        return self._indexer().ingest(folder, metadata, progress)
+
+    def reindex(
+        self,
+        folder: str | Path,
+        full: bool = False,
+        dry_run: bool = False,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Make the index mirror ``folder``: add new, replace changed, delete removed documents.
+
+        ``dry_run`` only plans. ``full`` rebuilds everything into a new shard, swapped in when complete
+        (needed after changing the embedder or the chunk settings; queries keep using the old one meanwhile).
+        """
+        if full:
+            return self._rebuild(folder, dry_run, metadata, progress)
+        self._require_incremental()
+        indexer = self._indexer()
+        plan = indexer.plan(folder, sync=True)
+        if dry_run:
+            report = IngestReport(
+                added=plan.added, changed=plan.changed, deleted=plan.deleted, unchanged=plan.unchanged, dry_run=True
+            )
+            report.skipped, report.seconds = list(plan.skipped), plan.seconds
+            return report
+        return indexer.apply(plan, metadata, progress)
+
+    def reindex_in_background(self, folder: str | Path, **options: Any) -> ReindexJob:
+        """Run :meth:`reindex` in a thread; this object keeps answering queries meanwhile."""
+        return ReindexJob(lambda progress: self.reindex(folder, progress=progress, **options))
+
+    def _indexer(
+        self, store: ChunkStore | None = None, manifest: Manifest | None = None, folder: Path | None = None
+    ) -> Indexer:
+        counter = TokenCounter.for_model(self.embedder.model_path)
+        return Indexer(
+            store or self.store,
+            self.embedder,
+            self.chunker(),
+            counter,
+            self.manifest if manifest is None else manifest,
+            folder or self.path,
+            self.settings,
+        )
+
+    def _require_incremental(self) -> None:
+        if self._incompatible:
+            raise FullRebuildRequired(f"{self._incompatible}\nRun: kb reindex DOCS --kb {self.path} --full")
         if self.info.chunking != self.settings.chunking_identity():
-            raise ConfigError(
+            raise FullRebuildRequired(
                 f"{self.path} was chunked with {self.info.chunking}, the settings now say "
                 f"{self.settings.chunking_identity()}; mixing both would leave incompatible chunks. "
-                "Restore the old values or rebuild the index from scratch."
+                f"Rebuild with: kb reindex DOCS --kb {self.path} --full (or restore the old values)."
             )
-        counter = TokenCounter.for_model(self.embedder.model_path)
-        indexer = Indexer(self.store, self.embedder, self.chunker(), counter, self.manifest, self.path, self.settings)
-        return indexer.ingest(folder, metadata, progress)
+
+    def _rebuild(
+        self, folder: str | Path, dry_run: bool, metadata: dict[str, Any] | None, progress: Progress | None
+    ) -> IngestReport:
+        identity = model_identity(self.settings.embedder_model)
+        staging = self.path / NEXT_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        store = EdgeChunkStore(staging / SHARD_DIR, identity.dimension, _bm25(self.settings.bm25_identity()))
+        manifest = Manifest()
+        indexer = self._indexer(store, manifest, staging)
+        if identity.sha256 == self.info.embedder.get("sha256"):
+            indexer.vector_cache = self.store  # same model: unchanged chunk texts keep their vectors
+        try:
+            plan = indexer.plan(folder, sync=True)
+            if dry_run:
+                report = IngestReport(added=plan.added, unchanged=0, dry_run=True)
+                report.skipped, report.seconds = list(plan.skipped), plan.seconds
+                return report
+            report = indexer.apply(plan, metadata, progress)
+            manifest.write(staging)
+            IndexInfo(identity.as_dict(), self.settings.chunking_identity(), self.settings.bm25_identity()).write(
+                staging
+            )
+        finally:
+            store.close()
+            if dry_run:
+                shutil.rmtree(staging, ignore_errors=True)
+        with self.store.transaction():  # queries wait for the swap, then see the new index
+            self.store.close()
+            swap_in(self.path)
+            self.info = IndexInfo.read(self.path)
+            self.manifest = Manifest.read(self.path)
+            self.store.reopen(self.path / SHARD_DIR, identity.dimension, _bm25(self.info.bm25))
+            self._incompatible = None
+        return report
 
     def search(
         self,
@@ -223,6 +348,73 @@ class KnowledgeBase:
             updated_at=self.manifest.updated_at,
             settings=self.settings.model_dump(mode="json"),
         )
+
+
+class FullRebuildRequired(ConfigError):
+    """The settings changed what chunks or vectors look like: only ``reindex(full=True)`` may proceed."""
+
+
+class ReindexJob:
+    """A reindex running in a background thread: ``wait()`` returns its report or raises its error."""
+
+    def __init__(self, work: Callable[[Progress], IngestReport]) -> None:
+        self.done = 0
+        self.total = 0
+        self.current = ""
+        self.report: IngestReport | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name="kb-reindex", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[Progress], IngestReport]) -> None:
+        try:
+            self.report = work(self._progress)
+        except BaseException as exc:
+            self.error = exc
+
+    def _progress(self, done: int, total: int, doc_id: str) -> None:
+        self.done, self.total, self.current = done, total, doc_id
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> IngestReport:
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        if self.report is None:
+            raise TimeoutError("reindex still running")
+        return self.report
+
+
+def recover_swap(folder: Path) -> None:
+    """Finish a full rebuild's swap interrupted by a crash, or discard a rebuild that never finished."""
+    staging = folder / NEXT_DIR
+    if (folder / SWAP_FILE).exists():
+        swap_in(folder)
+    elif staging.exists():
+        shutil.rmtree(staging)
+
+
+def swap_in(folder: Path) -> None:
+    """Move the rebuilt index from ``next/`` into place; restartable at any step (see :func:`recover_swap`)."""
+    staging, previous = folder / NEXT_DIR, folder / PREV_DIR
+    (folder / SWAP_FILE).write_text("")
+    previous.mkdir(exist_ok=True)
+    for name in (SHARD_DIR, INDEX_FILE, MANIFEST_FILE):
+        if (staging / name).exists():
+            if (folder / name).exists():
+                shutil.rmtree(previous / name, ignore_errors=True)
+                os.replace(folder / name, previous / name)
+            os.replace(staging / name, folder / name)
+    (folder / SWAP_FILE).unlink()
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _bm25(identity: dict[str, Any]) -> Bm25Encoder:
+    return Bm25Encoder(identity["k"], identity["b"], identity["avg_len"], identity["language"])
 
 
 def _check_chunk_cap(settings: Settings) -> None:

@@ -107,14 +107,14 @@ def render(results: list[dict], versions: dict[str, str]) -> str:
         "",
         "## Ingest",
         "",
-        "| corpus | docs | skipped | chunks | seconds | chunks/s | parse s | chunk s | embed s | store s | index MB |",
+        "| corpus | docs | skipped | chunks | seconds | chunks/s | read+hash+parse s | chunk s | embed s | store s | index MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r["stages"]
         lines.append(
             f"| {r['name']} | {r['documents']} | {r['skipped']} | {r['chunks']} | {r['ingest_s']:.1f} | "
-            f"{r['chunks_per_s']:.1f} | {s['read'] + s['parse']:.2f} | {s['chunk']:.2f} | {s['embed']:.1f} | "
+            f"{r['chunks_per_s']:.1f} | {s['plan'] + s['parse']:.2f} | {s['chunk']:.2f} | {s['embed']:.1f} | "
             f"{s['store']:.2f} | {r['disk_mb']:.1f} |"
         )
     lines += [

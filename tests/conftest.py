@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,23 @@ def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBas
 @pytest.fixture(scope="session")
 def sample_questions() -> list[dict]:
     return [json.loads(line) for line in SAMPLE_QUESTIONS.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def other_embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, loadable model that differs from MiniLM: the same files with one weight nudged."""
+    from safetensors.torch import load_file, save_file
+
+    from kb.embedding import resolve_model_path
+
+    source = resolve_model_path("all-MiniLM-L6-v2")
+    target = tmp_path_factory.mktemp("other-model")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    weights = load_file(str(source / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] * 1.01
+    save_file(weights, str(target / "model.safetensors"))
+    return target
 
 
 def write(root: Path, rel: str, content: str | bytes) -> Path:

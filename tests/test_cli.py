@@ -68,3 +68,19 @@ def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch
 
     result = runner.invoke(app, ["ask", "How do I bake sourdough bread?", "--kb", str(index)])
     assert result.exit_code == 0 and "I don't know" in result.output and "no_relevant_sources" in result.output
+
+
+def test_reindex_dry_run_then_apply(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "a.md", "# A\n\nFirst document about alpha retries.\n")
+    write(docs, "b.md", "# B\n\nSecond document about beta alerts.\n")
+    index = str(tmp_path / "idx")
+    assert runner.invoke(app, ["reindex", str(docs), "--kb", index]).exit_code == 0
+    (docs / "b.md").unlink()
+    write(docs, "c.md", "# C\n\nThird document about gamma backups.\n")
+    result = runner.invoke(app, ["reindex", str(docs), "--kb", index, "--dry-run"])
+    assert result.exit_code == 0 and "plan: 1 added, 0 changed, 1 deleted, 1 unchanged" in result.output
+    assert "add    c.md" in result.output and "delete b.md" in result.output
+    result = runner.invoke(app, ["reindex", str(docs), "--kb", index, "--json"])
+    report = json.loads(result.stdout)
+    assert (report["added_ids"], report["deleted_ids"]) == (["c.md"], ["b.md"])

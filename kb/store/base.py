@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from kb.sparse import Bm25Encoder, SparseVector
 DENSE = "dense"
 BM25 = "bm25"
 TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index"})
-KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format")
+KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash")
 
 FilterValue = str | int | bool | list[str] | list[int]
 
@@ -179,7 +180,26 @@ class ChunkStore(BasePydanticVectorStore):
     def delete_documents(self, doc_ids: list[str]) -> None: ...
 
     @abstractmethod
+    def delete_version(self, doc_id: str, doc_hash: str) -> None:
+        """Delete the chunks of one version of one document (never another document with equal content)."""
+
+    @abstractmethod
     def search(self, plan: HybridQuery) -> list[ScoredChunk]: ...
+
+    @abstractmethod
+    def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
+        """Stored dense vectors of chunks whose embedded text has one of these hashes (the embedding cache)."""
+
+    @abstractmethod
+    def versions(self) -> dict[tuple[str, str], int]:
+        """Point count per (doc_id, doc_hash) stored."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """Hold off this process's other store calls until the block ends (queries see before or after)."""
+
+    @abstractmethod
+    def flush(self) -> None: ...
 
     @abstractmethod
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int: ...

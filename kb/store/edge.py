@@ -81,6 +81,32 @@ class EdgeChunkStore(ChunkStore):
             with self._lock:
                 self._shard.update(UpdateOperation.delete_points_by_filter(_filter({"doc_id": list(doc_ids)})))
 
+    def delete_version(self, doc_id: str, doc_hash: str) -> None:
+        with self._lock:
+            self._shard.update(
+                UpdateOperation.delete_points_by_filter(_filter({"doc_id": [doc_id], "doc_hash": [doc_hash]}))
+            )
+
+    def transaction(self) -> threading.RLock:
+        return self._lock
+
+    def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for start in range(0, len(text_hashes), 512):
+            wanted = {"text_hash": text_hashes[start : start + 512]}
+            for record in self._scroll(wanted, with_vector=[DENSE], payload=["text_hash"]):
+                vector = _dense(record.vector)
+                if vector is not None:
+                    out[record.payload["text_hash"]] = vector
+        return out
+
+    def versions(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for record in self._scroll({}, payload=["doc_id", "doc_hash"], batch=2048):
+            key = (record.payload.get("doc_id", ""), record.payload.get("doc_hash", ""))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def search(self, plan: HybridQuery) -> list[ScoredChunk]:
         where = _filter(plan.conditions)
         legs: list[tuple[str, Any]] = []
@@ -121,14 +147,25 @@ class EdgeChunkStore(ChunkStore):
             return int(self._shard.count(CountRequest(filter=_filter(conditions or {}), exact=True)))
 
     def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
+        for record in self._scroll(conditions or {}, batch=batch):
+            yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
+
+    def _scroll(
+        self, conditions: dict[str, list[Any]], with_vector: Any = False, payload: Any = True, batch: int = 256
+    ) -> Iterator[Any]:
         offset = None
         while True:
             with self._lock:
                 records, offset = self._shard.scroll(
-                    ScrollRequest(offset=offset, limit=batch, filter=_filter(conditions or {}), with_payload=True)
+                    ScrollRequest(
+                        offset=offset,
+                        limit=batch,
+                        filter=_filter(conditions),
+                        with_payload=payload,
+                        with_vector=with_vector,
+                    )
                 )
-            for record in records:
-                yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
+            yield from records
             if offset is None:
                 return
 
@@ -152,6 +189,13 @@ class EdgeChunkStore(ChunkStore):
     def close(self) -> None:
         with self._lock:
             self._shard.close()
+
+    def reopen(self, path: str | Path, dimension: int, bm25: Bm25Encoder) -> None:
+        """Serve another shard folder from this object (after a full rebuild was swapped in)."""
+        with self._lock:
+            self.path = str(path)
+            self._shard = _open_shard(Path(path), dimension)
+            self._bm25 = bm25
 
     def disk_bytes(self) -> int:
         # Allocated blocks, not apparent size: Qdrant preallocates sparse 32 MB WAL and storage pages.

@@ -1,0 +1,246 @@
+"""Reindex: change detection by content hash, deletions on both legs, renames, identical content in two
+documents, embedding reuse, settings that require --full, crash safety under a real kill -9 of a child
+process at several points, the writer lock, and queries running during a background reindex."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kb import EmbedderMismatchError, FullRebuildRequired, IndexLockedError, KnowledgeBase
+from tests.conftest import write
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = [sys.executable, str(REPO / "tests" / "crash_child.py")]
+SETTINGS = dict(chunk_max_tokens=64, chunk_min_tokens=8)
+
+
+def doc(name: str, version: int, sections: int = 3) -> str:
+    body = [f"# Document {name}\n"]
+    for s in range(sections):
+        body.append(
+            f"## Part {s}\n\nToken zq{name}v{version}s{s} marks version {version} of part {s} of {name}. "
+            f"It explains how the {name} service handles retries, backoff and alerts in some detail.\n"
+        )
+    return "\n".join(body)
+
+
+def make_corpus(root: Path, names: list[str], version: int = 1) -> None:
+    for name in names:
+        write(root, f"{name}.md", doc(name, version))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_mirrors(kb: KnowledgeBase, folder: Path) -> None:
+    """Index content equals the folder: same documents, same versions, complete, nothing else."""
+    files = {p.relative_to(folder).as_posix(): sha(p) for p in folder.rglob("*.md")}
+    assert {d: e.doc_hash for d, e in kb.manifest.documents.items()} == files
+    versions = kb.store.versions()
+    assert set(versions) == set(files.items())
+    for (doc_id, _), count in versions.items():
+        assert count == kb.manifest.documents[doc_id].chunks
+
+
+def assert_one_version_each(kb: KnowledgeBase, allowed: dict[str, set[str]]) -> None:
+    """After a crash: every stored document is in exactly one allowed version, complete, and matches the manifest."""
+    versions = kb.store.versions()
+    per_doc: dict[str, list[str]] = {}
+    for (doc_id, doc_hash), count in versions.items():
+        per_doc.setdefault(doc_id, []).append(doc_hash)
+        assert count == kb.manifest.documents[doc_id].chunks
+    for doc_id, hashes in per_doc.items():
+        assert len(hashes) == 1, f"{doc_id} has {len(hashes)} versions"
+        assert hashes[0] in allowed[doc_id] and kb.manifest.documents[doc_id].doc_hash == hashes[0]
+    assert set(per_doc) == set(kb.manifest.documents)
+
+
+def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs, ["alpha", "beta", "gamma", "delta"])
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        first = kb.reindex(docs)
+        assert sorted(first.added) == ["alpha.md", "beta.md", "delta.md", "gamma.md"]
+        assert_mirrors(kb, docs)
+
+        write(docs, "alpha.md", doc("alpha", 2))  # changed
+        (docs / "beta.md").unlink()  # deleted
+        (docs / "gamma.md").rename(docs / "sub-gamma.md")  # renamed = delete + add
+        write(docs, "epsilon.md", doc("epsilon", 1))  # added
+        plan = kb.reindex(docs, dry_run=True)
+        assert plan.dry_run and plan.summary() == "2 added, 1 changed, 2 deleted, 1 unchanged"
+        assert sorted(plan.added) == ["epsilon.md", "sub-gamma.md"] and plan.deleted == ["beta.md", "gamma.md"]
+        assert kb.store.versions() and "beta.md" in kb.manifest.documents  # nothing written by the dry run
+
+        report = kb.reindex(docs)
+        assert report.summary() == "2 added, 1 changed, 2 deleted, 1 unchanged"
+        assert_mirrors(kb, docs)
+        # Deleted from both legs: its unique token finds nothing, by BM25 or by dense search.
+        assert not any("zqbetav1" in h.text for h in kb.search("zqbetav1s0", k=10, mode="bm25"))
+        assert not any(h.doc_id == "beta.md" for h in kb.search("beta service retries", k=20, mode="dense"))
+        assert kb.search("zqalphav2s1", k=1, mode="bm25")[0].doc_id == "alpha.md"
+        # Work proportional to the change: the renamed file's chunks were not embedded again.
+        assert report.chunks_reused >= 3
+        again = kb.reindex(docs)
+        assert (again.chunks_written, again.unchanged) == (0, 4)
+
+
+def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "a.md", doc("same", 1))
+    write(docs, "b.md", doc("same", 1))
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        report = kb.reindex(docs)
+        assert report.chunks_reused == report.chunks_written // 2  # b.md's vectors came from a.md's
+        (docs / "a.md").unlink()
+        kb.reindex(docs)
+        assert_mirrors(kb, docs)
+        assert {h.doc_id for h in kb.search("zqsamev1s0", k=5, mode="bm25")} == {"b.md"}
+
+
+def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs, ["alpha", "beta"])
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        kb.reindex(docs)
+    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8) as kb:
+        with pytest.raises(FullRebuildRequired, match="--full"):
+            kb.reindex(docs)
+        report = kb.reindex(docs, full=True)
+        assert sorted(report.added) == ["alpha.md", "beta.md"]
+        assert kb.info.chunking["chunk_max_tokens"] == 128 and kb.status().chunking["chunk_max_tokens"] == 128
+        assert_mirrors(kb, docs)
+        assert kb.search("zqbetav1s2", k=1, mode="bm25")[0].doc_id == "beta.md"
+        assert not (tmp_path / "idx" / "next").exists()
+    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8) as kb:
+        assert kb.reindex(docs).chunks_written == 0  # the new settings are now the index's own
+
+
+def test_embedder_change_opens_only_for_a_full_rebuild(tmp_path: Path, other_embedder: Path) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs, ["alpha"])
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        kb.reindex(docs)
+    with pytest.raises(EmbedderMismatchError):
+        KnowledgeBase.open(tmp_path / "idx", embedder_model=str(other_embedder), **SETTINGS)
+    with KnowledgeBase.open(tmp_path / "idx", for_rebuild=True, embedder_model=str(other_embedder), **SETTINGS) as kb:
+        with pytest.raises(FullRebuildRequired, match="built with embedder"):
+            kb.reindex(docs)
+        kb.reindex(docs, full=True)
+        assert kb.info.embedder["name"] == str(other_embedder)
+        assert kb.search("zqalphav1s0", k=1)[0].doc_id == "alpha.md"
+
+
+def run_child(index: Path, docs: Path, point: str, n: int, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CHILD, str(index), str(docs), point, str(n), *flags], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("point", "n", "flags"),
+    [
+        ("upsert", 1, ()),  # new version written, manifest not switched
+        ("manifest_write", 1, ()),  # manifest switched, old version not yet deleted
+        ("delete_version", 1, ()),  # first old version deleted, others pending
+        ("upsert", 2, ()),  # between two batches
+        ("swap", 1, ("--full",)),  # full rebuild: shard moved into place, manifest not yet
+        ("manifest_write", 1, ("--full",)),  # full rebuild: staging written, swap not started
+    ],
+)
+def test_kill_9_at_any_point_leaves_each_document_old_or_new(tmp_path: Path, point: str, n: int, flags: tuple) -> None:
+    docs = tmp_path / "docs"
+    names = [f"d{i}" for i in range(100)]  # > 256 chunks: more than one write batch
+    make_corpus(docs, names, version=1)
+    index = tmp_path / "idx"
+    assert "finished" in run_child(index, docs, "none", 0).stdout
+    old = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
+    make_corpus(docs, names, version=2)  # every document changes: several batches of work
+    new = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
+
+    killed = run_child(index, docs, point, n, *flags)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    with KnowledgeBase.open(index, **SETTINGS) as kb:  # opens cleanly: unfinished work rolled back or forward
+        assert_one_version_each(kb, {d: {old[d], new[d]} for d in old})
+        hit = kb.search("zqd7v1s1 zqd7v2s1", k=1, mode="bm25")[0]
+        assert hit.doc_id == "d7.md"  # and answers
+        kb.reindex(docs)  # the next reindex completes the job
+        assert_mirrors(kb, docs)
+
+
+def test_external_kill_during_a_long_reindex(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    names = [f"d{i}" for i in range(60)]
+    make_corpus(docs, names, version=1)
+    index = tmp_path / "idx"
+    run_child(index, docs, "none", 0)
+    make_corpus(docs, names, version=2)
+    child = subprocess.Popen([*CHILD, str(index), str(docs), "none", "0"], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (index / "DIRTY").exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with KnowledgeBase.open(index, **SETTINGS) as kb:
+        assert_one_version_each(kb, {f"{n}.md": {sha_v(n, 1), sha_v(n, 2)} for n in names})
+        kb.reindex(docs)
+        assert_mirrors(kb, docs)
+
+
+def sha_v(name: str, version: int) -> str:
+    return hashlib.sha256(doc(name, version).encode()).hexdigest()
+
+
+def test_second_writer_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    make_corpus(docs, ["alpha"])
+    index = tmp_path / "idx"
+    holder = subprocess.Popen([*CHILD, str(index), str(docs), "hold", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(IndexLockedError, match=rf"pid {holder.pid} on "):
+            KnowledgeBase.open(index, **SETTINGS)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert f'"pid": {holder.pid}' in (index / "LOCK").read_text()  # the dead holder's lock file is still there
+    with KnowledgeBase.open(index, **SETTINGS) as kb:  # …and is taken over
+        kb.reindex(docs)
+        assert f'"pid": {os.getpid()}' in (index / "LOCK").read_text()
+
+
+def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    names = [f"d{i}" for i in range(40)]
+    make_corpus(docs, names, version=1)
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        kb.reindex(docs)
+        make_corpus(docs, names, version=2)
+        job = kb.reindex_in_background(docs)
+        checks, errors = 0, []
+        while job.running or checks < 20:
+            try:
+                hits = kb.search("zqd5v1s0 zqd5v2s0 d5 service", k=20, mode="bm25")
+                versions = {h.text.split("marks version ")[1].split(" ")[0] for h in hits if h.doc_id == "d5.md"}
+                assert len(versions) == 1, versions  # never both versions of d5
+                assert any(h.doc_id == "d5.md" for h in hits)  # and never neither
+            except Exception as exc:
+                errors.append(exc)
+            checks += 1
+            if not job.running and checks >= 20:
+                break
+        report = job.wait()
+        assert errors == [] and checks > 20
+        assert len(report.changed) == 40
+        assert_mirrors(kb, docs)
