@@ -42,7 +42,11 @@ CANDIDATES: list[tuple[str, dict]] = [
     *[(f"weighted rrf {w}:1", {"fusion": FusionMethod.WEIGHTED, "dense_weight": w}) for w in (1.5, 2.0, 3.0, 4.0, 6.0)],
     *[
         (f"weighted rrf 3:1, k={k}", {"fusion": FusionMethod.WEIGHTED, "dense_weight": 3.0, "rrf_k": k})
-        for k in (10, 30)
+        for k in (5, 10, 30)
+    ],
+    *[
+        (f"weighted rrf {w}:1, k=10", {"fusion": FusionMethod.WEIGHTED, "dense_weight": w, "rrf_k": 10})
+        for w in (1.5, 2.0, 4.0)
     ],
     ("weighted rrf 3:1, prefetch 100", {"fusion": FusionMethod.WEIGHTED, "dense_weight": 3.0, "prefetch_limit": 100}),
 ]

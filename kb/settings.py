@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     fusion: FusionMethod = FusionMethod.WEIGHTED
     dense_weight: float = Field(3.0, ge=0.0)
     bm25_weight: float = Field(1.0, ge=0.0)
-    rrf_k: int = Field(60, ge=1)
+    rrf_k: int = Field(10, ge=1, description="RRF constant; 10 won on the tune split of both Python sets.")
     prefetch_limit: int = Field(50, ge=1, description="Candidates each leg hands to fusion.")
     indexed_fields: list[str] = Field(
         default_factory=lambda: ["product", "kind", "tags", "team"],
