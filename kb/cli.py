@@ -209,20 +209,26 @@ def ask(
             if as_json:
                 print(json.dumps(kb.ask(question, filters=where or None).as_dict(), indent=2, ensure_ascii=False))
                 return
-            answer = kb.ask(question, filters=where or None, on_token=_print_token)
+            streamed: list[str] = []
+            answer = kb.ask(question, filters=where or None, on_token=lambda piece: _stream(piece, streamed))
         except KbError as exc:
             _fail(str(exc))
         console.print()
-        _print_answer(answer, streamed=True)
+        _print_answer(answer, streamed="".join(streamed))
 
 
-def _print_token(piece: str) -> None:
+def _stream(piece: str, sink: list[str]) -> None:
+    sink.append(piece)
     console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_answer(answer: Answer, streamed: bool = False) -> None:
-    """The answer (unless it was streamed already), then its sources with path, section and lines."""
-    if answer.refused or not streamed:
+def _print_answer(answer: Answer, streamed: str = "") -> None:
+    """The answer (again if kb changed its markers after streaming), then its sources with path and lines."""
+    if not streamed:
+        console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
+    elif answer.text.strip() != streamed.strip():
+        label = "refused" if answer.refused else "with checked citations"
+        console.print(f"[dim]── {label}:[/]")
         console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
     if answer.citations:
         console.print("[bold]Sources[/]")
@@ -303,9 +309,10 @@ def demo(
             _print_hits(kb.search(query, k=3, filters=filters))
         for question in DEMO_QUESTIONS:
             console.rule(f"[bold]ask[/] {question!r}")
-            answer = kb.ask(question, on_token=_print_token)
+            streamed: list[str] = []
+            answer = kb.ask(question, on_token=lambda piece, sink=streamed: _stream(piece, sink))
             console.print()
-            _print_answer(answer, streamed=True)
+            _print_answer(answer, streamed="".join(streamed))
     console.rule()
     console.print(f'Index kept in {kb_path}. Try: kb search "how are refunds handled?" --kb {kb_path}')
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,12 +158,13 @@ def run_child(index: Path, docs: Path, point: str, n: int, *flags: str) -> subpr
         ("manifest_write", 1, ("--full",)),  # full rebuild: staging written, swap not started
     ],
 )
-def test_kill_9_at_any_point_leaves_each_document_old_or_new(tmp_path: Path, point: str, n: int, flags: tuple) -> None:
-    docs = tmp_path / "docs"
-    names = [f"d{i}" for i in range(100)]  # > 256 chunks: more than one write batch
-    make_corpus(docs, names, version=1)
-    index = tmp_path / "idx"
-    assert "finished" in run_child(index, docs, "none", 0).stdout
+def test_kill_9_at_any_point_leaves_each_document_old_or_new(
+    tmp_path: Path, indexed_v1: tuple[Path, Path], point: str, n: int, flags: tuple
+) -> None:
+    docs, index = tmp_path / "docs", tmp_path / "idx"
+    shutil.copytree(indexed_v1[0], docs)
+    shutil.copytree(indexed_v1[1], index)
+    names = [p.stem for p in docs.glob("*.md")]
     old = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
     make_corpus(docs, names, version=2)  # every document changes: several batches of work
     new = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
@@ -176,6 +178,16 @@ def test_kill_9_at_any_point_leaves_each_document_old_or_new(tmp_path: Path, poi
         assert hit.doc_id == "d7.md"  # and answers
         kb.reindex(docs)  # the next reindex completes the job
         assert_mirrors(kb, docs)
+
+
+@pytest.fixture(scope="module")
+def indexed_v1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """100 documents (> 256 chunks: more than one write batch), indexed once by a child process."""
+    root = tmp_path_factory.mktemp("v1")
+    docs, index = root / "docs", root / "idx"
+    make_corpus(docs, [f"d{i}" for i in range(100)], version=1)
+    assert "finished" in run_child(index, docs, "none", 0).stdout
+    return docs, index
 
 
 def test_external_kill_during_a_long_reindex(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ class LlamaIndexBaseline:
         self.llm = llm
         self.timings: dict[str, float] = {}
         tick = time.perf_counter()
-        documents = SimpleDirectoryReader(str(self.corpus), recursive=True, filename_as_id=True).load_data()
+        documents = SimpleDirectoryReader(
+            str(self.corpus), recursive=True, filename_as_id=True, exclude_hidden=False
+        ).load_data()
         self.timings["read"] = time.perf_counter() - tick
         tick = time.perf_counter()
         self.nodes: list[BaseNode] = SentenceSplitter().get_nodes_from_documents(documents)
