@@ -324,7 +324,10 @@ def eval_command(
     report: Annotated[Path | None, typer.Option("--report", help="Report folder to write.")] = None,
     corpus: Annotated[Path | None, typer.Option(help="Corpus folder (default: from <set>.meta.json).")] = None,
     baseline: Annotated[bool, typer.Option(help="Also run the stock LlamaIndex recipe.")] = True,
-    answers: Annotated[int, typer.Option(help="Answer this many questions (0 = retrieval only).")] = 0,
+    answers: Annotated[int, typer.Option(help="Answer this many questions with kb (0 = retrieval only).")] = 0,
+    baseline_answers: Annotated[
+        int, typer.Option(help="Answer this many of those with the baseline too (slow: several LLM calls each).")
+    ] = 0,
     split: Annotated[str, typer.Option(help="Questions to use: test, tune or all.")] = "test",
     compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Diff two report folders (A B).")] = None,
 ) -> None:
@@ -337,7 +340,9 @@ def eval_command(
     if question_set is None:
         _fail("give a question set, or --compare A B")
     try:
-        run_evaluation(question_set, kb_path, report, corpus, baseline, answers, split, console, err_console)
+        run_evaluation(
+            question_set, kb_path, report, corpus, baseline, answers, baseline_answers, split, console, err_console
+        )
     except KbError as exc:
         _fail(str(exc))
 

@@ -27,6 +27,7 @@ def run_evaluation(
     corpus: Path | None,
     with_baseline: bool,
     answers: int,
+    baseline_answers: int,
     split: str,
     console: Console,
     err_console: Console,
@@ -41,11 +42,15 @@ def run_evaluation(
             f"corpus folder {corpus} not found: pass --corpus, or build it ({meta.get('builder', 'see evals/')})"
         )
     rng = random.Random(13)
-    answer_ids = {q.id for q in rng.sample(questions, min(answers, len(questions)))} if answers else None
+    answer_order = [q.id for q in rng.sample(questions, min(answers, len(questions)))]
+    answer_ids = set(answer_order) or None
+    baseline_ids = set(answer_order[:baseline_answers]) or None
     context: dict[str, Any] = {
         "question set": f"{question_set} ({len(questions)} questions, split {split})",
         "corpus": f"{corpus} — packages {meta.get('packages', 'n/a')}",
-        "command": f"kb eval {question_set} --kb {kb_path}" + (f" --answers {answers}" if answers else ""),
+        "command": f"kb eval {question_set} --kb {kb_path}"
+        + (f" --answers {answers}" if answers else "")
+        + (f" --baseline-answers {baseline_answers}" if baseline_answers else ""),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     resolver = GoldResolver(corpus)
@@ -59,7 +64,7 @@ def run_evaluation(
             from kb.evaluation.baseline import LlamaIndexBaseline
 
             err_console.print("building the LlamaIndex baseline (embeds its own chunks)…")
-            systems["llamaindex"] = LlamaIndexBaseline(corpus, kb.embedder, kb.llm if answers else None)
+            systems["llamaindex"] = LlamaIndexBaseline(corpus, kb.embedder, kb.llm if baseline_answers else None)
         results: dict[str, list[QuestionResult]] = {}
         for name, system in systems.items():
             context[f"{name} setup"] = system.describe()
@@ -69,7 +74,7 @@ def run_evaluation(
                     questions,
                     resolver,
                     # The baseline has no extractive mode: without a generator it answers nothing.
-                    answer_ids=answer_ids if (name == "kb" or kb.llm is not None) else None,
+                    answer_ids=answer_ids if name == "kb" else (baseline_ids if kb.llm is not None else None),
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
     _print_table(console, {name: summarize(rows) for name, rows in results.items()})
