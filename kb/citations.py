@@ -105,7 +105,7 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
     uncited = [
         s.strip()
         for s in _SENTENCE_BREAK.split(_move_trailing_markers(cleaned))
-        if s.strip() and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
+        if len(s.split()) >= 2 and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
     ]
     return cleaned, used, uncited
 
@@ -140,7 +140,9 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
     pieces = _PIECES.split(text)
     added: list[int] = []
     for i, piece in enumerate(pieces):
-        if i % 2 or _MARKER.search(piece):
+        follows = pieces[i + 2] if i + 2 < len(pieces) else ""
+        # "Claim. [2]" already cites the claim: the marker stands in the next piece.
+        if i % 2 or _MARKER.search(piece) or (follows and not _MARKER.sub("", follows).strip()):
             continue
         words = _WORD.findall(piece.lower())
         if len(words) < 4:

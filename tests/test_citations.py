@@ -14,11 +14,24 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
     [
         ("A is true [1]. B is true [2].", 2, "A is true [1]. B is true [2].", [1, 2], []),
         ("A [1][3]. B [2, 1].", 3, "A [1][3]. B [2][1].", [1, 3, 2], []),
-        ("A [0]. B [4]. C [2].", 3, "A. B. C [2].", [2], ["A.", "B."]),
+        (
+            "Alpha is [0]. Beta is [4]. Gamma is [2].",
+            3,
+            "Alpha is. Beta is. Gamma is [2].",
+            [2],
+            ["Alpha is.", "Beta is."],
+        ),
         ("Claim one. [1] Claim two.", 1, "Claim one. [1] Claim two.", [1], ["Claim two."]),
         ("No markers at all.", 2, "No markers at all.", [], ["No markers at all."]),
         ("Run `lumen keys roll` [2]; then revoke it [9].", 2, "Run `lumen keys roll` [2]; then revoke it.", [2], []),
         ("Ask the customer. [1][1] [2]", 2, "Ask the customer. [1][2]", [1, 2], []),
+        (
+            "Steps:\n1. Run the dry run [1].\n2. Deploy it [1].",
+            1,
+            "Steps:\n1. Run the dry run [1].\n2. Deploy it [1].",
+            [1],
+            [],
+        ),
     ],
 )
 def test_markers_are_validated_and_uncited_sentences_flagged(raw, n, text, used, uncited) -> None:
@@ -72,3 +85,8 @@ def test_attribution_cites_copied_sentences_only() -> None:
         text == "Rotate keys every 90 days with lumen keys roll. [2] The moon is made of green cheese today. Done [1]."
     )
     assert parse_citations(text, 2)[2] == ["The moon is made of green cheese today."]
+    # A marker after the full stop already cites its sentence: nothing is added.
+    assert attribute("Rotate keys every 90 days with lumen keys roll. [1]", sources) == (
+        "Rotate keys every 90 days with lumen keys roll. [1]",
+        [],
+    )
