@@ -124,29 +124,25 @@ class AnswerEngine:
         text, inferred = attribute(text, sources)
         text, used, uncited = parse_citations(text, len(sources))
         citations = [Citation.of(sources[n - 1]) for n in used]
-        return Answer(
-            question=question,
-            text=text,
+        return self._answer(
+            question,
+            text,
+            sources,
+            timings,
             citations=citations,
             uncited_sentences=uncited,
             inferred_citations=inferred,
-            sources=sources,
-            backend=self.backend,
-            timings=timings,
         )
 
     def _refusal(
         self, question: str, reason: str, text: str, sources: list[Source], timings: dict[str, float]
     ) -> Answer:
-        return Answer(
-            question=question,
-            text=text,
-            refused=True,
-            refusal_reason=reason,
-            sources=sources,
-            backend=self.backend,
-            timings=timings,
-        )
+        return self._answer(question, text, sources, timings, refused=True, refusal_reason=reason)
+
+    def _answer(
+        self, question: str, text: str, sources: list[Source], timings: dict[str, float], **fields: Any
+    ) -> Answer:
+        return Answer(question=question, text=text, sources=sources, backend=self.backend, timings=timings, **fields)
 
     def _extract(self, question: str, sources: list[Source]) -> str:
         """The sentences of the sources closest to the question, each with its citation."""
