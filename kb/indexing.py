@@ -105,9 +105,6 @@ class IngestReport:
         }
 
 
-ReindexReport = IngestReport
-
-
 @dataclass
 class _PendingDoc:
     document: SourceDocument

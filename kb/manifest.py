@@ -38,9 +38,6 @@ class DocumentEntry:
     source_format: str
     title: str
 
-    def point_ids(self, doc_id: str) -> list[str]:
-        return [point_id(doc_id, self.doc_hash, i) for i in range(self.chunks)]
-
 
 @dataclass
 class IndexInfo:
@@ -88,10 +85,6 @@ class Manifest:
             folder / MANIFEST_FILE,
             {"updated_at": self.updated_at, "documents": {k: asdict(v) for k, v in sorted(self.documents.items())}},
         )
-
-    @property
-    def chunk_count(self) -> int:
-        return sum(e.chunks for e in self.documents.values())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

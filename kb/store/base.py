@@ -174,9 +174,6 @@ class ChunkStore(BasePydanticVectorStore):
     def upsert(self, points: list[StoredPoint]) -> None: ...
 
     @abstractmethod
-    def delete_points(self, ids: list[str]) -> None: ...
-
-    @abstractmethod
     def delete_documents(self, doc_ids: list[str]) -> None: ...
 
     @abstractmethod

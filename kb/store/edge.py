@@ -71,11 +71,6 @@ class EdgeChunkStore(ChunkStore):
         with self._lock:
             self._shard.update(UpdateOperation.upsert_points(edge_points))
 
-    def delete_points(self, ids: list[str]) -> None:
-        if ids:
-            with self._lock:
-                self._shard.update(UpdateOperation.delete_points(list(ids)))
-
     def delete_documents(self, doc_ids: list[str]) -> None:
         if doc_ids:
             with self._lock:
