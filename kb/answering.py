@@ -27,7 +27,7 @@ from kb.document import Span
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import ConfigError
 from kb.prompting import build_messages, leaks_prompt
-from kb.retrieval import HybridRetriever
+from kb.retrieval import HybridRetriever, cosine
 from kb.settings import Settings
 
 NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to answer this question."
@@ -156,9 +156,7 @@ class AnswerEngine:
             return ""
         vectors = self.embedder.embed([question] + [s for _, s in candidates])
         query, rest = vectors[0], vectors[1:]
-        scored = sorted(
-            ((sum(a * b for a, b in zip(query, v, strict=True)), i) for i, v in enumerate(rest)), reverse=True
-        )
+        scored = sorted(((cosine(query, v), i) for i, v in enumerate(rest)), reverse=True)
         best = scored[0][0]
         chosen: list[int] = []
         per_source: dict[int, int] = {}

@@ -89,11 +89,12 @@ class HybridRetriever(BaseRetriever):
         hits = self._store.search(plan)
         done = time.perf_counter()
         nodes = [NodeWithScore(node=node_from_payload(h.id, h.payload), score=h.score) for h in hits]
-        relevance = [_cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []
+        relevance = [cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []
         timings = {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3}
         return RetrievalResult(nodes, timings, relevance)
 
 
-def _cosine(query: list[float], vector: list[float] | None) -> float:
+def cosine(query: list[float], vector: list[float] | None) -> float:
+    """Cosine similarity of two embeddings from kb's embedder (0 when the vector is missing)."""
     # Both sides are L2-normalised (the embedder normalises, the collection uses cosine), so a dot product.
     return float(sum(a * b for a, b in zip(query, vector, strict=True))) if vector else 0.0

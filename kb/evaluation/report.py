@@ -94,25 +94,14 @@ def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, 
             cells = " | ".join("—" if v is None else f"{v:.3f}" for v in values)
             ratio = f" | {_ratio(values[0], values[1])}" if base else ""
             lines.append(f"| {stage} | {metric} | {cells}{ratio} |")
-    lines += [
-        "",
-        "Latency per stage, ms (p50 / p95):",
-        "",
-        "| stage | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
+    lines += _table_head("Latency per stage, ms (p50 / p95):", "stage", names)
     for stage in summaries[kb_name]["latency_ms"]:
         cells = " | ".join(_latency(summaries[n]["latency_ms"].get(stage)) for n in names)
         lines.append(f"| {stage} | {cells} |")
     answer_systems = [n for n in names if "answers" in summaries[n]]
     if answer_systems:
-        lines += [
-            "",
-            "Answers (a sample; citation precision = cited chunks inside a gold section / all cited):",
-            "",
-            "| metric | " + " | ".join(answer_systems) + " |",
-            "|---|" + "---|" * len(answer_systems),
-        ]
+        caption = "Answers (a sample; citation precision = cited chunks inside a gold section / all cited):"
+        lines += _table_head(caption, "metric", answer_systems)
         for metric in summaries[answer_systems[0]]["answers"]:
             cells = " | ".join(f"{summaries[n]['answers'].get(metric, float('nan')):.3f}" for n in answer_systems)
             lines.append(f"| {metric} | {cells} |")
@@ -121,6 +110,10 @@ def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, 
         "Files: `results.jsonl` (one row per system and question), `summary.json`, `recall_at_k.png`, `latency.png`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _table_head(caption: str, first: str, columns: list[str]) -> list[str]:
+    return ["", caption, "", f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
 
 
 def compare(a: Path, b: Path, system: str = "kb", stage: str = "fused") -> str:
