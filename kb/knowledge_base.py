@@ -23,7 +23,7 @@ from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
-from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, model_identity
+from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, max_seq_length, model_identity, resolve_model_path
 from kb.errors import ConfigError, EmbedderMismatchError
 from kb.indexing import DIRTY_FILE, Indexer, IngestReport, Progress, sweep
 from kb.llm import build_llm
@@ -418,8 +418,6 @@ def _bm25(identity: dict[str, Any]) -> Bm25Encoder:
 
 
 def _check_chunk_cap(settings: Settings) -> None:
-    from kb.embedding import max_seq_length, resolve_model_path
-
     readable = max_seq_length(resolve_model_path(settings.embedder_model)) - 2
     if settings.chunk_max_tokens > readable:
         raise ConfigError(
