@@ -73,7 +73,7 @@ class AnswerEngine:
     def stream(self, question: str) -> Iterator[AnswerEvent]:
         """Yield answer text as it is generated, then the final :class:`Answer`."""
         started = time.perf_counter()
-        question = self._checked(question)
+        question = self.check(question)
         result = self.retriever.search(question, k=self.settings.answer_sources, with_relevance=True)
         timings = dict(result.timings)
         timings["rerank"] = 0.0
@@ -104,10 +104,13 @@ class AnswerEngine:
         timings["total"] = (time.perf_counter() - started) * 1e3
         yield answer
 
-    def _checked(self, question: str) -> str:
+    def check(self, question: str) -> str:
+        """The question as it will be asked (control characters blanked), or a ConfigError naming why not."""
         if not isinstance(question, str) or not question.strip():
             raise ConfigError("question: expected a non-empty question")
         cleaned = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in question).strip()
+        if not cleaned:
+            raise ConfigError("question: only control characters; expected a question in words")
         if len(cleaned) > self.settings.max_question_chars:
             raise ConfigError(
                 f"question: {len(cleaned):,} characters is over "

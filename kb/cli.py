@@ -3,6 +3,8 @@
 kb ingest docs/ --kb indexes/handbook
 kb search "how do I rotate the API key?" --kb indexes/handbook --filter product=api
 kb status --kb indexes/handbook
+kb migrate --from indexes/handbook --to http://qdrant:6333
+kb serve --kb indexes/handbook --docs docs/ --port 8000
 kb demo
 """
 
@@ -259,6 +261,7 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
         return
     table = Table(show_header=False, box=None)
     table.add_row("index", state.path)
+    table.add_row("store", ", ".join(f"{k}={v}" for k, v in state.store.items()))
     table.add_row("documents", str(state.documents))
     table.add_row("chunks", str(state.chunks))
     table.add_row("disk", f"{state.disk_bytes / 1e6:.1f} MB")
@@ -274,6 +277,58 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
     for key, value in state.settings.items():
         settings.add_row(key, json.dumps(value))
     console.print(settings)
+
+
+@app.command()
+def migrate(
+    source: Annotated[Path, typer.Option("--from", help="Embedded index folder to copy.")],
+    target: Annotated[str, typer.Option("--to", help="Qdrant server URL (http://qdrant:6333) or local:PATH.")],
+    collection: Annotated[str, typer.Option(help="Target collection (default: the folder's name).")] = "",
+    api_key: Annotated[str, typer.Option(envvar="KB_QDRANT_API_KEY", help="Qdrant server API key.")] = "",
+    replace: Annotated[bool, typer.Option(help="Swap out a target collection that already holds points.")] = False,
+) -> None:
+    """Copy an embedded knowledge base to a Qdrant server (points, vectors, payload, manifest), verified."""
+    from kb.migrate import migrate as run_migration
+
+    try:
+        report = run_migration(source, target, collection, api_key, replace)
+    except KbError as exc:
+        _fail(str(exc))
+    console.print(
+        f"copied {report.points:,} points of {report.documents:,} documents into collection "
+        f"{report.collection!r} at {report.target} in {report.seconds:.1f} s; verified: counts and every "
+        "document version match."
+    )
+    console.print(
+        f'Use it: set qdrant_url = "{report.target}" and qdrant_collection = "{report.collection}" in '
+        f"{source}/kb.toml (or KB_QDRANT_URL / KB_QDRANT_COLLECTION).",
+        highlight=False,
+    )
+
+
+@app.command()
+def serve(
+    kb_path: KbOption = DEFAULT_INDEX,
+    docs: Annotated[Path | None, typer.Option(help="Documents folder that POST /reindex mirrors.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    allow_anonymous: Annotated[
+        bool, typer.Option(help="Without api_keys, let anyone read (never reindex). For local trials only.")
+    ] = False,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs): /ask, /search, /reindex, /status, /health."""
+    import uvicorn
+
+    from kb.api import create_app
+
+    with _open(kb_path) as kb:
+        if not kb.settings.api_keys and not allow_anonymous:
+            _fail(
+                "no api_keys configured: add [[api_keys]] entries (key, role = read|admin, groups) to "
+                f'{kb_path}/kb.toml or set KB_API_KEYS=\'[{{"key": "...", "role": "admin"}}]\'; '
+                "or pass --allow-anonymous for a local trial"
+            )
+        uvicorn.run(create_app(kb, docs, allow_anonymous), host=host, port=port, log_level="info")
 
 
 DEMO_SEARCHES = [

@@ -294,7 +294,7 @@ class Indexer:
                 self.manifest.documents[doc.doc_id] = DocumentEntry(
                     doc.content_hash, len(pending.chunks), doc.mtime, doc.size, doc.source_format.value, doc.title
                 )
-            self.manifest.write(self.index_dir)
+            self.manifest.write(self.store)
             for doc_id, old_hash in replaced:
                 self.store.delete_version(doc_id, old_hash)
         report.chunks_written += len(flat)
@@ -305,7 +305,7 @@ class Indexer:
         with self.store.transaction():
             for doc_id in doc_ids:
                 self.manifest.documents.pop(doc_id, None)
-            self.manifest.write(self.index_dir)
+            self.manifest.write(self.store)
             self.store.delete_documents(doc_ids)
         report.deleted.extend(doc_ids)
         report.timings["store"] += time.perf_counter() - tick

@@ -9,8 +9,6 @@ for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "b
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,16 +26,15 @@ from kb.errors import ConfigError, EmbedderMismatchError
 from kb.indexing import DIRTY_FILE, Indexer, IngestReport, Progress, sweep
 from kb.llm import build_llm
 from kb.locking import IndexLock
-from kb.manifest import INDEX_FILE, MANIFEST_FILE, SHARD_DIR, IndexInfo, Manifest
+from kb.manifest import IndexInfo, Manifest
 from kb.retrieval import HybridRetriever
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
+from kb.store import open_store
 from kb.store.base import ChunkStore, FilterValue
-from kb.store.edge import EdgeChunkStore
 from kb.tokens import TokenCounter
 
 DEFAULT_INDEX = Path("indexes/default")
-NEXT_DIR, PREV_DIR, SWAP_FILE = "next", "prev", "SWAP"
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,7 @@ class Hit:
 @dataclass(frozen=True)
 class Status:
     path: str
+    store: dict[str, Any]
     documents: int
     chunks: int
     disk_bytes: int
@@ -97,7 +95,7 @@ class KnowledgeBase:
         self.settings = settings
         self.store = store
         self.info = info
-        self.manifest = Manifest.read(path)
+        self.manifest = Manifest.read(store)
         self._lock = lock
         self._incompatible = incompatible  # why only a full rebuild may touch this index, if so
         self._embedder: SentenceTransformerEmbedder | None = None
@@ -125,11 +123,13 @@ class KnowledgeBase:
         identity = model_identity(settings.embedder_model)
         _check_chunk_cap(settings)
         lock = IndexLock(folder).acquire()
+        store: ChunkStore | None = None
         try:
-            recover_swap(folder)
+            store = open_store(folder, settings, identity.dimension, _bm25(settings.bm25_identity()))
             incompatible = None
-            if (folder / INDEX_FILE).exists():
-                info = IndexInfo.read(folder)
+            if IndexInfo.exists(store):
+                info = IndexInfo.read(store)
+                store.use_bm25(_bm25(info.bm25))
                 try:
                     _check_compatible(folder, info, identity, settings)
                 except (EmbedderMismatchError, ConfigError) as exc:
@@ -138,16 +138,17 @@ class KnowledgeBase:
                     incompatible = str(exc)
             else:
                 info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
-                info.write(folder)
-            store = EdgeChunkStore(folder / SHARD_DIR, int(info.embedder["dimension"]), _bm25(info.bm25))
+                info.write(store)
             kb = cls(folder, settings, store, info, lock, incompatible)
             if (folder / DIRTY_FILE).exists():
                 sweep(store, kb.manifest)
-                kb.manifest.write(folder)
+                kb.manifest.write(store)
                 store.flush()
                 (folder / DIRTY_FILE).unlink()
             return kb
         except BaseException:
+            if store is not None:
+                store.close()
             lock.release()
             raise
 
@@ -246,9 +247,7 @@ class KnowledgeBase:
         """Run :meth:`reindex` in a thread; this object keeps answering queries meanwhile."""
         return ReindexJob(lambda progress: self.reindex(folder, progress=progress, **options))
 
-    def _indexer(
-        self, store: ChunkStore | None = None, manifest: Manifest | None = None, folder: Path | None = None
-    ) -> Indexer:
+    def _indexer(self, store: ChunkStore | None = None, manifest: Manifest | None = None) -> Indexer:
         counter = TokenCounter.for_model(self.embedder.model_path)
         return Indexer(
             store or self.store,
@@ -256,7 +255,7 @@ class KnowledgeBase:
             self.chunker(),
             counter,
             self.manifest if manifest is None else manifest,
-            folder or self.path,
+            self.path,
             self.settings,
         )
 
@@ -274,35 +273,28 @@ class KnowledgeBase:
         self, folder: str | Path, dry_run: bool, metadata: dict[str, Any] | None, progress: Progress | None
     ) -> IngestReport:
         identity = model_identity(self.settings.embedder_model)
-        staging = self.path / NEXT_DIR
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        store = EdgeChunkStore(staging / SHARD_DIR, identity.dimension, _bm25(self.settings.bm25_identity()))
+        store = self.store.staging(identity.dimension, _bm25(self.settings.bm25_identity()))
         manifest = Manifest()
-        indexer = self._indexer(store, manifest, staging)
+        indexer = self._indexer(store, manifest)
         if identity.sha256 == self.info.embedder.get("sha256"):
             indexer.vector_cache = self.store  # same model: unchanged chunk texts keep their vectors
         try:
             plan = indexer.plan(folder, sync=True)
             if dry_run:
+                self.store.discard(store)
                 report = IngestReport(added=plan.added, unchanged=0, dry_run=True)
                 report.skipped, report.seconds = list(plan.skipped), plan.seconds
                 return report
             report = indexer.apply(plan, metadata, progress)
-            manifest.write(staging)
-            IndexInfo(identity.as_dict(), self.settings.chunking_identity(), self.settings.bm25_identity()).write(
-                staging
-            )
-        finally:
-            store.close()
-            if dry_run:
-                shutil.rmtree(staging, ignore_errors=True)
+            manifest.write(store)
+            IndexInfo(identity.as_dict(), self.settings.chunking_identity(), self.settings.bm25_identity()).write(store)
+        except BaseException:
+            self.store.discard(store)
+            raise
         with self.store.transaction():  # queries wait for the swap, then see the new index
-            self.store.close()
-            swap_in(self.path)
-            self.info = IndexInfo.read(self.path)
-            self.manifest = Manifest.read(self.path)
-            self.store.reopen(self.path / SHARD_DIR, identity.dimension, _bm25(self.info.bm25))
+            self.store.promote(store)
+            self.info = IndexInfo.read(self.store)
+            self.manifest = Manifest.read(self.store)
             self._incompatible = None
         return report
 
@@ -340,13 +332,14 @@ class KnowledgeBase:
     def status(self) -> Status:
         return Status(
             path=str(self.path),
+            store=self.store.describe(),
             documents=len(self.manifest.documents),
             chunks=self.store.count(),
             disk_bytes=self.store.disk_bytes(),
             embedder=self.info.embedder,
             chunking=self.info.chunking,
             updated_at=self.manifest.updated_at,
-            settings=self.settings.model_dump(mode="json"),
+            settings=self.settings.public_dump(),
         )
 
 
@@ -386,31 +379,6 @@ class ReindexJob:
         if self.report is None:
             raise TimeoutError("reindex still running")
         return self.report
-
-
-def recover_swap(folder: Path) -> None:
-    """Finish a full rebuild's swap interrupted by a crash, or discard a rebuild that never finished."""
-    staging = folder / NEXT_DIR
-    if (folder / SWAP_FILE).exists():
-        swap_in(folder)
-    elif staging.exists():
-        shutil.rmtree(staging)
-
-
-def swap_in(folder: Path) -> None:
-    """Move the rebuilt index from ``next/`` into place; restartable at any step (see :func:`recover_swap`)."""
-    staging, previous = folder / NEXT_DIR, folder / PREV_DIR
-    (folder / SWAP_FILE).write_text("")
-    previous.mkdir(exist_ok=True)
-    for name in (SHARD_DIR, INDEX_FILE, MANIFEST_FILE):
-        if (staging / name).exists():
-            if (folder / name).exists():
-                shutil.rmtree(previous / name, ignore_errors=True)
-                os.replace(folder / name, previous / name)
-            os.replace(staging / name, folder / name)
-    (folder / SWAP_FILE).unlink()
-    shutil.rmtree(previous, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _bm25(identity: dict[str, Any]) -> Bm25Encoder:

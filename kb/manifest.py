@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kb.errors import IndexNotFoundError
 
@@ -27,6 +27,41 @@ _POINT_NAMESPACE = uuid.UUID("6f1c1f8e-3a4b-4f0e-9a51-2d8f3c1b7e42")
 def point_id(doc_id: str, doc_hash: str, chunk_index: int) -> str:
     """Stable id of a chunk; a new version of a document gets new ids, so old and new can coexist."""
     return str(uuid.uuid5(_POINT_NAMESPACE, f"{doc_id}\0{doc_hash}\0{chunk_index}"))
+
+
+class StateStore(Protocol):
+    """Where an index keeps ``index.json`` and ``manifest.json``: files in the index folder (embedded
+    engine) or the server collection's state collection, so every replica reads the same."""
+
+    def read_state(self, name: str) -> dict[str, Any] | None: ...
+
+    def write_state(self, name: str, data: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FolderState:
+    """State as JSON files in a folder, written atomically."""
+
+    folder: Path
+
+    def read_state(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / name
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IndexNotFoundError(f"{path}: unreadable ({exc}); rebuild the index with kb reindex --full") from exc
+        if not isinstance(data, dict):
+            raise IndexNotFoundError(f"{path}: not a JSON object; rebuild the index with kb reindex --full")
+        return data
+
+    def write_state(self, name: str, data: dict[str, Any]) -> None:
+        write_json_atomic(self.folder / name, data)
+
+
+def _state(target: StateStore | Path) -> StateStore:
+    return FolderState(target) if isinstance(target, Path) else target
 
 
 @dataclass
@@ -50,20 +85,21 @@ class IndexInfo:
     format: int = INDEX_FORMAT
 
     @classmethod
-    def read(cls, folder: Path) -> IndexInfo:
-        path = folder / INDEX_FILE
+    def read(cls, target: StateStore | Path) -> IndexInfo:
+        data = _state(target).read_state(INDEX_FILE)
+        if data is None:
+            raise IndexNotFoundError(f"{target}: no {INDEX_FILE}; not a kb index (kb ingest DIR --kb PATH creates one)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
             return cls(**data)
-        except FileNotFoundError as exc:
-            raise IndexNotFoundError(
-                f"{folder}: no {INDEX_FILE}; not a kb index (kb ingest DIR --kb {folder} creates one)"
-            ) from exc
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise IndexNotFoundError(f"{path}: unreadable ({exc}); rebuild the index with kb ingest") from exc
+        except TypeError as exc:
+            raise IndexNotFoundError(f"{target}: {INDEX_FILE} unreadable ({exc}); rebuild the index") from exc
 
-    def write(self, folder: Path) -> None:
-        write_json_atomic(folder / INDEX_FILE, asdict(self))
+    @classmethod
+    def exists(cls, target: StateStore | Path) -> bool:
+        return _state(target).read_state(INDEX_FILE) is not None
+
+    def write(self, target: StateStore | Path) -> None:
+        _state(target).write_state(INDEX_FILE, asdict(self))
 
 
 @dataclass
@@ -72,17 +108,16 @@ class Manifest:
     updated_at: float = 0.0
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        path = folder / MANIFEST_FILE
-        if not path.exists():
+    def read(cls, target: StateStore | Path) -> Manifest:
+        data = _state(target).read_state(MANIFEST_FILE)
+        if data is None:
             return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
         return cls({k: DocumentEntry(**v) for k, v in data["documents"].items()}, data.get("updated_at", 0.0))
 
-    def write(self, folder: Path) -> None:
+    def write(self, target: StateStore | Path) -> None:
         self.updated_at = time.time()
-        write_json_atomic(
-            folder / MANIFEST_FILE,
+        _state(target).write_state(
+            MANIFEST_FILE,
             {"updated_at": self.updated_at, "documents": {k: asdict(v) for k, v in sorted(self.documents.items())}},
         )
 

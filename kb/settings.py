@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kb.errors import ConfigError
@@ -51,6 +51,31 @@ class LlmBackend(StrEnum):
     LOCAL = "local"
     OPENAI = "openai"
     EXTRACTIVE = "extractive"
+
+
+class Quantization(StrEnum):
+    """Compression of the dense vectors on a Qdrant server (``int8``: 4× less memory, rescored)."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
+class Role(StrEnum):
+    """What an HTTP API key may do: ``read`` asks and searches, ``admin`` also reindexes."""
+
+    READ = "read"
+    ADMIN = "admin"
+
+
+class ApiKey(BaseModel):
+    """One key of the HTTP API (``kb serve``); ``groups`` are the reader groups its caller belongs to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=16, repr=False, description="The secret; at least 16 characters.")
+    role: Role = Role.READ
+    name: str = Field("", description="Shown in logs instead of the key.")
+    groups: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -113,6 +138,29 @@ class Settings(BaseSettings):
     extractive_sentences: int = Field(3, ge=1, le=10)
     max_question_chars: int = Field(2000, ge=10)
 
+    # --- Qdrant server ---------------------------------------------------------------------------
+    qdrant_url: str = Field(
+        "",
+        description="Empty: the embedded engine in the index folder. http(s)://host:6333: a Qdrant server "
+        "or cluster through qdrant-client. 'local': qdrant-client's local mode in the index folder "
+        "(single process, the server's API without a server; tests use it).",
+    )
+    qdrant_api_key: str = Field("", repr=False, description="API key of the Qdrant server.")
+    qdrant_collection: str = Field(
+        "", description="Collection (an alias to the live physical collection); empty: the index folder's name."
+    )
+    qdrant_shards: int = Field(1, ge=1, description="Shard number of a new collection (cluster).")
+    qdrant_replication_factor: int = Field(1, ge=1, description="Copies of each shard (cluster).")
+    qdrant_on_disk: bool = Field(False, description="Keep dense vectors and payload on disk (memory-mapped).")
+    qdrant_quantization: Quantization = Quantization.NONE
+    qdrant_timeout: float = Field(30.0, gt=0.0, description="Seconds per request to the server.")
+
+    # --- HTTP API ---------------------------------------------------------------------------------
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="Keys of kb serve ([[api_keys]] in kb.toml, or KB_API_KEYS as a JSON list).",
+    )
+
     # --- BM25 -------------------------------------------------------------------------------------
     bm25_k: float = Field(1.2, ge=0.0)
     bm25_b: float = Field(0.75, ge=0.0, le=1.0)
@@ -143,6 +191,14 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(_describe(exc, index_path)) from exc
 
+    def public_dump(self) -> dict[str, Any]:
+        """The settings as JSON, secrets masked (for ``kb status`` and ``GET /status``)."""
+        data = self.model_dump(mode="json")
+        for name in ("llm_api_key", "qdrant_api_key"):
+            data[name] = "***" if data[name] else ""
+        data["api_keys"] = [{**key, "key": "***"} for key in data["api_keys"]]
+        return data
+
     def chunking_identity(self) -> dict[str, Any]:
         """The settings that change what chunks look like; an index records them."""
         return {"chunk_max_tokens": self.chunk_max_tokens, "chunk_min_tokens": self.chunk_min_tokens}
@@ -166,7 +222,7 @@ def _build(cls: type[Settings], file_values: dict[str, Any], overrides: dict[str
             return (init_settings, env_settings, _DictSource(settings_cls, file_values))
 
     built = _WithFile(**overrides)
-    return cls.model_construct(**built.model_dump())
+    return cls.model_construct(**{name: getattr(built, name) for name in cls.model_fields})
 
 
 class _DictSource(PydanticBaseSettingsSource):

@@ -28,6 +28,28 @@ def _clean_kb_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+# Both store backends. "qdrant-client" is qdrant-client's local mode: the same client API and collection
+# schema a Qdrant server gets, and the only server stand-in that installs here (no Docker engine and no
+# Qdrant binary on this machine or in CI). What only a real server does (sharding, replication, its own
+# durability) is not covered by these tests.
+BACKENDS = {"edge": {}, "qdrant-client": {"qdrant_url": "local"}}
+
+
+@pytest.fixture(params=list(BACKENDS), scope="session")
+def backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings overrides that select one store backend."""
+    return BACKENDS[request.param]
+
+
+@pytest.fixture(scope="session")
+def backend_kb(backend: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
+    """The sample corpus ingested into each store backend in turn."""
+    kb = KnowledgeBase.open(tmp_path_factory.mktemp("sample-backend") / "index", Settings(**backend))
+    kb.ingest(sample_kb_path())
+    yield kb
+    kb.close()
+
+
 @pytest.fixture(scope="session")
 def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
     """The bundled sample corpus, ingested once into a fresh embedded index."""

@@ -18,8 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import kb.knowledge_base as knowledge_base
 import kb.manifest as manifest_module
+import kb.store.edge as edge
 from kb import KnowledgeBase, Settings
 from kb.store.edge import EdgeChunkStore
 
@@ -56,7 +56,7 @@ def main() -> None:
         die_after(*targets[point], n)
     if point == "swap":
         # Die after the N-th file move inside swap_in (the shard moved, the manifest not yet).
-        original_swap, original_replace = knowledge_base.swap_in, os.replace
+        original_swap, original_replace = edge.swap_in, os.replace
         moves = {"n": 0}
 
         def counting_replace(src, dst):
@@ -66,10 +66,10 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         def swap_in(folder):
-            knowledge_base.os.replace = counting_replace
+            edge.os.replace = counting_replace
             original_swap(folder)
 
-        knowledge_base.swap_in = swap_in
+        edge.swap_in = swap_in
     with KnowledgeBase.open(index, settings) as kb:
         kb.use_llm(None)
         report = kb.reindex(docs, full=full)

@@ -65,10 +65,10 @@ def assert_one_version_each(kb: KnowledgeBase, allowed: dict[str, set[str]]) -> 
     assert set(per_doc) == set(kb.manifest.documents)
 
 
-def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path) -> None:
+def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     make_corpus(docs, ["alpha", "beta", "gamma", "delta"])
-    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         first = kb.reindex(docs)
         assert sorted(first.added) == ["alpha.md", "beta.md", "delta.md", "gamma.md"]
         assert_mirrors(kb, docs)
@@ -95,11 +95,11 @@ def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path) -> None:
         assert (again.chunks_written, again.unchanged) == (0, 4)
 
 
-def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path) -> None:
+def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     write(docs, "a.md", doc("same", 1))
     write(docs, "b.md", doc("same", 1))
-    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         report = kb.reindex(docs)
         assert report.chunks_reused == report.chunks_written // 2  # b.md's vectors came from a.md's
         (docs / "a.md").unlink()
@@ -108,12 +108,12 @@ def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path
         assert {h.doc_id for h in kb.search("zqsamev1s0", k=5, mode="bm25")} == {"b.md"}
 
 
-def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path) -> None:
+def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     make_corpus(docs, ["alpha", "beta"])
-    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         kb.reindex(docs)
-    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8, **backend) as kb:
         with pytest.raises(FullRebuildRequired, match="--full"):
             kb.reindex(docs)
         report = kb.reindex(docs, full=True)
@@ -122,18 +122,20 @@ def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path) -> None:
         assert_mirrors(kb, docs)
         assert kb.search("zqbetav1s2", k=1, mode="bm25")[0].doc_id == "beta.md"
         assert not (tmp_path / "idx" / "next").exists()
-    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8, **backend) as kb:
         assert kb.reindex(docs).chunks_written == 0  # the new settings are now the index's own
 
 
-def test_embedder_change_opens_only_for_a_full_rebuild(tmp_path: Path, other_embedder: Path) -> None:
+def test_embedder_change_opens_only_for_a_full_rebuild(tmp_path: Path, other_embedder: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     make_corpus(docs, ["alpha"])
-    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         kb.reindex(docs)
     with pytest.raises(EmbedderMismatchError):
-        KnowledgeBase.open(tmp_path / "idx", embedder_model=str(other_embedder), **SETTINGS)
-    with KnowledgeBase.open(tmp_path / "idx", for_rebuild=True, embedder_model=str(other_embedder), **SETTINGS) as kb:
+        KnowledgeBase.open(tmp_path / "idx", embedder_model=str(other_embedder), **SETTINGS, **backend)
+    with KnowledgeBase.open(
+        tmp_path / "idx", for_rebuild=True, embedder_model=str(other_embedder), **SETTINGS, **backend
+    ) as kb:
         with pytest.raises(FullRebuildRequired, match="built with embedder"):
             kb.reindex(docs)
         kb.reindex(docs, full=True)
@@ -232,11 +234,11 @@ def test_second_writer_is_refused_naming_the_holder_and_a_dead_holder_is_taken_o
         assert f'"pid": {os.getpid()}' in (index / "LOCK").read_text()
 
 
-def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path: Path) -> None:
+def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     names = [f"d{i}" for i in range(40)]
     make_corpus(docs, names, version=1)
-    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         kb.reindex(docs)
         make_corpus(docs, names, version=2)
         job = kb.reindex_in_background(docs)
@@ -252,6 +254,7 @@ def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path
             checks += 1
             if not job.running and checks >= 20:
                 break
+            time.sleep(0.005)  # let the writer run: local mode's Python search would otherwise starve it
         report = job.wait()
         assert errors == [] and checks > 20
         assert len(report.changed) == 40

@@ -24,8 +24,8 @@ def hit_rates(kb: KnowledgeBase, questions: list[dict], mode: str) -> tuple[floa
     return at1 / len(answerable), at5 / len(answerable)
 
 
-def test_every_mode_finds_the_gold_document(sample_kb: KnowledgeBase, sample_questions: list[dict]) -> None:
-    rates = {mode: hit_rates(sample_kb, sample_questions, mode) for mode in ("dense", "bm25", "hybrid")}
+def test_every_mode_finds_the_gold_document(backend_kb: KnowledgeBase, sample_questions: list[dict]) -> None:
+    rates = {mode: hit_rates(backend_kb, sample_questions, mode) for mode in ("dense", "bm25", "hybrid")}
     for mode, (_, at5) in rates.items():
         assert at5 >= 0.85, (mode, rates)
     # The fused ranking must not be worse than its best single leg.
@@ -44,33 +44,33 @@ def test_every_mode_finds_the_gold_document(sample_kb: KnowledgeBase, sample_que
         "3.1.4",
     ],
 )
-def test_exact_tokens_are_found_through_the_bm25_leg(sample_kb: KnowledgeBase, token: str) -> None:
-    top = sample_kb.search(token, k=1, mode="bm25")
+def test_exact_tokens_are_found_through_the_bm25_leg(backend_kb: KnowledgeBase, token: str) -> None:
+    top = backend_kb.search(token, k=1, mode="bm25")
     assert token in top[0].text
-    assert any(token in h.text for h in sample_kb.search(token, k=3))  # and survive fusion
+    assert any(token in h.text for h in backend_kb.search(token, k=3))  # and survive fusion
 
 
-def test_fused_exact_term_outranks_its_parts(sample_kb: KnowledgeBase) -> None:
+def test_fused_exact_term_outranks_its_parts(backend_kb: KnowledgeBase) -> None:
     # "retry limit" in prose appears in several chunks; the dotted key itself must come first.
-    hits = sample_kb.search("billing.retry_limit default", k=3, mode="bm25")
+    hits = backend_kb.search("billing.retry_limit default", k=3, mode="bm25")
     assert "billing.retry_limit" in hits[0].text
 
 
-def test_filters_give_a_full_top_k_of_allowed_documents(sample_kb: KnowledgeBase) -> None:
-    hits = sample_kb.search("how do I rotate the API key?", k=5, filters={"product": "billing"})
+def test_filters_give_a_full_top_k_of_allowed_documents(backend_kb: KnowledgeBase) -> None:
+    hits = backend_kb.search("how do I rotate the API key?", k=5, filters={"product": "billing"})
     assert len(hits) == 5
     assert all(h.metadata.get("product") == "billing" for h in hits)
-    runbooks = sample_kb.search("what to do", k=8, filters={"kind": "runbook", "team": ["sre", "security"]})
+    runbooks = backend_kb.search("what to do", k=8, filters={"kind": "runbook", "team": ["sre", "security"]})
     assert runbooks and all(
         h.metadata["kind"] == "runbook" and h.metadata["team"] in {"sre", "security"} for h in runbooks
     )
-    assert sample_kb.search("anything", filters={"product": "no-such-product"}) == []
+    assert backend_kb.search("anything", filters={"product": "no-such-product"}) == []
     with pytest.raises(ConfigError, match=r"filters\['product'\]"):
-        sample_kb.search("x", filters={"product": {"nested": 1}})  # type: ignore[dict-item]
+        backend_kb.search("x", filters={"product": {"nested": 1}})  # type: ignore[dict-item]
 
 
-def test_hits_carry_where_they_come_from(sample_kb: KnowledgeBase) -> None:
-    hit = sample_kb.search("What does error E4012 mean and how do I fix it?", k=1)[0]
+def test_hits_carry_where_they_come_from(backend_kb: KnowledgeBase) -> None:
+    hit = backend_kb.search("What does error E4012 mean and how do I fix it?", k=1)[0]
     assert hit.doc_id == "product/billing/retries.md"
     assert hit.header_path == "Payment Retries > Error E4012"
     text = (sample_kb_path() / hit.doc_id).read_text()
@@ -79,10 +79,10 @@ def test_hits_carry_where_they_come_from(sample_kb: KnowledgeBase) -> None:
     assert lines[0].startswith("## Error E4012")
 
 
-def test_lexical_leg_agrees_with_rank_bm25(sample_kb: KnowledgeBase) -> None:
+def test_lexical_leg_agrees_with_rank_bm25(backend_kb: KnowledgeBase) -> None:
     """rank-bm25 over the same chunk texts is the reference; stemming and stop words differ a little,
     so the top-5 sets must mostly agree, not match exactly."""
-    chunks = list(sample_kb.store.scroll())
+    chunks = list(backend_kb.store.scroll())
     tokenize = lambda s: re.findall(r"[a-z0-9]+", s.lower())  # noqa: E731
     texts = [f"{c.payload['title']}\n{' '.join(c.payload['header_path'])}\n{c.payload['text']}" for c in chunks]
     oracle = BM25Okapi([tokenize(t) for t in texts])
@@ -97,14 +97,14 @@ def test_lexical_leg_agrees_with_rank_bm25(sample_kb: KnowledgeBase) -> None:
     for query in queries:
         scores = oracle.get_scores(tokenize(query))
         expected = {chunks[i].id for i in sorted(range(len(chunks)), key=lambda i: -scores[i])[:5]}
-        got = {h.node_id for h in sample_kb.search(query, k=5, mode="bm25")}
+        got = {h.node_id for h in backend_kb.search(query, k=5, mode="bm25")}
         overlaps.append(len(expected & got) / 5)
         assert next(iter(got & expected), None) is not None, query  # never disjoint
     assert sum(overlaps) / len(overlaps) >= 0.6, overlaps
 
 
-def test_bad_queries_get_clear_errors(sample_kb: KnowledgeBase) -> None:
+def test_bad_queries_get_clear_errors(backend_kb: KnowledgeBase) -> None:
     with pytest.raises(ConfigError, match="query"):
-        sample_kb.search("   ")
+        backend_kb.search("   ")
     with pytest.raises(ConfigError, match="k: expected a positive"):
-        sample_kb.search("x", k=0)
+        backend_kb.search("x", k=0)

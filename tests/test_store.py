@@ -1,5 +1,7 @@
-"""The chunk store on the real embedded Qdrant engine: upsert, delete by document, filters on both legs,
-reopen from disk, the single-process lock, and the LlamaIndex vector-store interface."""
+"""The chunk store on both backends (the embedded engine, and qdrant-client's local mode standing in for a
+server: see ``BACKENDS`` in conftest): upsert, delete by document, filters on both legs, state documents,
+full-rebuild staging and promotion, reopen from disk, the LlamaIndex vector-store interface; and the
+embedded engine's single-process lock."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from llama_index.core.vector_stores.types import (
 )
 
 from kb.errors import ConfigError, IndexLockedError
-from kb.settings import FusionMethod, RetrievalMode
+from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
-from kb.store.base import HybridQuery, StoredPoint
+from kb.store import open_store
+from kb.store.base import ChunkStore, HybridQuery, StoredPoint
 from kb.store.edge import EdgeChunkStore
 
 BM25 = Bm25Encoder()
@@ -29,9 +32,13 @@ def point(pid: int, doc: str, text: str, vector: list[float], **meta) -> StoredP
     return StoredPoint(f"00000000-0000-0000-0000-{pid:012d}", vector, BM25.embed_document(text), payload)
 
 
+def make_store(folder: Path, backend: dict) -> ChunkStore:
+    return open_store(folder, Settings(**backend), 3, BM25)
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    s = EdgeChunkStore(tmp_path / "shard", 3, BM25)
+def store(tmp_path: Path, backend: dict):
+    s = make_store(tmp_path, backend)
     s.ensure_payload_indexes(["product"])
     s.upsert(
         [
@@ -49,7 +56,7 @@ def ids(hits) -> list[str]:
     return [h.payload["text"].split()[0] for h in hits]
 
 
-def test_each_mode_ranks_by_its_own_leg(store: EdgeChunkStore) -> None:
+def test_each_mode_ranks_by_its_own_leg(store: ChunkStore) -> None:
     dense = store.search(HybridQuery(limit=2, dense=[1, 0, 0], mode=RetrievalMode.DENSE))
     assert ids(dense)[0] == "rotate"
     bm25 = store.search(HybridQuery(limit=2, sparse=BM25.embed_query("patronictl"), mode=RetrievalMode.BM25))
@@ -60,7 +67,7 @@ def test_each_mode_ranks_by_its_own_leg(store: EdgeChunkStore) -> None:
     assert set(ids(fused)[:2]) == {"rotate", "database"}  # each leg's winner reaches the top
 
 
-def test_filters_apply_to_both_legs_before_the_limit(store: EdgeChunkStore) -> None:
+def test_filters_apply_to_both_legs_before_the_limit(store: ChunkStore) -> None:
     plan = HybridQuery(
         limit=2,
         dense=[1, 0, 0],  # the best dense match (api) is excluded by the filter
@@ -75,7 +82,7 @@ def test_filters_apply_to_both_legs_before_the_limit(store: EdgeChunkStore) -> N
     assert ids(by_tag) == ["billing"]
 
 
-def test_delete_by_document_removes_from_both_legs(store: EdgeChunkStore) -> None:
+def test_delete_by_document_removes_from_both_legs(store: ChunkStore) -> None:
     store.delete_documents(["a.md"])
     assert store.count() == 2
     assert store.count({"doc_id": ["a.md"]}) == 0
@@ -85,24 +92,45 @@ def test_delete_by_document_removes_from_both_legs(store: EdgeChunkStore) -> Non
     assert "a.md" not in {h.payload["doc_id"] for h in dense}
 
 
-def test_reopen_from_disk_keeps_points_and_indexes(tmp_path: Path) -> None:
-    first = EdgeChunkStore(tmp_path / "s", 3, BM25)
+def test_reopen_from_disk_keeps_points_state_and_indexes(tmp_path: Path, backend: dict) -> None:
+    first = make_store(tmp_path / "s", backend)
     first.upsert([point(1, "a.md", "hello world", [1, 0, 0])])
+    first.write_state("manifest.json", {"documents": {"a.md": 1}})
     first.optimize()
     first.close()
-    again = EdgeChunkStore(tmp_path / "s", 3, BM25)
+    again = make_store(tmp_path / "s", backend)
     assert again.count() == 1
     assert [h.payload["doc_id"] for h in again.scroll()] == ["a.md"]
+    assert again.read_state("manifest.json") == {"documents": {"a.md": 1}} and again.read_state("other") is None
     again.close()
 
 
-def test_second_open_of_the_same_index_is_refused_with_a_clear_error(store: EdgeChunkStore) -> None:
+def test_full_rebuild_staging_is_invisible_until_promoted(store: ChunkStore) -> None:
+    store.write_state("index.json", {"version": 1})
+    staging = store.staging(3, BM25)
+    staging.upsert([point(9, "new.md", "brand new content", [1, 0, 0])])
+    staging.write_state("index.json", {"version": 2})
+    assert store.count() == 4 and store.count({"doc_id": ["new.md"]}) == 0  # readers still see the old one
+    with store.transaction():
+        store.promote(staging)
+    assert store.count() == 1 and store.read_state("index.json") == {"version": 2}
+    hits = store.search(HybridQuery(limit=3, dense=[1, 0, 0], sparse=BM25.embed_query("brand new")))
+    assert [h.payload["doc_id"] for h in hits] == ["new.md"]
+    discarded = store.staging(3, BM25)
+    discarded.upsert([point(10, "gone.md", "never promoted", [0, 1, 0])])
+    store.discard(discarded)
+    assert store.count() == 1 and store.count({"doc_id": ["gone.md"]}) == 0
+
+
+def test_second_open_of_the_same_index_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    store = EdgeChunkStore(tmp_path / "shard", 3, BM25)
     with pytest.raises(IndexLockedError, match="open in another process"):
         EdgeChunkStore(store.path, 3, BM25)
+    store.close()
 
 
-def test_llamaindex_vector_store_interface(tmp_path: Path) -> None:
-    s = EdgeChunkStore(tmp_path / "li", 3, BM25)
+def test_llamaindex_vector_store_interface(tmp_path: Path, backend: dict) -> None:
+    s = make_store(tmp_path / "li", backend)
     node = TextNode(id_="00000000-0000-0000-0000-000000000009", text="webhook signatures use HMAC", embedding=[0, 0, 1])
     node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id="w.md")
     node.metadata = {"doc_id": "w.md", "meta": {"product": "gateway"}}

@@ -10,6 +10,7 @@ Payload of a point: ``text``, ``doc_id``, ``doc_hash``, ``chunk_index``, ``title
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -74,8 +75,13 @@ class HybridQuery:
         return list(self.weights) if self.fusion is FusionMethod.WEIGHTED else None
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}")
+
+
 def payload_key(key: str) -> str:
     """Payload path of a filter key: built-in fields are top-level, front-matter fields live in ``meta``."""
+    if not isinstance(key, str) or not _FIELD_NAME.fullmatch(key):
+        raise ConfigError(f"filters: {key!r} is not a field name (letters, digits, '_' and '-', dotted for nesting)")
     return key if key in TOP_LEVEL_FIELDS or key.startswith("meta.") else f"meta.{key}"
 
 
@@ -94,12 +100,24 @@ def conditions_from(filters: dict[str, FilterValue] | MetadataFilters | None) ->
     conditions: dict[str, list[Any]] = {}
     for key, value in filters.items():
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, bool)) for v in values):
+        if not values or not all(isinstance(v, (str, int, bool)) for v in values) or len({type(v) for v in values}) > 1:
             raise ConfigError(
-                f"filters[{key!r}]: expected a string, number, bool or a non-empty list of them, got {value!r}"
+                f"filters[{key!r}]: expected a string, number, bool or a non-empty list of one of them, got {value!r}"
             )
         conditions[payload_key(key)] = list(values)
     return conditions
+
+
+def stored_point(point_id: Any, vectors: Any, payload: Any) -> StoredPoint:
+    """A scrolled record (either backend: dense list + sparse object with indices/values) as a StoredPoint."""
+    vectors = vectors or {}
+    sparse = vectors.get(BM25)
+    return StoredPoint(
+        str(point_id),
+        list(vectors.get(DENSE) or []),
+        SparseVector(list(sparse.indices), list(sparse.values)) if sparse is not None else SparseVector([], []),
+        dict(payload or {}),
+    )
 
 
 def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
@@ -124,6 +142,10 @@ class ChunkStore(BasePydanticVectorStore):
     @property
     def bm25(self) -> Bm25Encoder:
         return self._bm25
+
+    def use_bm25(self, bm25: Bm25Encoder) -> None:
+        """Encode with the BM25 parameters the index was built with (read from its state after opening)."""
+        self._bm25 = bm25
 
     # -- LlamaIndex interface -----------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
@@ -206,6 +228,10 @@ class ChunkStore(BasePydanticVectorStore):
         """Every point (score 0) matching ``conditions``, with payload."""
 
     @abstractmethod
+    def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
+        """Every point with both vectors and payload (``kb migrate`` copies them without re-embedding)."""
+
+    @abstractmethod
     def ensure_payload_indexes(self, meta_fields: list[str]) -> None: ...
 
     @abstractmethod
@@ -214,6 +240,33 @@ class ChunkStore(BasePydanticVectorStore):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    # -- index state and full rebuilds ---------------------------------------------------------------
+    @abstractmethod
+    def read_state(self, name: str) -> dict[str, Any] | None:
+        """A JSON document kept next to the points (``index.json``, ``manifest.json``), or ``None``."""
+
+    @abstractmethod
+    def write_state(self, name: str, data: dict[str, Any]) -> None:
+        """Replace a state document atomically."""
+
+    @abstractmethod
+    def staging(self, dimension: int, bm25: Bm25Encoder) -> ChunkStore:
+        """An empty store beside this one for a full rebuild; :meth:`promote` makes it live."""
+
+    @abstractmethod
+    def promote(self, staging: ChunkStore) -> None:
+        """Serve ``staging`` (complete, state written) from this object and drop the old points.
+
+        Call inside :meth:`transaction` so this process's queries see the old or the new index."""
+
+    @abstractmethod
+    def discard(self, staging: ChunkStore) -> None:
+        """Drop a staging store that will not be promoted (dry run, failed rebuild)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backend and location, for ``kb status``."""
+        return {}
 
     def disk_bytes(self) -> int:
         return 0

@@ -7,6 +7,8 @@ One process may hold a shard open at a time (Qdrant's WAL lock); a second open r
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +39,19 @@ from qdrant_edge import (
 from qdrant_edge import SparseVector as EdgeSparse
 
 from kb.errors import IndexLockedError
+from kb.manifest import INDEX_FILE, MANIFEST_FILE, SHARD_DIR, FolderState
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder
-from kb.store.base import BM25, DENSE, KEYWORD_INDEXES, ChunkStore, HybridQuery, ScoredChunk, StoredPoint
+from kb.store.base import (
+    BM25,
+    DENSE,
+    KEYWORD_INDEXES,
+    ChunkStore,
+    HybridQuery,
+    ScoredChunk,
+    StoredPoint,
+    stored_point,
+)
 
 
 class EdgeChunkStore(ChunkStore):
@@ -145,6 +157,10 @@ class EdgeChunkStore(ChunkStore):
         for record in self._scroll(conditions or {}, batch=batch):
             yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
 
+    def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
+        for record in self._scroll({}, with_vector=True, batch=batch):
+            yield stored_point(record.id, record.vector, record.payload)
+
     def _scroll(
         self, conditions: dict[str, list[Any]], with_vector: Any = False, payload: Any = True, batch: int = 256
     ) -> Iterator[Any]:
@@ -185,16 +201,71 @@ class EdgeChunkStore(ChunkStore):
         with self._lock:
             self._shard.close()
 
-    def reopen(self, path: str | Path, dimension: int, bm25: Bm25Encoder) -> None:
-        """Serve another shard folder from this object (after a full rebuild was swapped in)."""
+    # -- state and full rebuilds: files in the index folder, swapped by renames -------------------------
+    @property
+    def folder(self) -> Path:
+        return Path(self.path).parent
+
+    def read_state(self, name: str) -> dict[str, Any] | None:
+        return FolderState(self.folder).read_state(name)
+
+    def write_state(self, name: str, data: dict[str, Any]) -> None:
+        FolderState(self.folder).write_state(name, data)
+
+    def staging(self, dimension: int, bm25: Bm25Encoder) -> EdgeChunkStore:
+        staging = self.folder / NEXT_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return EdgeChunkStore(staging / SHARD_DIR, dimension, bm25)
+
+    def promote(self, staging: ChunkStore) -> None:
+        assert isinstance(staging, EdgeChunkStore)
+        staging.close()
         with self._lock:
-            self.path = str(path)
-            self._shard = _open_shard(Path(path), dimension)
-            self._bm25 = bm25
+            self._shard.close()
+            swap_in(self.folder)
+            self._shard = _open_shard(Path(self.path), 0)
+            self._bm25 = staging.bm25
+
+    def discard(self, staging: ChunkStore) -> None:
+        assert isinstance(staging, EdgeChunkStore)
+        staging.close()
+        shutil.rmtree(staging.folder, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "embedded", "path": self.path}
 
     def disk_bytes(self) -> int:
         # Allocated blocks, not apparent size: Qdrant preallocates sparse 32 MB WAL and storage pages.
         return sum(f.stat().st_blocks * 512 for f in Path(self.path).rglob("*") if f.is_file())
+
+
+NEXT_DIR, PREV_DIR, SWAP_FILE = "next", "prev", "SWAP"
+
+
+def recover_swap(folder: Path) -> None:
+    """Finish a full rebuild's swap interrupted by a crash, or discard a rebuild that never finished."""
+    staging = folder / NEXT_DIR
+    if (folder / SWAP_FILE).exists():
+        swap_in(folder)
+    elif staging.exists():
+        shutil.rmtree(staging)
+
+
+def swap_in(folder: Path) -> None:
+    """Move the rebuilt index from ``next/`` into place; restartable at any step (see :func:`recover_swap`)."""
+    staging, previous = folder / NEXT_DIR, folder / PREV_DIR
+    (folder / SWAP_FILE).write_text("")
+    previous.mkdir(exist_ok=True)
+    for name in (SHARD_DIR, INDEX_FILE, MANIFEST_FILE):
+        if (staging / name).exists():
+            if (folder / name).exists():
+                shutil.rmtree(previous / name, ignore_errors=True)
+                os.replace(folder / name, previous / name)
+            os.replace(staging / name, folder / name)
+    (folder / SWAP_FILE).unlink()
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _open_shard(path: Path, dimension: int) -> EdgeShard:

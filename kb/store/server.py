@@ -1,0 +1,379 @@
+"""Server backend: a Qdrant server or cluster through ``qdrant-client`` (also its local mode).
+
+The collection name users configure is an *alias*; the points live in a physical collection
+``<alias>-<suffix>`` behind it, so a full rebuild fills a new physical collection and switches the alias
+in one step (readers on other replicas never see a half-built index). ``index.json`` and
+``manifest.json`` live in a small payload-only collection ``<physical>-state`` next to it, so every
+replica and ``kb migrate`` read the same state.
+
+    from qdrant_client import QdrantClient
+    store = ServerChunkStore(QdrantClient(":memory:"), "handbook", dimension=384, bm25=Bm25Encoder())
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import PrivateAttr
+from qdrant_client import QdrantClient, models
+
+from kb.errors import ConfigError
+from kb.settings import FusionMethod, Quantization, RetrievalMode, Settings
+from kb.sparse import Bm25Encoder
+from kb.store.base import (
+    BM25,
+    DENSE,
+    KEYWORD_INDEXES,
+    ChunkStore,
+    HybridQuery,
+    ScoredChunk,
+    StoredPoint,
+    stored_point,
+)
+
+STATE_SUFFIX = "-state"
+_STATE_NAMESPACE = uuid.UUID("0b8c3f0e-5d0a-4a57-9d7e-6c3e2b1f9a11")
+
+
+class ServerChunkStore(ChunkStore):
+    """Chunk store in a Qdrant server collection, same schema and query plan as the embedded engine."""
+
+    alias: str
+    physical: str
+    _client: QdrantClient = PrivateAttr()
+    _options: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        alias: str,
+        dimension: int,
+        bm25: Bm25Encoder,
+        options: dict[str, Any] | None = None,
+        physical: str | None = None,
+    ) -> None:
+        """Open the collection behind ``alias`` (created when missing); ``physical`` opens a staging one."""
+        if physical is None:
+            physical = _resolve_alias(client, alias)
+        super().__init__(bm25=bm25, alias=alias, physical=physical or _new_physical(alias))
+        self._client = client
+        self._options = options or {}
+        if physical is None:
+            self._create(dimension)
+            client.update_collection_aliases(
+                change_aliases_operations=[
+                    models.CreateAliasOperation(
+                        create_alias=models.CreateAlias(collection_name=self.physical, alias_name=alias)
+                    )
+                ]
+            )
+        elif not client.collection_exists(self.physical):
+            self._create(dimension)
+
+    @property
+    def client(self) -> QdrantClient:
+        return self._client
+
+    # -- writes -------------------------------------------------------------------------------------
+    def upsert(self, points: list[StoredPoint]) -> None:
+        if not points:
+            return
+        structs = [
+            models.PointStruct(
+                id=p.id,
+                vector={DENSE: p.dense, BM25: models.SparseVector(indices=p.sparse.indices, values=p.sparse.values)},
+                payload=p.payload,
+            )
+            for p in points
+        ]
+        with self._lock:
+            self._client.upsert(self.physical, points=structs, wait=True)
+
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        if doc_ids:
+            self._delete({"doc_id": list(doc_ids)})
+
+    def delete_version(self, doc_id: str, doc_hash: str) -> None:
+        self._delete({"doc_id": [doc_id], "doc_hash": [doc_hash]})
+
+    def _delete(self, conditions: dict[str, list[Any]]) -> None:
+        selector = models.FilterSelector(filter=_filter(conditions))
+        with self._lock:
+            self._client.delete(self.physical, points_selector=selector, wait=True)
+
+    def transaction(self) -> threading.RLock:
+        return self._lock
+
+    # -- reads --------------------------------------------------------------------------------------
+    def search(self, plan: HybridQuery) -> list[ScoredChunk]:
+        where = _filter(plan.conditions)
+        legs: list[tuple[str, Any]] = []
+        if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
+            legs.append((DENSE, plan.dense))
+        if plan.mode is not RetrievalMode.DENSE and plan.sparse is not None and plan.sparse.indices:
+            legs.append((BM25, models.SparseVector(indices=plan.sparse.indices, values=plan.sparse.values)))
+        if not legs:
+            return []
+        vectors = [DENSE] if plan.with_vectors else False
+        with self._lock:
+            if len(legs) == 1:
+                response = self._client.query_points(
+                    self.physical,
+                    query=legs[0][1],
+                    using=legs[0][0],
+                    query_filter=where,
+                    limit=plan.limit,
+                    with_payload=True,
+                    with_vectors=vectors,
+                )
+            else:
+                fusion: Any = (
+                    models.FusionQuery(fusion=models.Fusion.DBSF)
+                    if plan.fusion is FusionMethod.DBSF
+                    else models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.fusion_weights()))
+                )
+                response = self._client.query_points(
+                    self.physical,
+                    prefetch=[
+                        models.Prefetch(query=vector, using=name, filter=where, limit=plan.prefetch_limit)
+                        for name, vector in legs
+                    ],
+                    query=fusion,
+                    query_filter=where,
+                    limit=plan.limit,
+                    with_payload=True,
+                    with_vectors=vectors,
+                )
+        return [
+            ScoredChunk(str(p.id), float(p.score), dict(p.payload or {}), _dense(p.vector)) for p in response.points
+        ]
+
+    def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for start in range(0, len(text_hashes), 512):
+            wanted = {"text_hash": text_hashes[start : start + 512]}
+            for record in self._scroll(wanted, with_vectors=[DENSE], payload=["text_hash"]):
+                vector = _dense(record.vector)
+                if vector is not None:
+                    out[record.payload["text_hash"]] = vector
+        return out
+
+    def versions(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for record in self._scroll({}, payload=["doc_id", "doc_hash"], batch=2048):
+            key = (record.payload.get("doc_id", ""), record.payload.get("doc_hash", ""))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
+        with self._lock:
+            return int(self._client.count(self.physical, count_filter=_filter(conditions or {}), exact=True).count)
+
+    def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
+        for record in self._scroll(conditions or {}, batch=batch):
+            yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
+
+    def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
+        for record in self._scroll({}, with_vectors=True, batch=batch):
+            yield stored_point(record.id, record.vector, record.payload)
+
+    def _scroll(
+        self, conditions: dict[str, list[Any]], with_vectors: Any = False, payload: Any = True, batch: int = 256
+    ) -> Iterator[Any]:
+        offset = None
+        while True:
+            with self._lock:
+                records, offset = self._client.scroll(
+                    self.physical,
+                    scroll_filter=_filter(conditions),
+                    limit=batch,
+                    offset=offset,
+                    with_payload=payload,
+                    with_vectors=with_vectors,
+                )
+            yield from records
+            if offset is None:
+                return
+
+    # -- maintenance --------------------------------------------------------------------------------
+    def ensure_payload_indexes(self, meta_fields: list[str]) -> None:
+        with self._lock:
+            existing = set(self._client.get_collection(self.physical).payload_schema or {})
+            for name in list(KEYWORD_INDEXES) + [f"meta.{f}" for f in meta_fields]:
+                if name not in existing:
+                    with warnings.catch_warnings():  # local mode warns that it has no payload indexes
+                        warnings.filterwarnings("ignore", "Payload indexes have no effect")
+                        self._client.create_payload_index(
+                            self.physical, name, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
+                        )
+
+    def optimize(self) -> None:
+        """The server optimises segments in the background; nothing to do."""
+
+    def flush(self) -> None:
+        """Writes use ``wait=True``: acknowledged means applied to the WAL."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+    # -- state and full rebuilds --------------------------------------------------------------------
+    def read_state(self, name: str) -> dict[str, Any] | None:
+        collection = self.physical + STATE_SUFFIX
+        with self._lock:
+            if not self._client.collection_exists(collection):
+                return None
+            records = self._client.retrieve(collection, [_state_id(name)], with_payload=True)
+        if not records:
+            return None
+        return json.loads((records[0].payload or {})["json"])
+
+    def write_state(self, name: str, data: dict[str, Any]) -> None:
+        collection = self.physical + STATE_SUFFIX
+        point = models.PointStruct(id=_state_id(name), vector={}, payload={"name": name, "json": json.dumps(data)})
+        with self._lock:
+            if not self._client.collection_exists(collection):
+                self._client.create_collection(collection, vectors_config={})
+            self._client.upsert(collection, points=[point], wait=True)
+
+    def staging(self, dimension: int, bm25: Bm25Encoder) -> ServerChunkStore:
+        # Shares this store's client: local mode allows one client per folder, and promote() adopts it.
+        return ServerChunkStore(
+            self._client, self.alias, dimension, bm25, self._options, physical=_new_physical(self.alias)
+        )
+
+    def promote(self, staging: ChunkStore) -> None:
+        assert isinstance(staging, ServerChunkStore)
+        with self._lock:
+            old = self.physical
+            self._client.update_collection_aliases(
+                change_aliases_operations=[
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)),
+                    models.CreateAliasOperation(
+                        create_alias=models.CreateAlias(collection_name=staging.physical, alias_name=self.alias)
+                    ),
+                ]
+            )
+            self.physical = staging.physical
+            self._bm25 = staging.bm25
+            self._drop(old)
+
+    def discard(self, staging: ChunkStore) -> None:
+        assert isinstance(staging, ServerChunkStore)
+        with self._lock:
+            self._drop(staging.physical)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "qdrant-server", "collection": self.alias, "physical_collection": self.physical}
+
+    def _drop(self, physical: str) -> None:
+        for name in (physical, physical + STATE_SUFFIX):
+            if self._client.collection_exists(name):
+                self._client.delete_collection(name)
+
+    def _create(self, dimension: int) -> None:
+        on_disk = bool(self._options.get("on_disk", False))
+        quantization = None
+        if self._options.get("quantization") == Quantization.INT8:
+            quantization = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+        with self._lock:
+            self._client.create_collection(
+                self.physical,
+                vectors_config={
+                    DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE, on_disk=on_disk)
+                },
+                sparse_vectors_config={
+                    BM25: models.SparseVectorParams(
+                        modifier=models.Modifier.IDF, index=models.SparseIndexParams(on_disk=on_disk)
+                    )
+                },
+                shard_number=self._options.get("shards"),
+                replication_factor=self._options.get("replication_factor"),
+                on_disk_payload=on_disk,
+                quantization_config=quantization,
+            )
+
+
+def connect(settings: Settings, local_path: str | None = None) -> QdrantClient:
+    """A client for ``settings.qdrant_url`` ('local' = local mode in ``local_path``, ':memory:' = in memory)."""
+    url = settings.qdrant_url
+    try:
+        if url == "local":
+            if local_path is None:
+                raise ConfigError("qdrant_url='local' needs an index folder to keep the local-mode data in")
+            return QdrantClient(path=local_path)
+        if url == ":memory:":
+            return QdrantClient(location=":memory:")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"qdrant_url={url!r}: expected http(s)://host:port of a Qdrant server, 'local', ':memory:', "
+                "or empty for the embedded engine"
+            )
+        client = QdrantClient(url=url, api_key=settings.qdrant_api_key or None, timeout=int(settings.qdrant_timeout))
+        client.get_collections()  # fail here, naming the server, rather than in the first query
+        return client
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot reach the Qdrant server at {url} ({type(exc).__name__}: {exc}). Is it running, and is "
+            "qdrant_api_key right? Leave qdrant_url empty to use the embedded engine."
+        ) from exc
+
+
+def collection_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "shards": settings.qdrant_shards,
+        "replication_factor": settings.qdrant_replication_factor,
+        "on_disk": settings.qdrant_on_disk,
+        "quantization": settings.qdrant_quantization,
+    }
+
+
+def _resolve_alias(client: QdrantClient, alias: str) -> str | None:
+    for item in client.get_aliases().aliases:
+        if item.alias_name == alias:
+            return item.collection_name
+    if client.collection_exists(alias):
+        raise ConfigError(
+            f"collection {alias!r} exists on the Qdrant server but is not a kb alias; kb keeps its points behind "
+            "an alias so full rebuilds can switch atomically. Pick another qdrant_collection, or move the data "
+            "with kb migrate."
+        )
+    return None
+
+
+def _new_physical(alias: str) -> str:
+    return f"{alias}-{uuid.uuid4().hex[:8]}"
+
+
+def _state_id(name: str) -> str:
+    return str(uuid.uuid5(_STATE_NAMESPACE, name))
+
+
+def _dense(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict):
+        value = vector.get(DENSE)
+        return list(value) if value is not None else None
+    return None
+
+
+def _filter(conditions: dict[str, list[Any]]) -> models.Filter | None:
+    if not conditions:
+        return None
+    must: list[Any] = [
+        models.FieldCondition(
+            key=key,
+            match=models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=list(values)),
+        )
+        for key, values in conditions.items()
+    ]
+    return models.Filter(must=must)

@@ -1,0 +1,186 @@
+"""The HTTP API over real HTTP: uvicorn serving the app on a loopback port, httpx as the client, a real
+index of the sample knowledge base behind it (extractive answers, so no LLM is needed). Auth, malformed
+bodies, streaming, background reindex, and a schemathesis run over the OpenAPI description (no 5xx)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+
+from kb import KnowledgeBase
+from kb.api import create_app
+from kb.samples import sample_kb_path
+from kb.settings import ApiKey, Role
+
+READ = "read-key-0123456789abcdef"
+ADMIN = "admin-key-0123456789abcdef"
+KEYS = [ApiKey(key=READ, role=Role.READ, name="app"), ApiKey(key=ADMIN, role=Role.ADMIN, name="ops")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, KnowledgeBase]]:
+    root = tmp_path_factory.mktemp("api")
+    docs = root / "docs"
+    shutil.copytree(sample_kb_path(), docs)
+    kb = KnowledgeBase.open(root / "index", llm_backend="extractive", api_keys=KEYS)
+    kb.ingest(docs)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(kb, docs), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", docs, kb
+    server.should_exit = True
+    thread.join(10)
+    kb.close()
+
+
+@pytest.fixture
+def client(served: tuple[str, Path, KnowledgeBase]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[0], timeout=60) as http:
+        yield http
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_health_is_open_and_everything_else_needs_a_key(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    missing = client.post("/search", json={"query": "E4012"})
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
+    assert "Bearer" in missing.json()["message"] and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert client.get("/status", headers=auth("wrong-key-0123456789")).status_code == 401
+    status = client.get("/status", headers={"X-API-Key": READ})
+    assert status.status_code == 200 and status.json()["documents"] == 26
+    masked = status.json()["settings"]["api_keys"]
+    assert {k["key"] for k in masked} == {"***"} and READ not in status.text  # secrets never echoed
+
+
+def test_search_returns_the_same_hits_as_the_library(
+    client: httpx.Client, served: tuple[str, Path, KnowledgeBase]
+) -> None:
+    response = client.post("/search", headers=auth(READ), json={"query": "What does error E4012 mean?", "k": 3})
+    assert response.status_code == 200
+    hits = response.json()["hits"]
+    in_process = served[2].search("What does error E4012 mean?", k=3)
+    assert [h["node_id"] for h in hits] == [h.node_id for h in in_process]
+    assert "E4012" in hits[0]["text"]
+    assert hits[0]["span"]["line_start"] >= 1 and hits[0]["header_path"]
+    filtered = client.post("/search", headers=auth(READ), json={"query": "rotate key", "filters": {"product": "api"}})
+    assert all(h["metadata"]["product"] == "api" for h in filtered.json()["hits"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "query"),
+        ({"query": "x", "k": 0}, "k"),
+        ({"query": "x", "k": "ten"}, "k"),
+        ({"query": "x", "mode": "semantic"}, "mode"),
+        ({"query": "x", "filters": {"product": {"nested": 1}}}, "filters.product"),
+        ({"query": "x", "limit": 3}, "limit"),
+    ],
+)
+def test_malformed_search_bodies_get_422_naming_the_field(client: httpx.Client, body: dict, field: str) -> None:
+    response = client.post("/search", headers=auth(READ), json=body)
+    assert response.status_code == 422
+    error = response.json()
+    assert error["error"] == "invalid_request"
+    assert any(f["field"] == field or f["field"].startswith(field + ".") for f in error["fields"]), error
+
+
+def test_non_json_body_is_a_clear_422(client: httpx.Client) -> None:
+    response = client.post("/ask", headers={**auth(READ), "Content-Type": "application/json"}, content=b"{not json")
+    assert response.status_code == 422 and response.json()["error"] == "invalid_request"
+
+
+def test_ask_answers_with_citations_or_refuses(client: httpx.Client) -> None:
+    answer = client.post("/ask", headers=auth(READ), json={"question": "How do I rotate an API key?"}).json()
+    assert not answer["refused"] and answer["citations"]
+    assert "rotate" in answer["citations"][0]["doc_id"] and "[1]" in answer["text"]
+    refusal = client.post("/ask", headers=auth(READ), json={"question": "What is the capital of Mongolia?"}).json()
+    assert refusal["refused"] and refusal["citations"] == []
+
+
+def test_bad_questions_get_400_not_500(client: httpx.Client) -> None:
+    for question in ("   ", "x" * 5000, "\x00\x01\x02"):
+        response = client.post("/ask", headers=auth(READ), json={"question": question})
+        assert response.status_code == 400, (question[:10], response.text)
+        assert "question" in response.json()["message"]
+        streamed = client.post("/ask", headers=auth(READ), json={"question": question, "stream": True})
+        assert streamed.status_code == 400
+
+
+def test_streaming_sends_tokens_then_the_cited_answer(client: httpx.Client) -> None:
+    events: list[tuple[str, dict]] = []
+    body = {"question": "How do I verify a webhook signature?", "stream": True}
+    with client.stream("POST", "/ask", headers=auth(READ), json=body) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line.removeprefix("data: "))))
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "answer" and kinds.count("answer") == 1 and "token" in kinds[:-1]
+    answer = events[-1][1]
+    assert answer["citations"] and "".join(d["text"] for k, d in events if k == "token").strip()
+
+
+def test_reindex_needs_admin_runs_in_background_and_reports(
+    client: httpx.Client, served: tuple[str, Path, KnowledgeBase]
+) -> None:
+    docs = served[1]
+    assert client.post("/reindex", headers=auth(READ), json={}).status_code == 403
+    (docs / "api-new.md").write_text("# New page\n\nThe zqnewpage token lives here, added over HTTP.\n")
+    started = client.post("/reindex", headers=auth(ADMIN), json={})
+    assert started.status_code == 202
+    run = started.json()
+    deadline = time.time() + 120
+    while run["state"] == "running" and time.time() < deadline:
+        time.sleep(0.2)
+        run = client.get(started.json()["status_url"], headers=auth(ADMIN)).json()
+    assert run["state"] == "done" and run["report"]["added"] == 1, run
+    hits = client.post("/search", headers=auth(READ), json={"query": "zqnewpage", "k": 1, "mode": "bm25"}).json()
+    assert hits["hits"][0]["doc_id"] == "api-new.md"
+    missing = client.get("/reindex/nope", headers=auth(ADMIN))
+    assert missing.status_code == 404 and "nope" in missing.json()["message"]
+
+
+def test_no_request_from_the_openapi_description_gets_a_5xx(served: tuple[str, Path, KnowledgeBase]) -> None:
+    """Schemathesis generates requests (valid and not) from the served OpenAPI description; none may 5xx."""
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{served[0]}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /ask", "POST /search", "POST /reindex", "GET /status"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case) -> None:
+            response = case.call(base_url=served[0], headers=auth(ADMIN), timeout=60)
+            case.validate_response(response, checks=[not_a_server_error])
+
+        check()
