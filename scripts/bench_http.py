@@ -46,7 +46,7 @@ QUERIES = [
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_level(clients: int, requests: int, call: Callable[[int, int], None]) -> dict[str, float]:
