@@ -1,5 +1,6 @@
 """kb: answers from your own documents, cited to the section they came from."""
 
+from kb.acl import Principal
 from kb.citations import Answer, Citation, Source
 from kb.errors import (
     ConfigError,
@@ -27,6 +28,7 @@ __all__ = [
     "KnowledgeBase",
     "LlmBackend",
     "ModelNotAvailableError",
+    "Principal",
     "ReindexJob",
     "RetrievalMode",
     "Settings",

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from kb.acl import Principal
 from kb.citations import Answer
 from kb.errors import KbError
 from kb.knowledge_base import KnowledgeBase, ReindexJob
@@ -117,6 +118,11 @@ def admin(key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
     return key
 
 
+def principal(key: ApiKey) -> Principal:
+    """The reader behind a key: its groups (``*`` reads everything; no groups, only public documents)."""
+    return Principal(groups=tuple(key.groups), name=key.name)
+
+
 Reader = Annotated[ApiKey, Depends(caller)]
 Admin = Annotated[ApiKey, Depends(admin)]
 
@@ -167,22 +173,27 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
         return {"status": "ok"}
 
     @app.get("/status", summary="Documents, chunks, store and settings (secrets masked).")
-    def status(_: Reader) -> dict[str, Any]:
-        return asdict(kb.status())
+    def status(key: Reader) -> dict[str, Any]:
+        state = asdict(kb.status())
+        readable = principal(key).readable()
+        if readable is not None:  # counts of what this key may read, not of the whole index
+            state["chunks"] = kb.store.count({"acl": readable})
+            state["documents"] = sum(1 for e in kb.manifest.documents.values() if set(e.acl or ()) & set(readable))
+        return state
 
-    @app.post("/search", summary="The k chunks that best match the query.")
-    def search(body: SearchRequest, _: Reader) -> dict[str, Any]:
+    @app.post("/search", summary="The k chunks that best match the query, among documents the key may read.")
+    def search(body: SearchRequest, key: Reader) -> dict[str, Any]:
         started = time.perf_counter()
-        hits = kb.search(body.query, k=body.k, filters=body.filters or None, mode=body.mode)
+        hits = kb.search(body.query, k=body.k, filters=body.filters or None, mode=body.mode, user=principal(key))
         return {"hits": [asdict(h) for h in hits], "took_ms": (time.perf_counter() - started) * 1e3}
 
     @app.post("/ask", summary="A cited answer, or a refusal when the documents do not say.")
-    def ask(body: AskRequest, _: Reader) -> Any:
+    def ask(body: AskRequest, key: Reader) -> Any:
         filters = body.filters or None
         if not body.stream:
             with generating:
-                return kb.ask(body.question, filters=filters).as_dict()
-        engine = kb.answer_engine(filters)
+                return kb.ask(body.question, filters=filters, user=principal(key)).as_dict()
+        engine = kb.answer_engine(filters, principal(key))
         engine.check(body.question)  # bad questions get a 400 before the stream starts
 
         def events() -> Iterator[str]:

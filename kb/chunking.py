@@ -19,6 +19,7 @@ Rules, in order:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from llama_index.core.schema import BaseNode, NodeRelationship, TextNode
 from pydantic import Field, PrivateAttr
 
 from kb.document import ATOMIC_KINDS, Block, BlockKind, ParsedDocument, Span
+from kb.errors import SourceError
 from kb.tokens import TokenCounter
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -115,15 +117,16 @@ class HeadingChunker(NodeParser):
         return out
 
     # -- the algorithm ----------------------------------------------------------------------------------
-    def chunk(self, doc: ParsedDocument) -> list[Chunk]:
-        """Chunks of ``doc`` in document order."""
+    def chunk(self, doc: ParsedDocument, deadline: float | None = None) -> list[Chunk]:
+        """Chunks of ``doc`` in document order; past ``deadline`` (``time.monotonic()``) raises ChunkingTimeout."""
         text = doc.text
         blocks = doc.blocks
         block_tokens = self._counter.count([text[b.start : b.end] for b in blocks])
         drafts: list[_Draft] = []
         pending: _Draft | None = None
         for path, members in _sections(blocks):
-            units = [unit for i in members for unit in self._units(text, blocks[i], block_tokens[i])]
+            _check(deadline)
+            units = [unit for i in members for unit in self._units(text, blocks[i], block_tokens[i], deadline)]
             for unit in units:
                 unit.header_path = path
             if not units:
@@ -151,7 +154,7 @@ class HeadingChunker(NodeParser):
             and units[-1].end - pending.units[0].start <= self.max_tokens * CHARS_PER_TOKEN_LIMIT
         )
 
-    def _units(self, text: str, block: Block, tokens: int) -> list[_Unit]:
+    def _units(self, text: str, block: Block, tokens: int, deadline: float | None = None) -> list[_Unit]:
         """The block as one unit, or as pieces of at most ``max_tokens`` when it is over the cap."""
         max_chars = self.max_tokens * CHARS_PER_TOKEN_LIMIT
         if tokens <= self.max_tokens and block.end - block.start <= max_chars:
@@ -161,6 +164,7 @@ class HeadingChunker(NodeParser):
         counts = self._counter.count([text[s:e] for s, e in pieces])
         units: list[_Unit] = []
         for (start, end), count in zip(pieces, counts, strict=True):
+            _check(deadline)
             if count <= self.max_tokens and end - start <= max_chars:
                 units.append(_Unit(start, end, count))
             else:
@@ -213,6 +217,15 @@ class HeadingChunker(NodeParser):
         for i, chunk in enumerate(chunks):
             chunk.index = i
         return chunks
+
+
+class ChunkingTimeout(SourceError):
+    """Chunking one document took longer than allowed (``max_file_seconds``)."""
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ChunkingTimeout("chunking ran past max_file_seconds")
 
 
 def _sections(blocks: list[Block]) -> list[tuple[list[str], list[int]]]:

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from kb.acl import Principal
 from kb.citations import Answer
 from kb.errors import KbError
 from kb.indexing import IngestReport, Progress
@@ -36,6 +37,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Answers from
 console = Console()
 err_console = Console(stderr=True)
 
+AsOption = Annotated[
+    list[str] | None,
+    typer.Option("--as", help="Answer as a reader in GROUP (repeatable): only documents its groups may read."),
+]
 KbOption = Annotated[
     Path, typer.Option("--kb", envvar="KB_INDEX", help="Index folder (created on first ingest).", show_default=True)
 ]
@@ -169,12 +174,14 @@ def search(
     ] = None,
     mode: Annotated[RetrievalMode | None, typer.Option(help="Legs to use (default from settings).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
+    groups: AsOption = None,
 ) -> None:
     """Search the knowledge base and print the best chunks with where they come from."""
     where = _parse_pairs(filters, "--filter")
+    user = Principal(groups=groups) if groups is not None else None
     with _open(kb_path) as kb:
         try:
-            hits = kb.search(query, k=k, filters=where or None, mode=mode)
+            hits = kb.search(query, k=k, filters=where or None, mode=mode, user=user)
         except KbError as exc:
             _fail(str(exc))
         if as_json:
@@ -203,16 +210,19 @@ def ask(
         list[str] | None, typer.Option("--filter", help="KEY=VALUE[,VALUE] on front-matter fields.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
+    groups: AsOption = None,
 ) -> None:
     """Answer QUESTION from the knowledge base, citing the sections used (streams as it generates)."""
     where = _parse_pairs(filters, "--filter")
+    user = Principal(groups=groups) if groups is not None else None
     with _open(kb_path) as kb:
         try:
             if as_json:
-                print(json.dumps(kb.ask(question, filters=where or None).as_dict(), indent=2, ensure_ascii=False))
+                answer = kb.ask(question, filters=where or None, user=user)
+                print(json.dumps(answer.as_dict(), indent=2, ensure_ascii=False))
                 return
             streamed: list[str] = []
-            answer = kb.ask(question, filters=where or None, on_token=lambda piece: _stream(piece, streamed))
+            answer = kb.ask(question, filters=where or None, on_token=lambda piece: _stream(piece, streamed), user=user)
         except KbError as exc:
             _fail(str(exc))
         console.print()

@@ -19,20 +19,22 @@ point, each document is in its old or its new version, and the next reindex fini
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kb.chunking import Chunk, HeadingChunker
+from kb.acl import AclResolver, front_matter_acl
+from kb.chunking import Chunk, ChunkingTimeout, HeadingChunker
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import SourceError
 from kb.loading import RawFile, SkippedFile, SourceDocument, discover, parse_file, read_file
 from kb.manifest import DocumentEntry, Manifest, point_id
 from kb.settings import Settings
-from kb.store.base import ChunkStore, StoredPoint
+from kb.store.base import ACL_FIELD, ChunkStore, StoredPoint
 from kb.tokens import TokenCounter
 
 Progress = Callable[[int, int, str], None]
@@ -40,6 +42,7 @@ Progress = Callable[[int, int, str], None]
 
 EMBED_FLUSH_CHUNKS = 256
 DIRTY_FILE = "DIRTY"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -52,13 +55,17 @@ class IndexPlan:
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
+    acl_changed: dict[str, list[str]] = field(default_factory=dict)  # unchanged content, new groups
     files: dict[str, RawFile] = field(default_factory=dict, repr=False)
+    acl: AclResolver = field(default_factory=AclResolver, repr=False)
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.deleted)} deleted, "
-            f"{self.unchanged} unchanged" + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            f"{self.unchanged} unchanged"
+            + (f", {len(self.acl_changed)} ACL changed" if self.acl_changed else "")
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
         )
 
 
@@ -70,6 +77,7 @@ class IngestReport:
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
+    acl_changed: list[str] = field(default_factory=list)
     chunks_written: int = 0
     chunks_reused: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
@@ -86,7 +94,7 @@ class IngestReport:
     def summary(self) -> str:
         return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.deleted)} deleted, "
-            f"{self.unchanged} unchanged"
+            f"{self.unchanged} unchanged" + (f" ({len(self.acl_changed)} with a new ACL)" if self.acl_changed else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,6 +104,7 @@ class IngestReport:
             "changed": len(self.changed),
             "deleted": len(self.deleted),
             "unchanged": self.unchanged,
+            "acl_changed": len(self.acl_changed),
             "chunks_written": self.chunks_written,
             "chunks_reused": self.chunks_reused,
             "skipped": [{"doc_id": s.doc_id, "reason": s.reason} for s in self.skipped],
@@ -111,6 +120,8 @@ class _PendingDoc:
     chunks: list[Chunk]
     points: list[StoredPoint]
     embed_texts: list[str]
+    acl: list[str]
+    own_acl: list[str] | None
 
 
 class Indexer:
@@ -136,14 +147,14 @@ class Indexer:
         self.vector_cache: ChunkStore | None = None  # another store whose vectors may be reused
 
     # -- planning -------------------------------------------------------------------------------------
-    def plan(self, folder: str | Path, sync: bool) -> IndexPlan:
+    def plan(self, folder: str | Path, sync: bool, acl: list[str] | None = None) -> IndexPlan:
         """Compare ``folder`` with the manifest by content hash. With ``sync``, documents that are no
         longer in the folder are planned for deletion (reindex); without, the ingest only adds."""
         root = Path(folder)
         if not root.is_dir():
             raise SourceError(f"{folder}: not a folder; pass the folder that holds the documents")
         started = time.perf_counter()
-        plan = IndexPlan(root)
+        plan = IndexPlan(root, acl=AclResolver.for_folder(root, self.settings.acl_default, acl))
         present: set[str] = set()
         for doc_id, path in discover(root, self.settings):
             try:
@@ -155,6 +166,9 @@ class Indexer:
             known = self.manifest.documents.get(doc_id)
             if known is not None and known.doc_hash == raw.content_hash:
                 plan.unchanged += 1
+                groups = plan.acl.resolve(doc_id, known.own_acl)
+                if groups != known.acl:
+                    plan.acl_changed[doc_id] = groups
                 continue
             (plan.changed if known is not None else plan.added).append(doc_id)
             plan.files[doc_id] = raw
@@ -167,10 +181,14 @@ class Indexer:
 
     # -- applying -------------------------------------------------------------------------------------
     def ingest(
-        self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
+        self,
+        folder: str | Path,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+        acl: list[str] | None = None,
     ) -> IngestReport:
         """Add new and changed documents under ``folder``; documents elsewhere in the index are kept."""
-        return self.apply(self.plan(folder, sync=False), metadata, progress)
+        return self.apply(self.plan(folder, sync=False, acl=acl), metadata, progress)
 
     def apply(
         self, plan: IndexPlan, metadata: dict[str, Any] | None = None, progress: Progress | None = None
@@ -179,6 +197,8 @@ class Indexer:
         report = IngestReport(unchanged=plan.unchanged, skipped=list(plan.skipped))
         report.timings["plan"] = plan.seconds
         todo = plan.added + plan.changed
+        if plan.acl_changed:
+            self._set_acls(plan.acl_changed, report)
         if not todo and not plan.deleted:
             report.seconds = time.perf_counter() - started + plan.seconds
             return report
@@ -190,7 +210,7 @@ class Indexer:
         with self.writing():
             batch: list[_PendingDoc] = []
             for done, doc_id in enumerate(todo, start=1):
-                pending = self._prepare(plan.files[doc_id], doc_id, metadata or {}, report)
+                pending = self._prepare(plan.files[doc_id], doc_id, metadata or {}, plan.acl, report)
                 if pending is not None:
                     batch.append(pending)
                     if sum(len(p.points) for p in batch) >= EMBED_FLUSH_CHUNKS:
@@ -217,17 +237,28 @@ class Indexer:
         self.store.flush()
         marker.unlink(missing_ok=True)
 
-    def _prepare(self, raw: RawFile, doc_id: str, extra: dict[str, Any], report: IngestReport) -> _PendingDoc | None:
+    def _prepare(
+        self, raw: RawFile, doc_id: str, extra: dict[str, Any], acl: AclResolver, report: IngestReport
+    ) -> _PendingDoc | None:
         tick = time.perf_counter()
+        limit = self.settings.max_file_seconds
         try:
-            document = parse_file(raw, doc_id)
+            document, own_acl, chunks = run_limited(lambda: self._parse_and_chunk(raw, doc_id, limit), limit)
         except SourceError as exc:
             report.skipped.append(SkippedFile(doc_id, str(exc)))
             return None
+        except TimeoutError:
+            report.skipped.append(
+                SkippedFile(
+                    doc_id,
+                    f"parsing and chunking took over max_file_seconds={limit:g}; split the file or raise the setting",
+                )
+            )
+            return None
+        extra = {k: v for k, v in extra.items() if k != ACL_FIELD}
         document.parsed.metadata = {**document.parsed.metadata, **extra}
         report.timings["parse"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        chunks = self.chunker.chunk(document.parsed)
         embed_texts = [self.embed_text(document.title, c) for c in chunks]
         points = []
         for chunk, text in zip(chunks, embed_texts, strict=True):
@@ -237,8 +268,26 @@ class Indexer:
                     point_id(doc_id, document.content_hash, chunk.index), [], self.store.bm25_document(payload), payload
                 )
             )
+        groups = acl.resolve(doc_id, own_acl)
+        for point in points:
+            point.payload[ACL_FIELD] = groups
         report.timings["chunk"] += time.perf_counter() - tick
-        return _PendingDoc(document, chunks, points, embed_texts)
+        return _PendingDoc(document, chunks, points, embed_texts, groups, own_acl)
+
+    def _parse_and_chunk(
+        self, raw: RawFile, doc_id: str, limit: float
+    ) -> tuple[SourceDocument, list[str] | None, list[Chunk]]:
+        deadline = time.monotonic() + limit
+        document = parse_file(raw, doc_id)
+        own_acl = front_matter_acl(document.parsed.metadata, doc_id)
+        document.parsed.metadata = {k: v for k, v in document.parsed.metadata.items() if k != ACL_FIELD}
+        try:
+            chunks = self.chunker.chunk(document.parsed, deadline)
+        except ChunkingTimeout as exc:
+            raise TimeoutError from exc
+        except RecursionError as exc:
+            raise SourceError("structure nested too deeply to chunk") from exc
+        return document, own_acl, chunks
 
     def _payload(self, document: SourceDocument, chunk: Chunk, embed_text: str) -> dict[str, Any]:
         meta = document.metadata
@@ -292,12 +341,30 @@ class Indexer:
                     replaced.append((doc.doc_id, old.doc_hash))
                 (report.changed if old is not None else report.added).append(doc.doc_id)
                 self.manifest.documents[doc.doc_id] = DocumentEntry(
-                    doc.content_hash, len(pending.chunks), doc.mtime, doc.size, doc.source_format.value, doc.title
+                    doc.content_hash,
+                    len(pending.chunks),
+                    doc.mtime,
+                    doc.size,
+                    doc.source_format.value,
+                    doc.title,
+                    pending.acl,
+                    pending.own_acl,
                 )
             self.manifest.write(self.store)
             for doc_id, old_hash in replaced:
                 self.store.delete_version(doc_id, old_hash)
         report.chunks_written += len(flat)
+        report.timings["store"] += time.perf_counter() - tick
+
+    def _set_acls(self, changes: dict[str, list[str]], report: IngestReport) -> None:
+        """Apply ACL-only changes: payload updates of the stored chunks, no parsing or embedding."""
+        tick = time.perf_counter()
+        with self.writing(), self.store.transaction():
+            for doc_id, groups in changes.items():
+                self.store.set_acl(doc_id, groups)
+                self.manifest.documents[doc_id].acl = groups
+            self.manifest.write(self.store)
+        report.acl_changed.extend(changes)
         report.timings["store"] += time.perf_counter() - tick
 
     def _delete(self, doc_ids: list[str], report: IngestReport) -> None:
@@ -309,6 +376,29 @@ class Indexer:
             self.store.delete_documents(doc_ids)
         report.deleted.extend(doc_ids)
         report.timings["store"] += time.perf_counter() - tick
+
+
+def run_limited(work: Callable[[], _T], seconds: float) -> _T:
+    """``work()`` in a helper thread, or TimeoutError after ``seconds``.
+
+    A thread cannot be killed: the chunker also checks the same deadline and stops itself soon after,
+    so an abandoned file costs at most one tokenizer call more."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="kb-parse", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def text_hash(text: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from llama_index.core.llms import LLM
 
+from kb.acl import Principal
 from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
@@ -188,13 +189,17 @@ class KnowledgeBase:
         """Answer with ``llm`` (any LlamaIndex LLM), or extractively with ``None``."""
         self._llm, self._llm_built = llm, True
 
-    def answer_engine(self, filters: dict[str, FilterValue] | None = None) -> AnswerEngine:
-        retriever = self.retriever(self.settings.answer_sources, filters)
+    def answer_engine(
+        self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
+    ) -> AnswerEngine:
+        retriever = self.retriever(self.settings.answer_sources, filters, user=user)
         return AnswerEngine(retriever, self.embedder, self.settings, self.llm)
 
-    def query_engine(self, filters: dict[str, FilterValue] | None = None) -> CitedQueryEngine:
-        """A LlamaIndex query engine that answers with citations."""
-        return CitedQueryEngine(self.answer_engine(filters))
+    def query_engine(
+        self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
+    ) -> CitedQueryEngine:
+        """A LlamaIndex query engine that answers with citations, from what ``user`` may read."""
+        return CitedQueryEngine(self.answer_engine(filters, user))
 
     def retriever(
         self,
@@ -202,20 +207,26 @@ class KnowledgeBase:
         filters: dict[str, FilterValue] | None = None,
         mode: RetrievalMode | str | None = None,
         fusion: FusionMethod | str | None = None,
+        user: Principal | None = None,
     ) -> HybridRetriever:
-        """A LlamaIndex retriever over this knowledge base."""
-        return HybridRetriever(self.store, self.embedder, self.settings, k, filters, mode, fusion)
+        """A LlamaIndex retriever over the documents ``user`` may read (everything when ``None``)."""
+        return HybridRetriever(self.store, self.embedder, self.settings, k, filters, mode, fusion, user=user)
 
     # -- operations ----------------------------------------------------------------------------------
     def ingest(
-        self, folder: str | Path, metadata: dict[str, Any] | None = None, progress: Progress | None = None
+        self,
+        folder: str | Path,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+        acl: list[str] | None = None,
     ) -> IngestReport:
         """Add new and changed documents under ``folder`` (Markdown, reST, HTML, text) to the index.
 
         Documents already indexed from elsewhere are kept; use :meth:`reindex` to mirror a folder.
+        ``acl`` (group names) overrides every document's own ACL (see :mod:`kb.acl`).
         """
         self._require_incremental()
-        return self._indexer().ingest(folder, metadata, progress)
+        return self._indexer().ingest(folder, metadata, progress, acl)
 
     def reindex(
         self,
@@ -224,6 +235,7 @@ class KnowledgeBase:
         dry_run: bool = False,
         metadata: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        acl: list[str] | None = None,
     ) -> IngestReport:
         """Make the index mirror ``folder``: add new, replace changed, delete removed documents.
 
@@ -231,13 +243,18 @@ class KnowledgeBase:
         (needed after changing the embedder or the chunk settings; queries keep using the old one meanwhile).
         """
         if full:
-            return self._rebuild(folder, dry_run, metadata, progress)
+            return self._rebuild(folder, dry_run, metadata, progress, acl)
         self._require_incremental()
         indexer = self._indexer()
-        plan = indexer.plan(folder, sync=True)
+        plan = indexer.plan(folder, sync=True, acl=acl)
         if dry_run:
             report = IngestReport(
-                added=plan.added, changed=plan.changed, deleted=plan.deleted, unchanged=plan.unchanged, dry_run=True
+                added=plan.added,
+                changed=plan.changed,
+                deleted=plan.deleted,
+                unchanged=plan.unchanged,
+                acl_changed=list(plan.acl_changed),
+                dry_run=True,
             )
             report.skipped, report.seconds = list(plan.skipped), plan.seconds
             return report
@@ -270,7 +287,12 @@ class KnowledgeBase:
             )
 
     def _rebuild(
-        self, folder: str | Path, dry_run: bool, metadata: dict[str, Any] | None, progress: Progress | None
+        self,
+        folder: str | Path,
+        dry_run: bool,
+        metadata: dict[str, Any] | None,
+        progress: Progress | None,
+        acl: list[str] | None,
     ) -> IngestReport:
         identity = model_identity(self.settings.embedder_model)
         store = self.store.staging(identity.dimension, _bm25(self.settings.bm25_identity()))
@@ -279,7 +301,7 @@ class KnowledgeBase:
         if identity.sha256 == self.info.embedder.get("sha256"):
             indexer.vector_cache = self.store  # same model: unchanged chunk texts keep their vectors
         try:
-            plan = indexer.plan(folder, sync=True)
+            plan = indexer.plan(folder, sync=True, acl=acl)
             if dry_run:
                 self.store.discard(store)
                 report = IngestReport(added=plan.added, unchanged=0, dry_run=True)
@@ -304,13 +326,17 @@ class KnowledgeBase:
         k: int = 5,
         filters: dict[str, FilterValue] | None = None,
         mode: RetrievalMode | str | None = None,
+        user: Principal | None = None,
     ) -> list[Hit]:
-        """The ``k`` chunks that best match ``query``; ``filters`` match front-matter fields exactly."""
+        """The ``k`` chunks that best match ``query``; ``filters`` match front-matter fields exactly.
+
+        ``user`` limits the search to documents its groups may read, inside the store query (a full
+        top-k of readable chunks); ``None`` is a trusted caller that reads everything."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("query: expected a non-empty question or keywords")
         if k < 1:
             raise ConfigError(f"k: expected a positive number of results, got {k}")
-        result = self.retriever(k, filters, mode).search(query)
+        result = self.retriever(k, filters, mode, user=user).search(query)
         return [
             Hit.from_payload(n.node.node_id, n.score or 0.0, {**n.node.metadata, "text": n.node.get_content()})
             for n in result.nodes
@@ -321,13 +347,18 @@ class KnowledgeBase:
         question: str,
         filters: dict[str, FilterValue] | None = None,
         on_token: Callable[[str], None] | None = None,
+        user: Principal | None = None,
     ) -> Answer:
-        """Answer ``question`` from the knowledge base, with citations, or refuse when it does not know."""
-        return self.answer_engine(filters).answer(question, on_token)
+        """Answer ``question`` from the documents ``user`` may read, with citations, or refuse.
 
-    def ask_stream(self, question: str, filters: dict[str, FilterValue] | None = None) -> Iterator[AnswerEvent]:
+        Only readable chunks are retrieved, so nothing forbidden reaches the generator."""
+        return self.answer_engine(filters, user).answer(question, on_token)
+
+    def ask_stream(
+        self, question: str, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
+    ) -> Iterator[AnswerEvent]:
         """Like :meth:`ask`, as a stream: text pieces as they are generated, then the :class:`Answer`."""
-        return self.answer_engine(filters).stream(question)
+        return self.answer_engine(filters, user).stream(question)
 
     def status(self) -> Status:
         return Status(

@@ -136,6 +136,7 @@ def read_file(path: Path, settings: Settings, root: Path | None = None) -> RawFi
     """
     if detect_format(path.name) is None:
         raise SourceError(f"unsupported file type; supported: {', '.join(s for s, _ in _SUFFIXES)}")
+    check_name(path if root is None else path.relative_to(root))
     try:
         real = path.resolve(strict=True)
         if root is not None and not real.is_relative_to(root.resolve()):
@@ -152,6 +153,17 @@ def read_file(path: Path, settings: Settings, root: Path | None = None) -> RawFi
     except OSError as exc:
         raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
     return RawFile(path, data, hashlib.sha256(data).hexdigest(), stat.st_mtime, len(data))
+
+
+def check_name(relative: Path) -> None:
+    """Refuse names that cannot be stored or shown safely: non-UTF-8 bytes, control characters."""
+    name = str(relative)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SourceError("file name is not valid UTF-8; rename the file") from exc
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise SourceError("file name contains control characters (a newline?); rename the file")
 
 
 def parse_file(raw: RawFile, doc_id: str) -> SourceDocument:

@@ -72,6 +72,8 @@ class DocumentEntry:
     size: int
     source_format: str
     title: str
+    acl: list[str] | None = None  # groups stored on its chunks (None: indexed before access control)
+    own_acl: list[str] | None = None  # its front-matter acl, so ACL-only changes need no re-parse
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from kb.acl import Principal
 from kb.embedding import SentenceTransformerEmbedder
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from, node_from_payload
@@ -40,6 +41,7 @@ class RetrievalResult:
 class HybridRetriever(BaseRetriever):
     """A LlamaIndex retriever over a :class:`~kb.store.base.ChunkStore`.
 
+    ``user`` (a :class:`~kb.acl.Principal`) restricts every leg to the documents it may read.
     ``mode`` picks the legs (hybrid, dense, bm25); ``fusion``, the leg weights and the prefetch depth come
     from :class:`~kb.settings.Settings` unless given here.
     """
@@ -53,9 +55,11 @@ class HybridRetriever(BaseRetriever):
         filters: dict[str, FilterValue] | None = None,
         mode: RetrievalMode | str | None = None,
         fusion: FusionMethod | str | None = None,
+        user: Principal | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.user = user
         self._store = store
         self._embedder = embedder
         self._settings = settings
@@ -85,6 +89,7 @@ class HybridRetriever(BaseRetriever):
             rrf_k=self._settings.rrf_k,
             prefetch_limit=max(self._settings.prefetch_limit, k or self.similarity_top_k),
             with_vectors=with_relevance,
+            readable=self.user.readable() if self.user is not None else None,
         )
         hits = self._store.search(plan)
         done = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kb.acl import AclDefault
 from kb.errors import ConfigError
 
 SETTINGS_FILE = "kb.toml"
@@ -101,6 +102,9 @@ class Settings(BaseSettings):
 
     # --- loading ----------------------------------------------------------------------------------
     max_file_bytes: int = Field(20_000_000, ge=1, description="Larger files are skipped.")
+    max_file_seconds: float = Field(
+        60.0, gt=0.0, description="Parsing and chunking one file may take this long; slower files are skipped."
+    )
     include: list[str] = Field(
         default_factory=lambda: ["*.md", "*.markdown", "*.rst", "*.rst.txt", "*.html", "*.htm", "*.txt"],
         description="Glob patterns (matched on the file name) of files to ingest.",
@@ -108,6 +112,12 @@ class Settings(BaseSettings):
     exclude: list[str] = Field(
         default_factory=lambda: [".*", "_build", "node_modules", "__pycache__"],
         description="Glob patterns of file or folder names to leave out.",
+    )
+
+    # --- access control ---------------------------------------------------------------------------
+    acl_default: AclDefault = Field(
+        AclDefault.PUBLIC,
+        description="Documents with no ACL (ingest call, front matter, kb-acl.toml): 'public' or 'deny'.",
     )
 
     # --- retrieval --------------------------------------------------------------------------------

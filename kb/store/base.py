@@ -35,7 +35,8 @@ from kb.sparse import Bm25Encoder, SparseVector
 DENSE = "dense"
 BM25 = "bm25"
 TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index"})
-KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash")
+ACL_FIELD = "acl"
+KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash", "acl")
 
 FilterValue = str | int | bool | list[str] | list[int]
 
@@ -70,6 +71,17 @@ class HybridQuery:
     rrf_k: int = 60
     prefetch_limit: int = 50
     with_vectors: bool = False
+    readable: list[str] | None = None  # ACL values the caller may read; None = everything
+
+    def where(self) -> dict[str, list[Any]]:
+        """Conditions every leg applies before its limit: the caller's filters and what it may read."""
+        if self.readable is None:
+            return self.conditions
+        return {**self.conditions, ACL_FIELD: list(self.readable) or ["\x00nothing"]}
+
+    def idf_corpus(self) -> dict[str, list[Any]] | None:
+        """BM25 IDF statistics over readable chunks only: term rarity in forbidden documents must not show."""
+        return None if self.readable is None else {ACL_FIELD: list(self.readable) or ["\x00nothing"]}
 
     def fusion_weights(self) -> list[float] | None:
         return list(self.weights) if self.fusion is FusionMethod.WEIGHTED else None
@@ -197,6 +209,10 @@ class ChunkStore(BasePydanticVectorStore):
 
     @abstractmethod
     def delete_documents(self, doc_ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def set_acl(self, doc_id: str, acl: list[str]) -> None:
+        """Replace the ``acl`` payload of every chunk of ``doc_id`` (an ACL-only change: no re-embedding)."""
 
     @abstractmethod
     def delete_version(self, doc_id: str, doc_hash: str) -> None:

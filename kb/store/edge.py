@@ -25,6 +25,7 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     Fusion,
+    IdfParams,
     MatchAny,
     MatchValue,
     Modifier,
@@ -34,6 +35,7 @@ from qdrant_edge import (
     Query,
     QueryRequest,
     ScrollRequest,
+    SearchParams,
     UpdateOperation,
 )
 from qdrant_edge import SparseVector as EdgeSparse
@@ -43,6 +45,7 @@ from kb.manifest import INDEX_FILE, MANIFEST_FILE, SHARD_DIR, FolderState
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
+    ACL_FIELD,
     BM25,
     DENSE,
     KEYWORD_INDEXES,
@@ -88,6 +91,10 @@ class EdgeChunkStore(ChunkStore):
             with self._lock:
                 self._shard.update(UpdateOperation.delete_points_by_filter(_filter({"doc_id": list(doc_ids)})))
 
+    def set_acl(self, doc_id: str, acl: list[str]) -> None:
+        with self._lock:
+            self._shard.update(UpdateOperation.set_payload_by_filter(_filter({"doc_id": [doc_id]}), {ACL_FIELD: acl}))
+
     def delete_version(self, doc_id: str, doc_hash: str) -> None:
         with self._lock:
             self._shard.update(
@@ -115,7 +122,9 @@ class EdgeChunkStore(ChunkStore):
         return counts
 
     def search(self, plan: HybridQuery) -> list[ScoredChunk]:
-        where = _filter(plan.conditions)
+        where = _filter(plan.where())
+        corpus = plan.idf_corpus()
+        params = SearchParams(idf=IdfParams(corpus=_filter(corpus))) if corpus is not None else None
         legs: list[tuple[str, Any]] = []
         if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
             legs.append((DENSE, plan.dense))
@@ -129,6 +138,7 @@ class EdgeChunkStore(ChunkStore):
                 limit=plan.limit,
                 query=Query.Nearest(legs[0][1], using=legs[0][0]),
                 filter=where,
+                params=params if legs[0][0] == BM25 else None,
                 with_payload=True,
                 with_vector=vectors,
             )
@@ -138,10 +148,16 @@ class EdgeChunkStore(ChunkStore):
             request = QueryRequest(
                 limit=plan.limit,
                 prefetches=[
-                    Prefetch(limit=plan.prefetch_limit, query=Query.Nearest(vector, using=name), filter=where)
+                    Prefetch(
+                        limit=plan.prefetch_limit,
+                        query=Query.Nearest(vector, using=name),
+                        filter=where,
+                        params=params if name == BM25 else None,
+                    )
                     for name, vector in legs
                 ],
                 query=fusion,
+                filter=where,
                 with_payload=True,
                 with_vector=vectors,
             )

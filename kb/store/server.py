@@ -26,6 +26,7 @@ from kb.errors import ConfigError
 from kb.settings import FusionMethod, Quantization, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
+    ACL_FIELD,
     BM25,
     DENSE,
     KEYWORD_INDEXES,
@@ -99,6 +100,11 @@ class ServerChunkStore(ChunkStore):
         if doc_ids:
             self._delete({"doc_id": list(doc_ids)})
 
+    def set_acl(self, doc_id: str, acl: list[str]) -> None:
+        selector = models.FilterSelector(filter=_filter({"doc_id": [doc_id]}))
+        with self._lock:
+            self._client.set_payload(self.physical, payload={ACL_FIELD: acl}, points=selector, wait=True)
+
     def delete_version(self, doc_id: str, doc_hash: str) -> None:
         self._delete({"doc_id": [doc_id], "doc_hash": [doc_hash]})
 
@@ -112,7 +118,9 @@ class ServerChunkStore(ChunkStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def search(self, plan: HybridQuery) -> list[ScoredChunk]:
-        where = _filter(plan.conditions)
+        where = _filter(plan.where())
+        corpus = plan.idf_corpus()
+        params = models.SearchParams(idf=models.IdfCorpusParams(corpus=_filter(corpus))) if corpus is not None else None
         legs: list[tuple[str, Any]] = []
         if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
             legs.append((DENSE, plan.dense))
@@ -128,6 +136,7 @@ class ServerChunkStore(ChunkStore):
                     query=legs[0][1],
                     using=legs[0][0],
                     query_filter=where,
+                    search_params=params if legs[0][0] == BM25 else None,
                     limit=plan.limit,
                     with_payload=True,
                     with_vectors=vectors,
@@ -141,7 +150,13 @@ class ServerChunkStore(ChunkStore):
                 response = self._client.query_points(
                     self.physical,
                     prefetch=[
-                        models.Prefetch(query=vector, using=name, filter=where, limit=plan.prefetch_limit)
+                        models.Prefetch(
+                            query=vector,
+                            using=name,
+                            filter=where,
+                            params=params if name == BM25 else None,
+                            limit=plan.prefetch_limit,
+                        )
                         for name, vector in legs
                     ],
                     query=fusion,
