@@ -27,6 +27,7 @@ from kb.document import Span
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import ConfigError
 from kb.prompting import build_messages, leaks_prompt
+from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridRetriever, cosine
 from kb.settings import Settings
 
@@ -51,11 +52,13 @@ class AnswerEngine:
         embedder: SentenceTransformerEmbedder,
         settings: Settings,
         llm: LLM | None,
+        reranker: CrossEncoderReranker | None = None,
     ) -> None:
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
         self.llm = llm
+        self.reranker = reranker
 
     @property
     def backend(self) -> str:
@@ -74,12 +77,20 @@ class AnswerEngine:
         """Yield answer text as it is generated, then the final :class:`Answer`."""
         started = time.perf_counter()
         question = self.check(question)
-        result = self.retriever.search(question, k=self.settings.answer_sources, with_relevance=True)
+        k = self.settings.reranker_candidates if self.reranker else self.settings.answer_sources
+        result = self.retriever.search(question, k=k, with_relevance=True)
         timings = dict(result.timings)
-        timings["rerank"] = 0.0
-        sources = _sources(result.nodes, result.relevance)
+        nodes, relevance, best_rerank = result.nodes, result.relevance, 1.0
+        tick = time.perf_counter()
+        if self.reranker is not None and nodes:
+            by_id = {n.node.node_id: r for n, r in zip(nodes, relevance, strict=True)}
+            nodes = self.reranker.postprocess_nodes(nodes, query_str=question)
+            relevance = [by_id[n.node.node_id] for n in nodes]
+            best_rerank = max((n.score or 0.0 for n in nodes), default=0.0)
+        timings["rerank"] = (time.perf_counter() - tick) * 1e3
+        sources = _sources(nodes, relevance)
         best = max((s.relevance for s in sources), default=0.0)
-        if best < self.settings.refusal_floor:
+        if best < self.settings.refusal_floor or best_rerank < self.settings.reranker_floor:
             timings["generate"] = 0.0
             timings["total"] = (time.perf_counter() - started) * 1e3
             yield self._refusal(question, "no_relevant_sources", NO_SOURCES, sources, timings)
@@ -145,7 +156,15 @@ class AnswerEngine:
     def _answer(
         self, question: str, text: str, sources: list[Source], timings: dict[str, float], **fields: Any
     ) -> Answer:
-        return Answer(question=question, text=text, sources=sources, backend=self.backend, timings=timings, **fields)
+        return Answer(
+            question=question,
+            text=text,
+            sources=sources,
+            backend=self.backend,
+            timings=timings,
+            reranked=self.reranker is not None,
+            **fields,
+        )
 
     def _extract(self, question: str, sources: list[Source]) -> str:
         """The sentences of the sources closest to the question, each with its citation."""

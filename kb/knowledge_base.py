@@ -9,9 +9,10 @@ for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "b
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from kb.indexing import DIRTY_FILE, Indexer, IngestReport, Progress, sweep
 from kb.llm import build_llm
 from kb.locking import IndexLock
 from kb.manifest import IndexInfo, Manifest
+from kb.reranking import CrossEncoderReranker, load_reranker
 from kb.retrieval import HybridRetriever
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
@@ -36,6 +38,7 @@ from kb.store.base import ChunkStore, FilterValue
 from kb.tokens import TokenCounter
 
 DEFAULT_INDEX = Path("indexes/default")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Hit:
     node_id: str
     url: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    rerank_score: float | None = None  # the cross-encoder's 0..1 relevance, when reranked
 
     @classmethod
     def from_payload(cls, node_id: str, score: float, payload: dict[str, Any]) -> Hit:
@@ -71,6 +75,7 @@ class Hit:
 class Status:
     path: str
     store: dict[str, Any]
+    reranker: dict[str, Any]
     documents: int
     chunks: int
     disk_bytes: int
@@ -102,6 +107,9 @@ class KnowledgeBase:
         self._embedder: SentenceTransformerEmbedder | None = None
         self._llm: LLM | None = None
         self._llm_built = False
+        self._reranker: CrossEncoderReranker | None = None
+        self._reranker_built = False
+        self.reranker_note = ""  # why the reranking stage is off, when it is
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
@@ -185,6 +193,25 @@ class KnowledgeBase:
             self._llm_built = True
         return self._llm
 
+    @property
+    def reranker(self) -> CrossEncoderReranker | None:
+        """The cross-encoder stage (loaded on first use), or ``None`` when off or unavailable (see
+        ``reranker_note``): kb then answers from the fused ranking."""
+        if not self._reranker_built:
+            s = self.settings
+            self._reranker, self.reranker_note = load_reranker(
+                s.reranker_model, s.reranker_top_k, s.reranker_backend, s.reranker_revision or None
+            )
+            if self.reranker_note:
+                log.warning(self.reranker_note)  # once per KnowledgeBase
+            self._reranker_built = True
+        return self._reranker
+
+    def use_reranker(self, reranker: CrossEncoderReranker | None) -> None:
+        """Rerank with ``reranker`` (any LlamaIndex node postprocessor of this shape), or not at all with ``None``."""
+        self._reranker, self._reranker_built = reranker, True
+        self.reranker_note = "" if reranker is not None else "reranking turned off by use_reranker(None)"
+
     def use_llm(self, llm: LLM | None) -> None:
         """Answer with ``llm`` (any LlamaIndex LLM), or extractively with ``None``."""
         self._llm, self._llm_built = llm, True
@@ -193,7 +220,7 @@ class KnowledgeBase:
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
     ) -> AnswerEngine:
         retriever = self.retriever(self.settings.answer_sources, filters, user=user)
-        return AnswerEngine(retriever, self.embedder, self.settings, self.llm)
+        return AnswerEngine(retriever, self.embedder, self.settings, self.llm, self.reranker)
 
     def query_engine(
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
@@ -327,20 +354,30 @@ class KnowledgeBase:
         filters: dict[str, FilterValue] | None = None,
         mode: RetrievalMode | str | None = None,
         user: Principal | None = None,
+        rerank: bool = False,
     ) -> list[Hit]:
         """The ``k`` chunks that best match ``query``; ``filters`` match front-matter fields exactly.
 
         ``user`` limits the search to documents its groups may read, inside the store query (a full
-        top-k of readable chunks); ``None`` is a trusted caller that reads everything."""
+        top-k of readable chunks); ``None`` is a trusted caller that reads everything. ``rerank`` reorders
+        the fused top ``reranker_candidates`` with the cross-encoder (when one is available; each hit's
+        ``rerank_score`` then holds its 0..1 relevance)."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("query: expected a non-empty question or keywords")
         if k < 1:
             raise ConfigError(f"k: expected a positive number of results, got {k}")
-        result = self.retriever(k, filters, mode, user=user).search(query)
-        return [
+        reranker = self.reranker if rerank else None
+        depth = max(k, self.settings.reranker_candidates) if reranker is not None else k
+        nodes = self.retriever(k, filters, mode, user=user).search(query, k=depth).nodes
+        hits = [
             Hit.from_payload(n.node.node_id, n.score or 0.0, {**n.node.metadata, "text": n.node.get_content()})
-            for n in result.nodes
+            for n in nodes
         ]
+        if reranker is None or not hits:
+            return hits
+        scores = reranker.score(query, [h.text for h in hits])
+        order = sorted(range(len(hits)), key=lambda i: -scores[i])[:k]
+        return [replace(hits[i], rerank_score=float(scores[i])) for i in order]
 
     def ask(
         self,
@@ -364,6 +401,12 @@ class KnowledgeBase:
         return Status(
             path=str(self.path),
             store=self.store.describe(),
+            reranker={
+                "model": self.settings.reranker_model,
+                "backend": self.settings.reranker_backend.value,
+                "active": self.reranker is not None,
+                "note": self.reranker_note,
+            },
             documents=len(self.manifest.documents),
             chunks=self.store.count(),
             disk_bytes=self.store.disk_bytes(),

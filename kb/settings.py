@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from kb.acl import AclDefault
 from kb.errors import ConfigError
+from kb.reranking import RerankerBackend
 
 SETTINGS_FILE = "kb.toml"
 
@@ -130,6 +131,22 @@ class Settings(BaseSettings):
     indexed_fields: list[str] = Field(
         default_factory=lambda: ["product", "kind", "tags", "team"],
         description="Front-matter fields that get a payload index for fast filters.",
+    )
+
+    # --- reranking ------------------------------------------------------------------------------
+    reranker_model: str = Field(
+        "cross-encoder/ms-marco-MiniLM-L-6-v2",
+        description="Cross-encoder: a hub id (local cache first; downloaded only when HF_HUB_OFFLINE is unset) or "
+        "a local folder; empty turns the stage off. When unavailable kb says so in status and answers without it.",
+    )
+    reranker_revision: str = Field("", description="Hub revision (commit) of reranker_model; empty: the default.")
+    reranker_backend: RerankerBackend = Field(
+        RerankerBackend.ONNX, description="onnx: int8 ONNX Runtime (exported once next to the model); torch."
+    )
+    reranker_candidates: int = Field(20, ge=1, le=200, description="Fused candidates the reranker reads.")
+    reranker_top_k: int = Field(4, ge=1, le=20, description="Chunks kept after reranking (handed to the LLM).")
+    reranker_floor: float = Field(
+        0.0, ge=0.0, le=1.0, description="Refuse when the best reranked chunk scores below this (0..1); 0: off."
     )
 
     # --- answers ----------------------------------------------------------------------------------

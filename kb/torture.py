@@ -10,6 +10,7 @@ what your limits do with each case.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 NESTING = 10_000
@@ -85,7 +86,7 @@ def make_torture_folder(root: Path, big_mb: int = 50, single_line_mb: int = 5) -
     if not (root / "loop" / "again").is_symlink():
         os.symlink("..", root / "loop" / "again")
     cases["loop/again"] = "symlink loop"
-    outside = root.parent / f"{root.name}-outside.md"
+    outside = Path(tempfile.mkdtemp(prefix="kb-torture-outside-")) / "outside.md"  # outside any root above
     outside.write_text("# Outside\n\nzqoutside secret\n")
     if not (root / "escape.md").is_symlink():
         os.symlink(outside, root / "escape.md")

@@ -1,0 +1,211 @@
+"""The cross-encoder stage between fusion and generation: reads each (question, chunk) pair together and keeps
+the best few, so the one good chunk is not buried in noise.
+
+    from kb.reranking import CrossEncoderReranker
+    reranker = CrossEncoderReranker.load("cross-encoder/ms-marco-MiniLM-L-6-v2", top_k=4)
+    nodes = reranker.postprocess_nodes(retrieved_nodes, query_str="how do I rotate the API key?")
+
+A LlamaIndex ``BaseNodePostprocessor``: each returned node's score is the cross-encoder's relevance in
+0..1 (sigmoid of its logit) and ``node.metadata["retrieval_score"]`` keeps the fused score. Two backends:
+``torch`` (``sentence_transformers.CrossEncoder``) and ``onnx`` (the same model exported to ONNX and
+int8-quantized by :func:`export_onnx`, run by ONNX Runtime; faster on CPU).
+
+:func:`load_reranker` never raises for a missing model: it returns ``None`` and a reason, so kb carries on
+without the stage (``Answer.reranked`` is then false and ``kb status`` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from kb.errors import ConfigError, ModelNotAvailableError
+
+log = logging.getLogger(__name__)
+ONNX_FILE = "model-int8.onnx"
+
+
+class RerankerBackend(StrEnum):
+    """``onnx``: int8 ONNX Runtime (exported next to the model on first use); ``torch``: the model as is."""
+
+    ONNX = "onnx"
+    TORCH = "torch"
+
+
+class CrossEncoderReranker(BaseNodePostprocessor):
+    """Scores (query, chunk) pairs with a cross-encoder and keeps the ``top_k`` best, best first."""
+
+    model: str = Field(description="Model folder (or hub id) it was loaded from.")
+    top_k: int = Field(5, ge=1, description="Chunks kept.")
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(256, ge=16, description="Pair length in tokens; longer pairs are truncated.")
+    backend: RerankerBackend = RerankerBackend.TORCH
+    _scorer: Any = PrivateAttr()
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderReranker"
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        top_k: int = 5,
+        backend: RerankerBackend | str = RerankerBackend.TORCH,
+        revision: str | None = None,
+        batch_size: int = 16,
+    ) -> CrossEncoderReranker:
+        """Load ``model`` (a folder, or a hub id: the local cache first, downloads only when online)."""
+        from kb.embedding import resolve_model_path
+
+        path = resolve_model_path(str(model), revision=revision)
+        backend = RerankerBackend(backend)
+        scorer: _TorchScorer | _OnnxScorer = (
+            _OnnxScorer(path, export_onnx(path)) if backend is RerankerBackend.ONNX else _TorchScorer(path)
+        )
+        reranker = cls(
+            model=str(model), top_k=top_k, batch_size=batch_size, max_length=scorer.max_length, backend=backend
+        )
+        reranker._scorer = scorer
+        return reranker
+
+    def score(self, query: str, texts: list[str]) -> np.ndarray:
+        """Relevance of each text to ``query`` in 0..1 (sigmoid of the model's logit)."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        logits = self._scorer.logits(query, texts, self.batch_size, self.max_length)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise ConfigError("reranking needs the query: pass query_str or query_bundle")
+        if not nodes:
+            return []
+        scores = self.score(query_bundle.query_str, [n.node.get_content() for n in nodes])
+        order = np.argsort(-scores, kind="stable")[: self.top_k]
+        out = []
+        for i in order:
+            node = nodes[int(i)]
+            node.node.metadata["retrieval_score"] = node.score
+            out.append(NodeWithScore(node=node.node, score=float(scores[int(i)])))
+        return out
+
+
+class _TorchScorer:
+    def __init__(self, path: Path) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(str(path), device="cpu", activation_fn=_identity())
+        self.max_length = int(min(self.model.max_seq_length or 512, 512))
+
+    def logits(self, query: str, texts: list[str], batch_size: int, max_length: int) -> np.ndarray:
+        self.model.max_seq_length = max_length
+        pairs = [(query, t) for t in texts]
+        return np.asarray(self.model.predict(pairs, batch_size=batch_size, show_progress_bar=False), dtype=np.float32)
+
+
+class _OnnxScorer:
+    def __init__(self, path: Path, onnx_path: Path) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.max_length = _max_length(path)
+
+    def logits(self, query: str, texts: list[str], batch_size: int, max_length: int) -> np.ndarray:
+        self.tokenizer.enable_truncation(max_length=max_length, strategy="only_second")
+        self.tokenizer.enable_padding()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            encodings = self.tokenizer.encode_batch([(query, t) for t in texts[start : start + batch_size]])
+            feed = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            }
+            (logits,) = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
+            out.append(logits.reshape(len(encodings), -1)[:, 0])
+        return np.concatenate(out).astype(np.float32)
+
+
+def export_onnx(path: Path, target: Path | None = None) -> Path:
+    """Export the cross-encoder in ``path`` to ONNX and quantize it to int8 (once; reused afterwards).
+
+    Written next to the model (``model-int8.onnx``), or into ``target`` when the model folder is read-only.
+    """
+    target = target or path / ONNX_FILE
+    if target.exists():
+        return target
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForSequenceClassification
+
+    started = time.perf_counter()
+    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    dummy = {
+        "input_ids": torch.ones(2, 16, dtype=torch.long),
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
+    }
+    float_path = target.with_suffix(".fp32.onnx")
+    axes = {0: "batch", 1: "tokens"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(float_path),
+            input_names=list(dummy),
+            output_names=["logits"],
+            dynamic_axes={**{name: axes for name in dummy}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    quantize_dynamic(str(float_path), str(target), weight_type=QuantType.QInt8)
+    float_path.unlink(missing_ok=True)
+    log.info("exported %s to %s in %.1f s", path, target, time.perf_counter() - started)
+    return target
+
+
+def load_reranker(
+    model: str, top_k: int, backend: RerankerBackend | str, revision: str | None = None
+) -> tuple[CrossEncoderReranker | None, str]:
+    """The reranker, or ``None`` and why not (no model offline, unreadable files): never raises for those."""
+    if not model:
+        return None, "no reranker_model configured"
+    try:
+        return CrossEncoderReranker.load(model, top_k=top_k, backend=backend, revision=revision), ""
+    except (ModelNotAvailableError, OSError, ValueError) as exc:
+        return None, f"reranker {model!r} unavailable, answering without the reranking stage: {exc}"
+
+
+def _identity() -> Any:
+    import torch
+
+    return torch.nn.Identity()
+
+
+def _max_length(path: Path) -> int:
+    import json
+
+    for name in ("sentence_bert_config.json", "config.json"):
+        file = path / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            value = data.get("max_seq_length") or data.get("max_position_embeddings")
+            if value:
+                return int(min(value, 512))
+    return 512
