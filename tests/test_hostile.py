@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 
 from kb import ConfigError, KnowledgeBase
 from kb.chunking import HeadingChunker
-from kb.errors import SourceError
-from kb.loading import RawFile, parse_file
 from kb.torture import make_torture_folder
 from tests.conftest import write
 from tests.fake_openai import FakeOpenAI, serve
+from tests.invariants import check_file
 from tests.test_answering import llm_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,17 +114,7 @@ NASTY = st.sampled_from(
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_loaders_and_chunker_raise_only_source_errors_and_cover_in_order(name: str, data) -> None:
-    body = data if isinstance(data, bytes) else data.encode("utf-8")
-    try:
-        document = parse_file(RawFile(Path(name), body, "h", 0.0, len(body)), name)
-    except SourceError:
-        return
-    text = document.parsed.text
-    previous = 0
-    for chunk in CHUNKER.chunk(document.parsed):
-        assert 0 <= chunk.span.start < chunk.span.end <= len(text)
-        assert chunk.span.start >= previous and chunk.text == text[chunk.span.start : chunk.span.end]
-        previous = chunk.span.end
+    check_file(name, data if isinstance(data, bytes) else data.encode("utf-8"), CHUNKER)
 
 
 CHUNKER = HeadingChunker.for_model("all-MiniLM-L6-v2", max_tokens=64, min_tokens=8)

@@ -132,6 +132,14 @@ def stored_point(point_id: Any, vectors: Any, payload: Any) -> StoredPoint:
     )
 
 
+def dense_vector(vectors: Any) -> list[float] | None:
+    """The dense vector of a record's named vectors (either backend), if it was asked for."""
+    if isinstance(vectors, dict):
+        value = vectors.get(DENSE)
+        return list(value) if value is not None else None
+    return None
+
+
 def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
     node = TextNode(
         id_=point_id, text=payload.get("text", ""), metadata={k: v for k, v in payload.items() if k != "text"}
@@ -221,13 +229,24 @@ class ChunkStore(BasePydanticVectorStore):
     @abstractmethod
     def search(self, plan: HybridQuery) -> list[ScoredChunk]: ...
 
-    @abstractmethod
     def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
         """Stored dense vectors of chunks whose embedded text has one of these hashes (the embedding cache)."""
+        out: dict[str, list[float]] = {}
+        for start in range(0, len(text_hashes), 512):
+            wanted = {"text_hash": text_hashes[start : start + 512]}
+            for record in self._scroll(wanted, vectors=[DENSE], payload=["text_hash"]):
+                vector = dense_vector(record.vector)
+                if vector is not None:
+                    out[record.payload["text_hash"]] = vector
+        return out
 
-    @abstractmethod
     def versions(self) -> dict[tuple[str, str], int]:
         """Point count per (doc_id, doc_hash) stored."""
+        counts: dict[tuple[str, str], int] = {}
+        for record in self._scroll({}, payload=["doc_id", "doc_hash"], batch=2048):
+            key = (record.payload.get("doc_id", ""), record.payload.get("doc_hash", ""))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
@@ -239,13 +258,31 @@ class ChunkStore(BasePydanticVectorStore):
     @abstractmethod
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int: ...
 
-    @abstractmethod
     def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
         """Every point (score 0) matching ``conditions``, with payload."""
+        for record in self._scroll(conditions or {}, batch=batch):
+            yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
 
-    @abstractmethod
     def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
         """Every point with both vectors and payload (``kb migrate`` copies them without re-embedding)."""
+        for record in self._scroll({}, vectors=True, batch=batch):
+            yield stored_point(record.id, record.vector, record.payload)
+
+    def _scroll(
+        self, conditions: dict[str, list[Any]], vectors: Any = False, payload: Any = True, batch: int = 256
+    ) -> Iterator[Any]:
+        offset = None
+        while True:
+            records, offset = self._scroll_page(conditions, offset, batch, vectors, payload)
+            yield from records
+            if offset is None:
+                return
+
+    @abstractmethod
+    def _scroll_page(
+        self, conditions: dict[str, list[Any]], offset: Any, limit: int, vectors: Any, payload: Any
+    ) -> tuple[list[Any], Any]:
+        """One page of records (``.id``, ``.vector``, ``.payload``) and the offset of the next, or None."""
 
     @abstractmethod
     def ensure_payload_indexes(self, meta_fields: list[str]) -> None: ...

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from kb.store.base import (
     HybridQuery,
     ScoredChunk,
     StoredPoint,
-    stored_point,
+    dense_vector,
 )
 
 
@@ -104,23 +103,6 @@ class EdgeChunkStore(ChunkStore):
     def transaction(self) -> threading.RLock:
         return self._lock
 
-    def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        for start in range(0, len(text_hashes), 512):
-            wanted = {"text_hash": text_hashes[start : start + 512]}
-            for record in self._scroll(wanted, with_vector=[DENSE], payload=["text_hash"]):
-                vector = _dense(record.vector)
-                if vector is not None:
-                    out[record.payload["text_hash"]] = vector
-        return out
-
-    def versions(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for record in self._scroll({}, payload=["doc_id", "doc_hash"], batch=2048):
-            key = (record.payload.get("doc_id", ""), record.payload.get("doc_hash", ""))
-            counts[key] = counts.get(key, 0) + 1
-        return counts
-
     def search(self, plan: HybridQuery) -> list[ScoredChunk]:
         where = _filter(plan.where())
         corpus = plan.idf_corpus()
@@ -163,38 +145,25 @@ class EdgeChunkStore(ChunkStore):
             )
         with self._lock:
             hits = self._shard.query(request)
-        return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {}), _dense(h.vector)) for h in hits]
+        return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {}), dense_vector(h.vector)) for h in hits]
 
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
         with self._lock:
             return int(self._shard.count(CountRequest(filter=_filter(conditions or {}), exact=True)))
 
-    def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
-        for record in self._scroll(conditions or {}, batch=batch):
-            yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
-
-    def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
-        for record in self._scroll({}, with_vector=True, batch=batch):
-            yield stored_point(record.id, record.vector, record.payload)
-
-    def _scroll(
-        self, conditions: dict[str, list[Any]], with_vector: Any = False, payload: Any = True, batch: int = 256
-    ) -> Iterator[Any]:
-        offset = None
-        while True:
-            with self._lock:
-                records, offset = self._shard.scroll(
-                    ScrollRequest(
-                        offset=offset,
-                        limit=batch,
-                        filter=_filter(conditions),
-                        with_payload=payload,
-                        with_vector=with_vector,
-                    )
+    def _scroll_page(
+        self, conditions: dict[str, list[Any]], offset: Any, limit: int, vectors: Any, payload: Any
+    ) -> tuple[list[Any], Any]:
+        with self._lock:
+            return self._shard.scroll(
+                ScrollRequest(
+                    offset=offset,
+                    limit=limit,
+                    filter=_filter(conditions),
+                    with_payload=payload,
+                    with_vector=vectors,
                 )
-            yield from records
-            if offset is None:
-                return
+            )
 
     def ensure_payload_indexes(self, meta_fields: list[str]) -> None:
         existing = set(self._shard.info().payload_schema)
@@ -301,13 +270,6 @@ def _open_shard(path: Path, dimension: int) -> EdgeShard:
                 "Close that process, or send it the work (see 'Reindexing' in the README)."
             ) from exc
         raise
-
-
-def _dense(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict):
-        value = vector.get(DENSE)
-        return list(value) if value is not None else None
-    return None
 
 
 def _filter(conditions: dict[str, list[Any]]) -> Filter | None:

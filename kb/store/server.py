@@ -16,7 +16,6 @@ import json
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import PrivateAttr
@@ -34,7 +33,7 @@ from kb.store.base import (
     HybridQuery,
     ScoredChunk,
     StoredPoint,
-    stored_point,
+    dense_vector,
 )
 
 STATE_SUFFIX = "-state"
@@ -166,55 +165,26 @@ class ServerChunkStore(ChunkStore):
                     with_vectors=vectors,
                 )
         return [
-            ScoredChunk(str(p.id), float(p.score), dict(p.payload or {}), _dense(p.vector)) for p in response.points
+            ScoredChunk(str(p.id), float(p.score), dict(p.payload or {}), dense_vector(p.vector))
+            for p in response.points
         ]
-
-    def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        for start in range(0, len(text_hashes), 512):
-            wanted = {"text_hash": text_hashes[start : start + 512]}
-            for record in self._scroll(wanted, with_vectors=[DENSE], payload=["text_hash"]):
-                vector = _dense(record.vector)
-                if vector is not None:
-                    out[record.payload["text_hash"]] = vector
-        return out
-
-    def versions(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for record in self._scroll({}, payload=["doc_id", "doc_hash"], batch=2048):
-            key = (record.payload.get("doc_id", ""), record.payload.get("doc_hash", ""))
-            counts[key] = counts.get(key, 0) + 1
-        return counts
 
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
         with self._lock:
             return int(self._client.count(self.physical, count_filter=_filter(conditions or {}), exact=True).count)
 
-    def scroll(self, conditions: dict[str, list[Any]] | None = None, batch: int = 256) -> Iterator[ScoredChunk]:
-        for record in self._scroll(conditions or {}, batch=batch):
-            yield ScoredChunk(str(record.id), 0.0, dict(record.payload or {}))
-
-    def scroll_points(self, batch: int = 256) -> Iterator[StoredPoint]:
-        for record in self._scroll({}, with_vectors=True, batch=batch):
-            yield stored_point(record.id, record.vector, record.payload)
-
-    def _scroll(
-        self, conditions: dict[str, list[Any]], with_vectors: Any = False, payload: Any = True, batch: int = 256
-    ) -> Iterator[Any]:
-        offset = None
-        while True:
-            with self._lock:
-                records, offset = self._client.scroll(
-                    self.physical,
-                    scroll_filter=_filter(conditions),
-                    limit=batch,
-                    offset=offset,
-                    with_payload=payload,
-                    with_vectors=with_vectors,
-                )
-            yield from records
-            if offset is None:
-                return
+    def _scroll_page(
+        self, conditions: dict[str, list[Any]], offset: Any, limit: int, vectors: Any, payload: Any
+    ) -> tuple[list[Any], Any]:
+        with self._lock:
+            return self._client.scroll(
+                self.physical,
+                scroll_filter=_filter(conditions),
+                limit=limit,
+                offset=offset,
+                with_payload=payload,
+                with_vectors=vectors,
+            )
 
     # -- maintenance --------------------------------------------------------------------------------
     def ensure_payload_indexes(self, meta_fields: list[str]) -> None:
@@ -372,13 +342,6 @@ def _new_physical(alias: str) -> str:
 
 def _state_id(name: str) -> str:
     return str(uuid.uuid5(_STATE_NAMESPACE, name))
-
-
-def _dense(vector: Any) -> list[float] | None:
-    if isinstance(vector, dict):
-        value = vector.get(DENSE)
-        return list(value) if value is not None else None
-    return None
 
 
 def _filter(conditions: dict[str, list[Any]]) -> models.Filter | None:
