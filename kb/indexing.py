@@ -198,6 +198,7 @@ class Indexer:
         report.timings["plan"] = plan.seconds
         todo = plan.added + plan.changed
         if plan.acl_changed:
+            self.store.ensure_payload_indexes(self.settings.indexed_fields)
             self._set_acls(plan.acl_changed, report)
         if not todo and not plan.deleted:
             report.seconds = time.perf_counter() - started + plan.seconds

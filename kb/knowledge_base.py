@@ -149,6 +149,14 @@ class KnowledgeBase:
                 info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
                 info.write(store)
             kb = cls(folder, settings, store, info, lock, incompatible)
+            unstamped = sum(1 for entry in kb.manifest.documents.values() if entry.acl is None)
+            if unstamped:
+                log.warning(
+                    "%s: %d documents were indexed before access control and are readable only by trusted "
+                    "callers until the next reindex stamps their ACL (payload only, no re-embedding).",
+                    folder,
+                    unstamped,
+                )
             if (folder / DIRTY_FILE).exists():
                 sweep(store, kb.manifest)
                 kb.manifest.write(store)
@@ -200,7 +208,11 @@ class KnowledgeBase:
         if not self._reranker_built:
             s = self.settings
             self._reranker, self.reranker_note = load_reranker(
-                s.reranker_model, s.reranker_top_k, s.reranker_backend, s.reranker_revision or None
+                s.reranker_model,
+                s.reranker_top_k,
+                s.reranker_backend,
+                s.reranker_revision or None,
+                s.reranker_max_tokens,
             )
             if self.reranker_note:
                 log.warning(self.reranker_note)  # once per KnowledgeBase

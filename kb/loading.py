@@ -136,7 +136,7 @@ def read_file(path: Path, settings: Settings, root: Path | None = None) -> RawFi
     """
     if detect_format(path.name) is None:
         raise SourceError(f"unsupported file type; supported: {', '.join(s for s, _ in _SUFFIXES)}")
-    check_name(path if root is None else path.relative_to(root))
+    check_name(Path(os.path.relpath(path, root)) if root is not None else Path(path.name))
     try:
         real = path.resolve(strict=True)
         if root is not None and not real.is_relative_to(root.resolve()):

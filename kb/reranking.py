@@ -62,6 +62,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         backend: RerankerBackend | str = RerankerBackend.TORCH,
         revision: str | None = None,
         batch_size: int = 16,
+        max_length: int | None = None,
     ) -> CrossEncoderReranker:
         """Load ``model`` (a folder, or a hub id: the local cache first, downloads only when online)."""
         from kb.embedding import resolve_model_path
@@ -71,9 +72,8 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         scorer: _TorchScorer | _OnnxScorer = (
             _OnnxScorer(path, export_onnx(path)) if backend is RerankerBackend.ONNX else _TorchScorer(path)
         )
-        reranker = cls(
-            model=str(model), top_k=top_k, batch_size=batch_size, max_length=scorer.max_length, backend=backend
-        )
+        length = min(max_length or scorer.max_length, scorer.max_length)
+        reranker = cls(model=str(model), top_k=top_k, batch_size=batch_size, max_length=length, backend=backend)
         reranker._scorer = scorer
         return reranker
 
@@ -151,6 +151,7 @@ def export_onnx(path: Path, target: Path | None = None) -> Path:
     if target.exists():
         return target
     import torch
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
@@ -174,20 +175,49 @@ def export_onnx(path: Path, target: Path | None = None) -> Path:
             opset_version=17,
             dynamo=False,
         )
-    quantize_dynamic(str(float_path), str(target), weight_type=QuantType.QInt8)
+    fused_path = target.with_suffix(".fused.onnx")
+    try:  # BERT fusions (attention, LayerNorm, GELU) before quantizing: fewer, larger int8 kernels
+        from onnxruntime.transformers import optimizer
+
+        config = model.config
+        fused = optimizer.optimize_model(
+            str(float_path),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+        )
+        fused.save_model_to_file(str(fused_path))
+    except Exception as exc:  # an architecture the fusions do not know: quantize the plain export
+        log.info("no BERT fusions for %s (%s)", path, exc)
+        fused_path = float_path
+    # Fused contrib ops carry no inferred types: tell the quantizer the activations are float.
+    quantize_dynamic(
+        str(fused_path),
+        str(target),
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
     float_path.unlink(missing_ok=True)
+    fused_path.unlink(missing_ok=True)
     log.info("exported %s to %s in %.1f s", path, target, time.perf_counter() - started)
     return target
 
 
 def load_reranker(
-    model: str, top_k: int, backend: RerankerBackend | str, revision: str | None = None
+    model: str,
+    top_k: int,
+    backend: RerankerBackend | str,
+    revision: str | None = None,
+    max_length: int | None = None,
 ) -> tuple[CrossEncoderReranker | None, str]:
     """The reranker, or ``None`` and why not (no model offline, unreadable files): never raises for those."""
     if not model:
         return None, "no reranker_model configured"
     try:
-        return CrossEncoderReranker.load(model, top_k=top_k, backend=backend, revision=revision), ""
+        loaded = CrossEncoderReranker.load(
+            model, top_k=top_k, backend=backend, revision=revision, max_length=max_length
+        )
+        return loaded, ""
     except (ModelNotAvailableError, OSError, ValueError) as exc:
         return None, f"reranker {model!r} unavailable, answering without the reranking stage: {exc}"
 

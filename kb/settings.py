@@ -144,6 +144,9 @@ class Settings(BaseSettings):
         RerankerBackend.ONNX, description="onnx: int8 ONNX Runtime (exported once next to the model); torch."
     )
     reranker_candidates: int = Field(20, ge=1, le=200, description="Fused candidates the reranker reads.")
+    reranker_max_tokens: int = Field(
+        256, ge=32, le=512, description="Each (question, chunk) pair is truncated to this many tokens."
+    )
     reranker_top_k: int = Field(4, ge=1, le=20, description="Chunks kept after reranking (handed to the LLM).")
     reranker_floor: float = Field(
         0.0, ge=0.0, le=1.0, description="Refuse when the best reranked chunk scores below this (0..1); 0: off."

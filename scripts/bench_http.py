@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 
-from kb import KnowledgeBase
+from kb import KnowledgeBase, Principal
 from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,12 +96,14 @@ def main() -> None:
     with KnowledgeBase.open(args.kb) as kb:
         if not kb.manifest.documents:
             kb.ingest(sample_kb_path())
+        if any(entry.acl is None for entry in kb.manifest.documents.values()):
+            sys.exit(f"{args.kb} predates access control: run `kb reindex DOCS --kb {args.kb}` once to stamp ACLs")
         documents, chunks = len(kb.manifest.documents), kb.store.count()
 
     port = free_port()
     env = {
         **os.environ,
-        "KB_API_KEYS": f'[{{"key": "{KEY}", "role": "read"}}]',
+        "KB_API_KEYS": f'[{{"key": "{KEY}", "role": "read", "groups": ["eng"]}}]',
         "KB_LLM_BACKEND": "extractive",
     }
     server = subprocess.Popen(
@@ -122,7 +124,7 @@ def main() -> None:
                 time.sleep(0.2)
         sessions = [httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) for _ in range(16)]
         for session in sessions:  # warm up: model load, connections
-            session.post("/search", json={"query": "warm up"}).raise_for_status()
+            session.post("/search", json={"query": "warm up"}, timeout=120).raise_for_status()
 
         def http(path: str, field: str) -> Callable[[int, int], None]:
             def call(client: int, n: int) -> None:
@@ -141,13 +143,14 @@ def main() -> None:
         server.wait(30)
 
     with KnowledgeBase.open(args.kb, llm_backend="extractive") as kb:
-        kb.search("warm up")
+        user = Principal(groups=["eng"])  # the same reader as the HTTP key
+        kb.search("warm up", user=user)
         for clients in levels:
             results[("in-process", "search", clients)] = run_level(
-                clients, args.search_requests, lambda c, n: kb.search(QUERIES[(c + n) % len(QUERIES)])
+                clients, args.search_requests, lambda c, n: kb.search(QUERIES[(c + n) % len(QUERIES)], user=user)
             )
             results[("in-process", "ask", clients)] = run_level(
-                clients, args.ask_requests, lambda c, n: kb.ask(QUERIES[(c + n) % len(QUERIES)])
+                clients, args.ask_requests, lambda c, n: kb.ask(QUERIES[(c + n) % len(QUERIES)], user=user)
             )
 
     lines = [
@@ -155,7 +158,8 @@ def main() -> None:
         "",
         f"Index: {args.kb} ({documents:,} documents, {chunks:,} chunks). Command: `python scripts/bench_http.py"
         f"{' --kb ' + str(args.kb) if args.kb != parser.get_default('kb') else ''}`. {os.cpu_count()} cores, "
-        "CPU only; server and clients share the machine. /ask is extractive (no LLM).",
+        "CPU only; server and clients share the machine. /ask is extractive (no LLM). Both sides ask as a reader "
+        "in group eng (the ACL filter runs in every query).",
         f"Requests per level: /search {args.search_requests}, /ask {args.ask_requests}.",
         "",
         "| call | clients | HTTP req/s | HTTP p50 ms | HTTP p95 ms | in-process req/s | in-process p50 ms | in-process p95 ms |",

@@ -25,7 +25,13 @@ from kb.settings import ApiKey, Role
 
 READ = "read-key-0123456789abcdef"
 ADMIN = "admin-key-0123456789abcdef"
-KEYS = [ApiKey(key=READ, role=Role.READ, name="app"), ApiKey(key=ADMIN, role=Role.ADMIN, name="ops")]
+HR = "hr-reader-key-0123456789"
+KEYS = [
+    ApiKey(key=READ, role=Role.READ, name="app"),
+    ApiKey(key=ADMIN, role=Role.ADMIN, name="ops", groups=["*"]),
+    ApiKey(key=HR, role=Role.READ, name="hr-app", groups=["hr"]),
+]
+SECRET = "---\nacl: [hr]\n---\n# Salary bands\n\nLevel 5 engineers earn zqhrsecret 141,000 euros.\n"
 
 
 def _free_port() -> int:
@@ -39,6 +45,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     root = tmp_path_factory.mktemp("api")
     docs = root / "docs"
     shutil.copytree(sample_kb_path(), docs)
+    (docs / "hr").mkdir()
+    (docs / "hr" / "salaries.md").write_text(SECRET)
     kb = KnowledgeBase.open(root / "index", llm_backend="extractive", api_keys=KEYS)
     kb.ingest(docs)
     port = _free_port()
@@ -71,7 +79,8 @@ def test_health_is_open_and_everything_else_needs_a_key(client: httpx.Client) ->
     assert "Bearer" in missing.json()["message"] and missing.headers["WWW-Authenticate"] == "Bearer"
     assert client.get("/status", headers=auth("wrong-key-0123456789")).status_code == 401
     status = client.get("/status", headers={"X-API-Key": READ})
-    assert status.status_code == 200 and status.json()["documents"] == 26
+    assert status.status_code == 200 and status.json()["documents"] == 26  # the hr document is not counted
+    assert client.get("/status", headers=auth(HR)).json()["documents"] == 27
     masked = status.json()["settings"]["api_keys"]
     assert {k["key"] for k in masked} == {"***"} and READ not in status.text  # secrets never echoed
 
@@ -101,6 +110,17 @@ def test_search_returns_the_same_hits_as_the_library(
         ({"query": "x", "limit": 3}, "limit"),
     ],
 )
+def test_each_key_reads_only_what_its_groups_may(client: httpx.Client) -> None:
+    body = {"query": "zqhrsecret salary bands", "k": 5, "mode": "bm25"}
+    public = client.post("/search", headers=auth(READ), json=body).json()["hits"]
+    assert all(h["doc_id"] != "hr/salaries.md" for h in public)
+    assert client.post("/search", headers=auth(HR), json=body).json()["hits"][0]["doc_id"] == "hr/salaries.md"
+    answer = client.post("/ask", headers=auth(READ), json={"question": "What do level 5 engineers earn?"}).json()
+    assert "141,000" not in answer["text"] and all(c["doc_id"] != "hr/salaries.md" for c in answer["citations"])
+    hr_answer = client.post("/ask", headers=auth(HR), json={"question": "What do level 5 engineers earn?"}).json()
+    assert any(c["doc_id"] == "hr/salaries.md" for c in hr_answer["citations"])
+
+
 def test_malformed_search_bodies_get_422_naming_the_field(client: httpx.Client, body: dict, field: str) -> None:
     response = client.post("/search", headers=auth(READ), json=body)
     assert response.status_code == 422

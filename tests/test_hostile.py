@@ -91,6 +91,14 @@ def test_torture_folder_ingests_reports_each_bad_file_and_keeps_what_was_indexed
         assert again.chunks_written == 0 and {s.doc_id for s in again.skipped} == set(reasons)
 
 
+def test_relative_folder_paths_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "docs", "a.md", "# A\n\nRelative paths are fine.\n")
+    monkeypatch.chdir(tmp_path)
+    with KnowledgeBase.open(Path("idx"), **SMALL) as kb:
+        assert kb.ingest(Path("docs")).added == ["a.md"]
+        assert kb.reindex("docs").unchanged == 1
+
+
 def test_per_file_time_limit_skips_the_slow_file_and_goes_on(torture: Path, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     write(docs, "ok.md", "# Fine\n\nA small document.\n")
