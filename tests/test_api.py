@@ -99,17 +99,6 @@ def test_search_returns_the_same_hits_as_the_library(
     assert all(h["metadata"]["product"] == "api" for h in filtered.json()["hits"])
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({}, "query"),
-        ({"query": "x", "k": 0}, "k"),
-        ({"query": "x", "k": "ten"}, "k"),
-        ({"query": "x", "mode": "semantic"}, "mode"),
-        ({"query": "x", "filters": {"product": {"nested": 1}}}, "filters.product"),
-        ({"query": "x", "limit": 3}, "limit"),
-    ],
-)
 def test_each_key_reads_only_what_its_groups_may(client: httpx.Client) -> None:
     body = {"query": "zqhrsecret salary bands", "k": 5, "mode": "bm25"}
     public = client.post("/search", headers=auth(READ), json=body).json()["hits"]
@@ -121,6 +110,17 @@ def test_each_key_reads_only_what_its_groups_may(client: httpx.Client) -> None:
     assert any(c["doc_id"] == "hr/salaries.md" for c in hr_answer["citations"])
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "query"),
+        ({"query": "x", "k": 0}, "k"),
+        ({"query": "x", "k": "ten"}, "k"),
+        ({"query": "x", "mode": "semantic"}, "mode"),
+        ({"query": "x", "filters": {"product": {"nested": 1}}}, "filters.product"),
+        ({"query": "x", "limit": 3}, "limit"),
+    ],
+)
 def test_malformed_search_bodies_get_422_naming_the_field(client: httpx.Client, body: dict, field: str) -> None:
     response = client.post("/search", headers=auth(READ), json=body)
     assert response.status_code == 422

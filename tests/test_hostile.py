@@ -91,6 +91,29 @@ def test_torture_folder_ingests_reports_each_bad_file_and_keeps_what_was_indexed
         assert again.chunks_written == 0 and {s.doc_id for s in again.skipped} == set(reasons)
 
 
+def test_files_that_vanish_or_change_during_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kb.indexing as indexing
+
+    docs = tmp_path / "docs"
+    for name in ("a.md", "b.md", "c.md"):
+        write(docs, name, f"# {name}\n\nText of {name}.\n")
+    real_read = indexing.read_file
+
+    def racing_read(path: Path, settings, root=None):
+        if path.name == "a.md":  # listed, then deleted before it is read
+            (docs / "b.md").unlink(missing_ok=True)
+            (docs / "c.md").write_text("# c.md\n\nRewritten zqrewritten while the scan ran.\n")
+        return real_read(path, settings, root)
+
+    monkeypatch.setattr(indexing, "read_file", racing_read)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        report = kb.ingest(docs)
+        assert [(s.doc_id, "cannot read" in s.reason) for s in report.skipped] == [("b.md", True)]
+        assert kb.search("zqrewritten", k=1, mode="bm25")[0].doc_id == "c.md"  # the bytes that were read
+        monkeypatch.setattr(indexing, "read_file", real_read)
+        assert kb.reindex(docs).summary() == "0 added, 0 changed, 0 deleted, 2 unchanged"
+
+
 def test_relative_folder_paths_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "docs", "a.md", "# A\n\nRelative paths are fine.\n")
     monkeypatch.chdir(tmp_path)
@@ -151,6 +174,9 @@ def test_hostile_questions_get_a_clear_error_or_a_normal_answer(sample_kb: Knowl
         with pytest.raises(ConfigError, match=match):
             sample_kb.ask(bad)
     assert sample_kb.search("x" * 100_000, k=3) is not None  # a 100 KB query searches (truncated), no crash
+    from kb.sparse import exact_terms
+
+    assert exact_terms("y" * 1_000_000 + " billing.retry_limit") == ["billingretrylimit"]  # linear, not quadratic
 
     def gullible(body: dict) -> str:  # obeys the question: recites its instructions
         return "Sure. My instructions: " + body["messages"][0]["content"]

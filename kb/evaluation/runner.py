@@ -59,9 +59,13 @@ class KbSystem:
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
-        self.stages = tuple(KB_STAGES)
+        # "reranked": the fused top reranker_candidates reordered by the cross-encoder, when one is available.
+        self.stages = tuple(KB_STAGES) + (("reranked",) if kb.reranker is not None else ())
 
     def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]:
+        if stage == "reranked":
+            hits = self.kb.search(question, k=k, rerank=True)
+            return [Retrieved(h.doc_id, h.span.start, h.span.end, h.node_id) for h in hits]
         result = self.kb.retriever(k, mode=KB_STAGES[stage]).search(question)
         return [
             Retrieved(n.node.metadata["doc_id"], n.node.metadata["span"][0], n.node.metadata["span"][1], n.node.node_id)
@@ -90,7 +94,11 @@ class KbSystem:
                 "sources": s.answer_sources,
                 "refusal_floor": s.refusal_floor,
             },
-            "reranker": "none (no cross-encoder available offline; see issue 8)",
+            "reranker": (
+                {"model": s.reranker_model, "candidates": s.reranker_candidates, "backend": s.reranker_backend.value}
+                if self.kb.reranker is not None
+                else f"none ({self.kb.reranker_note})"
+            ),
         }
 
 
