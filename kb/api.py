@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,7 +142,11 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
     app.state.keys = list(kb.settings.api_keys)
     app.state.allow_anonymous = allow_anonymous
     runs: dict[str, ReindexRun] = {}
-    generating = threading.Lock()  # one local generator instance: llama.cpp is not re-entrant
+    llm_lock = threading.Lock()  # one local generator instance: llama.cpp is not re-entrant
+
+    def generating() -> AbstractContextManager[Any]:
+        return llm_lock if kb.llm is not None else nullcontext()  # extractive answers run in parallel
+
     reindexing = threading.Lock()
 
     @app.exception_handler(ApiError)
@@ -191,13 +196,13 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
     def ask(body: AskRequest, key: Reader) -> Any:
         filters = body.filters or None
         if not body.stream:
-            with generating:
+            with generating():
                 return kb.ask(body.question, filters=filters, user=principal(key)).as_dict()
         engine = kb.answer_engine(filters, principal(key))
         engine.check(body.question)  # bad questions get a 400 before the stream starts
 
         def events() -> Iterator[str]:
-            with generating:
+            with generating():
                 try:
                     for event in engine.stream(body.question):
                         if isinstance(event, Answer):
