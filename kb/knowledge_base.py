@@ -387,9 +387,7 @@ class KnowledgeBase:
         ]
         if reranker is None or not hits:
             return hits
-        scores = reranker.score(query, [h.text for h in hits])
-        order = sorted(range(len(hits)), key=lambda i: -scores[i])[:k]
-        return [replace(hits[i], rerank_score=float(scores[i])) for i in order]
+        return [replace(hits[i], rerank_score=score) for i, score in reranker.rank(query, [h.text for h in hits], k)]
 
     def ask(
         self,

@@ -69,9 +69,10 @@ def migrate(
         client = connect(target_settings, local_path)
         target = ServerChunkStore(client, name, dimension, bm25, collection_options(target_settings))
         try:
-            if target.count() and not replace:
+            existing = target.count()
+            if existing and not replace:
                 raise ConfigError(
-                    f"collection {name!r} at {url} already holds {target.count():,} points; pass --replace to "
+                    f"collection {name!r} at {url} already holds {existing:,} points; pass --replace to "
                     "swap it for this index (atomic: readers see the old or the new one), or pick --collection"
                 )
             staging = target.staging(dimension, bm25)
@@ -115,8 +116,9 @@ def _copy(source: ChunkStore, target: ChunkStore, batch: int) -> int:
 def _compare(source: ChunkStore, target: ChunkStore) -> list[str]:
     """Differences between two stores: count, and points per (document, version)."""
     out: list[str] = []
-    if source.count() != target.count():
-        out.append(f"points: source {source.count()}, target {target.count()}")
+    have, want = target.count(), source.count()
+    if have != want:
+        out.append(f"points: source {want}, target {have}")
     want, have = source.versions(), target.versions()
     for key in sorted(set(want) | set(have)):
         if want.get(key) != have.get(key):

@@ -84,6 +84,11 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         logits = self._scorer.logits(query, texts, self.batch_size, self.max_length)
         return 1.0 / (1.0 + np.exp(-logits))
 
+    def rank(self, query: str, texts: list[str], k: int) -> list[tuple[int, float]]:
+        """(index, score) of the ``k`` best texts, best first (stable for equal scores)."""
+        scores = self.score(query, texts)
+        return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
@@ -91,13 +96,10 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             raise ConfigError("reranking needs the query: pass query_str or query_bundle")
         if not nodes:
             return []
-        scores = self.score(query_bundle.query_str, [n.node.get_content() for n in nodes])
-        order = np.argsort(-scores, kind="stable")[: self.top_k]
         out = []
-        for i in order:
-            node = nodes[int(i)]
-            node.node.metadata["retrieval_score"] = node.score
-            out.append(NodeWithScore(node=node.node, score=float(scores[int(i)])))
+        for i, score in self.rank(query_bundle.query_str, [n.node.get_content() for n in nodes], self.top_k):
+            nodes[i].node.metadata["retrieval_score"] = nodes[i].score
+            out.append(NodeWithScore(node=nodes[i].node, score=score))
         return out
 
 

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 
 from kb import KnowledgeBase, Principal
+from kb.evaluation.metrics import percentile
 from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +43,6 @@ QUERIES = [
     "How do I create an index concurrently?",
     "What does VACUUM FULL do?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_level(clients: int, requests: int, call: Callable[[int, int], None]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kb import KnowledgeBase
+from kb.evaluation.metrics import percentile
 from kb.reranking import CrossEncoderReranker, RerankerBackend
 from kb.samples import sample_kb_path
 
@@ -78,7 +79,7 @@ def main() -> None:
                 reranker.score(q, pools[q][:n])
                 times.append((time.perf_counter() - start) * 1e3)
             times.sort()
-            rows.append((name, n, statistics.median(times), times[int(0.95 * (len(times) - 1))]))
+            rows.append((name, n, statistics.median(times), percentile(times, 0.95)))
     lines = [
         "# Reranking latency",
         "",
