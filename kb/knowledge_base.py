@@ -213,6 +213,7 @@ class KnowledgeBase:
                 s.reranker_backend,
                 s.reranker_revision or None,
                 s.reranker_max_tokens,
+                s.reranker_blend,
             )
             if self.reranker_note:
                 log.warning(self.reranker_note)  # once per KnowledgeBase
@@ -387,7 +388,8 @@ class KnowledgeBase:
         ]
         if reranker is None or not hits:
             return hits
-        return [replace(hits[i], rerank_score=score) for i, score in reranker.rank(query, [h.text for h in hits], k)]
+        ranked = reranker.rank(query, [h.text for h in hits], k, [h.score for h in hits])
+        return [replace(hits[i], rerank_score=score) for i, score in ranked]
 
     def ask(
         self,
@@ -415,6 +417,7 @@ class KnowledgeBase:
                 "model": self.settings.reranker_model,
                 "backend": self.settings.reranker_backend.value,
                 "active": self.reranker is not None,
+                "blend": self.reranker.blend if self.reranker is not None else None,
                 "note": self.reranker_note,
             },
             documents=len(self.manifest.documents),

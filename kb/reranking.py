@@ -10,6 +10,11 @@ A LlamaIndex ``BaseNodePostprocessor``: each returned node's score is the cross-
 ``torch`` (``sentence_transformers.CrossEncoder``) and ``onnx`` (the same model exported to ONNX and
 int8-quantized by :func:`export_onnx`, run by ONNX Runtime; faster on CPU).
 
+``blend`` < 1 orders by ``blend`` × the cross-encoder logit + (1 − ``blend``) × the fused retrieval score, each
+z-scored over the candidates (score interpolation): a small model trained on little data can add its signal to
+the retrieval order without replacing it. A model folder may recommend its blend in ``kb-reranker.json``
+(``{"blend": 0.6}``); the ``blend`` argument overrides it; 1.0 (cross-encoder order only) otherwise.
+
 :func:`load_reranker` never raises for a missing model: it returns ``None`` and a reason, so kb carries on
 without the stage (``Answer.reranked`` is then false and ``kb status`` says why).
 """
@@ -31,6 +36,8 @@ from kb.errors import ConfigError, ModelNotAvailableError
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "model-int8.onnx"
+CARD_FILE = "kb-reranker.json"
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class RerankerBackend(StrEnum):
@@ -48,6 +55,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(256, ge=16, description="Pair length in tokens; longer pairs are truncated.")
     backend: RerankerBackend = RerankerBackend.TORCH
+    blend: float = Field(
+        1.0, ge=0.0, le=1.0, description="Weight of the cross-encoder in the order; the rest: the retrieval score."
+    )
     _scorer: Any = PrivateAttr()
 
     @classmethod
@@ -63,8 +73,11 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         revision: str | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
+        blend: float | None = None,
     ) -> CrossEncoderReranker:
-        """Load ``model`` (a folder, or a hub id: the local cache first, downloads only when online)."""
+        """Load ``model`` (a folder, or a hub id: the local cache first, downloads only when online).
+
+        ``blend`` None: the model folder's recommendation (``kb-reranker.json``), else 1.0."""
         from kb.embedding import resolve_model_path
 
         path = resolve_model_path(str(model), revision=revision, setting="reranker_model")
@@ -73,7 +86,11 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             _OnnxScorer(path, export_onnx(path)) if backend is RerankerBackend.ONNX else _TorchScorer(path)
         )
         length = min(max_length or scorer.max_length, scorer.max_length)
-        reranker = cls(model=str(model), top_k=top_k, batch_size=batch_size, max_length=length, backend=backend)
+        if blend is None:
+            blend = _card(path).get("blend", 1.0)
+        reranker = cls(
+            model=str(model), top_k=top_k, batch_size=batch_size, max_length=length, backend=backend, blend=blend
+        )
         reranker._scorer = scorer
         return reranker
 
@@ -81,13 +98,24 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """Relevance of each text to ``query`` in 0..1 (sigmoid of the model's logit)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        logits = self._scorer.logits(query, texts, self.batch_size, self.max_length)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return _sigmoid(self._scorer.logits(query, texts, self.batch_size, self.max_length))
 
-    def rank(self, query: str, texts: list[str], k: int) -> list[tuple[int, float]]:
-        """(index, score) of the ``k`` best texts, best first (stable for equal scores)."""
-        scores = self.score(query, texts)
-        return [(int(i), float(scores[i])) for i in np.argsort(-scores, kind="stable")[:k]]
+    def rank(
+        self, query: str, texts: list[str], k: int, retrieval_scores: list[float] | None = None
+    ) -> list[tuple[int, float]]:
+        """(index, 0..1 relevance) of the ``k`` best texts, best first (stable for equal scores).
+
+        With ``retrieval_scores`` and ``blend`` < 1 the order mixes in the retrieval score; the relevance
+        returned stays the cross-encoder's own (the refusal floor reads it)."""
+        if not texts:
+            return []
+        logits = self._scorer.logits(query, texts, self.batch_size, self.max_length).astype(np.float64)
+        order = logits
+        if self.blend < 1.0 and retrieval_scores is not None:
+            retrieval = np.asarray(retrieval_scores, dtype=np.float64)
+            order = self.blend * _zscore(logits) + (1.0 - self.blend) * _zscore(retrieval)
+        relevance = _sigmoid(logits)
+        return [(int(i), float(relevance[i])) for i in np.argsort(-order, kind="stable")[:k]]
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -97,7 +125,8 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         if not nodes:
             return []
         out = []
-        for i, score in self.rank(query_bundle.query_str, [n.node.get_content() for n in nodes], self.top_k):
+        texts, retrieval = [n.node.get_content() for n in nodes], [n.score or 0.0 for n in nodes]
+        for i, score in self.rank(query_bundle.query_str, texts, self.top_k, retrieval):
             nodes[i].node.metadata["retrieval_score"] = nodes[i].score
             out.append(NodeWithScore(node=nodes[i].node, score=score))
         return out
@@ -130,18 +159,24 @@ class _OnnxScorer:
 
     def logits(self, query: str, texts: list[str], batch_size: int, max_length: int) -> np.ndarray:
         self.tokenizer.enable_truncation(max_length=max_length, strategy="only_second")
-        self.tokenizer.enable_padding()
-        out = []
-        for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch([(query, t) for t in texts[start : start + batch_size]])
-            feed = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-            }
+        self.tokenizer.no_padding()
+        encodings = self.tokenizer.encode_batch([(query, t) for t in texts])
+        # Batches of similar length: a batch is padded to its longest pair and the padding costs as much as
+        # real tokens, so sorting by length first saves the work (as sentence-transformers' encode does).
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        out = np.empty(len(texts), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            members = order[start : start + batch_size]
+            width = max(len(encodings[i].ids) for i in members)
+            feed = {name: np.zeros((len(members), width), dtype=np.int64) for name in _ONNX_INPUTS}
+            for row, i in enumerate(members):
+                e = encodings[i]
+                feed["input_ids"][row, : len(e.ids)] = e.ids
+                feed["attention_mask"][row, : len(e.ids)] = 1
+                feed["token_type_ids"][row, : len(e.ids)] = e.type_ids
             (logits,) = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
-            out.append(logits.reshape(len(encodings), -1)[:, 0])
-        return np.concatenate(out).astype(np.float32)
+            out[members] = logits.reshape(len(members), -1)[:, 0]
+        return out
 
 
 def export_onnx(path: Path, target: Path | None = None) -> Path:
@@ -211,17 +246,39 @@ def load_reranker(
     backend: RerankerBackend | str,
     revision: str | None = None,
     max_length: int | None = None,
+    blend: float | None = None,
 ) -> tuple[CrossEncoderReranker | None, str]:
     """The reranker, or ``None`` and why not (no model offline, unreadable files): never raises for those."""
     if not model:
         return None, "no reranker_model configured"
     try:
         loaded = CrossEncoderReranker.load(
-            model, top_k=top_k, backend=backend, revision=revision, max_length=max_length
+            model, top_k=top_k, backend=backend, revision=revision, max_length=max_length, blend=blend
         )
         return loaded, ""
     except (ModelNotAvailableError, OSError, ValueError) as exc:
         return None, f"reranker {model!r} unavailable, answering without the reranking stage: {exc}"
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    """Centre and scale so two score scales can be mixed; all-equal scores become zeros."""
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def _card(path: Path) -> dict[str, Any]:
+    """The model folder's ``kb-reranker.json`` (its recommended settings), or {}."""
+    import json
+
+    file = path / CARD_FILE
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: not readable JSON ({exc}); fix or delete it") from exc
 
 
 def _identity() -> Any:

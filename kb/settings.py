@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     reranker_floor: float = Field(
         0.0, ge=0.0, le=1.0, description="Refuse when the best reranked chunk scores below this (0..1); 0: off."
     )
+    reranker_blend: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the cross-encoder in the reranked order, the rest going to the fused score (both "
+        "z-scored); 1: cross-encoder only. Empty: the model folder's kb-reranker.json, else 1.",
+    )
 
     # --- answers ----------------------------------------------------------------------------------
     llm_backend: LlmBackend = LlmBackend.AUTO

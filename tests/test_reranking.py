@@ -203,3 +203,39 @@ def test_postprocessor_on_plain_llamaindex_nodes(tiny_cross_encoder: Path) -> No
     best = int(np.argmax(scores))
     assert len(kept) == 1 and kept[0].node is nodes[best].node and kept[0].score == pytest.approx(scores[best])
     assert kept[0].node.metadata["retrieval_score"] == [0.9, 0.1][best]
+
+
+def test_blend_mixes_the_retrieval_order_in_and_the_model_card_sets_it(
+    tiny_cross_encoder: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    question = "How do I rotate API keys?"
+    texts = [
+        "Backups run nightly at 02:00 UTC.",
+        "Rotate API keys every 90 days with lumen keys roll.",
+        "The status page lists open incidents.",
+    ]
+    model_only = CrossEncoderReranker.load(tiny_cross_encoder, top_k=3, blend=1.0)
+    relevance = model_only.score(question, texts)
+    model_order = [int(i) for i in np.argsort(-relevance)]
+    retrieval = [0.0, 0.0, 0.0]
+    for position, i in enumerate(model_order):  # retrieval disagrees: the model's best is retrieval's worst
+        retrieval[i] = 0.1 * (position + 1)
+    assert [i for i, _ in model_only.rank(question, texts, 3, retrieval)] == model_order
+    retrieval_only = CrossEncoderReranker.load(tiny_cross_encoder, top_k=3, blend=0.0)
+    ranked = retrieval_only.rank(question, texts, 3, retrieval)
+    assert [i for i, _ in ranked] == model_order[::-1]
+    # The relevance handed on (and read by the refusal floor) stays the cross-encoder's own, whatever the order.
+    assert {i: s for i, s in ranked} == pytest.approx(dict(enumerate(relevance.tolist())))
+    # Without retrieval scores (nothing to mix in) the cross-encoder order is used.
+    assert [i for i, _ in retrieval_only.rank(question, texts, 3)] == model_order
+
+    folder = tmp_path / "with-card"
+    shutil.copytree(tiny_cross_encoder, folder)
+    (folder / "kb-reranker.json").write_text(json.dumps({"blend": 0.25}))
+    assert CrossEncoderReranker.load(folder).blend == 0.25
+    assert CrossEncoderReranker.load(folder, blend=0.8).blend == 0.8  # the argument (setting) wins
+    with KnowledgeBase.open(tmp_path / "idx", reranker_model=str(folder), reranker_backend="torch") as kb:
+        assert kb.reranker is not None and kb.status().reranker["blend"] == 0.25

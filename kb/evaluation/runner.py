@@ -95,7 +95,13 @@ class KbSystem:
                 "refusal_floor": s.refusal_floor,
             },
             "reranker": (
-                {"model": s.reranker_model, "candidates": s.reranker_candidates, "backend": s.reranker_backend.value}
+                {
+                    "model": s.reranker_model,
+                    "candidates": s.reranker_candidates,
+                    "backend": s.reranker_backend.value,
+                    "max_tokens": self.kb.reranker.max_length,
+                    "blend": self.kb.reranker.blend,
+                }
                 if self.kb.reranker is not None
                 else f"none ({self.kb.reranker_note})"
             ),
