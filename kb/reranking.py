@@ -22,6 +22,9 @@ without the stage (``Answer.reranked`` is then false and ``kb status`` says why)
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -183,23 +186,38 @@ def export_onnx(path: Path, target: Path | None = None) -> Path:
     """Export the cross-encoder in ``path`` to ONNX and quantize it to int8 (once; reused afterwards).
 
     Written next to the model (``model-int8.onnx``), or into ``target`` when the model folder is read-only.
+    The work happens in a private temporary folder and the result is renamed into place, so processes that
+    load the same model at once (two ``kb eval`` runs, several API workers) never read a half-written file.
     """
     target = target or path / ONNX_FILE
     if target.exists():
         return target
+    started = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=target.parent))
+    try:
+        _export_int8(path, work)
+        os.replace(work / ONNX_FILE, target)  # atomic; a concurrent exporter's identical file is replaced
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("exported %s to %s in %.1f s", path, target, time.perf_counter() - started)
+    return target
+
+
+def _export_int8(path: Path, work: Path) -> None:
+    """torch → ONNX → BERT fusions → int8 dynamic quantization, all inside ``work``."""
     import torch
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
-    started = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
     dummy = {
         "input_ids": torch.ones(2, 16, dtype=torch.long),
         "attention_mask": torch.ones(2, 16, dtype=torch.long),
         "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
     }
-    float_path = target.with_suffix(".fp32.onnx")
+    float_path = work / "model.fp32.onnx"
     axes = {0: "batch", 1: "tokens"}
     with torch.no_grad():
         torch.onnx.export(
@@ -212,7 +230,7 @@ def export_onnx(path: Path, target: Path | None = None) -> Path:
             opset_version=17,
             dynamo=False,
         )
-    fused_path = target.with_suffix(".fused.onnx")
+    fused_path = work / "model.fused.onnx"
     try:  # BERT fusions (attention, LayerNorm, GELU) before quantizing: fewer, larger int8 kernels
         from onnxruntime.transformers import optimizer
 
@@ -230,14 +248,10 @@ def export_onnx(path: Path, target: Path | None = None) -> Path:
     # Fused contrib ops carry no inferred types: tell the quantizer the activations are float.
     quantize_dynamic(
         str(fused_path),
-        str(target),
+        str(work / ONNX_FILE),
         weight_type=QuantType.QInt8,
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
-    float_path.unlink(missing_ok=True)
-    fused_path.unlink(missing_ok=True)
-    log.info("exported %s to %s in %.1f s", path, target, time.perf_counter() - started)
-    return target
 
 
 def load_reranker(

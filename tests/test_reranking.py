@@ -239,3 +239,32 @@ def test_blend_mixes_the_retrieval_order_in_and_the_model_card_sets_it(
     assert CrossEncoderReranker.load(folder, blend=0.8).blend == 0.8  # the argument (setting) wins
     with KnowledgeBase.open(tmp_path / "idx", reranker_model=str(folder), reranker_backend="torch") as kb:
         assert kb.reranker is not None and kb.status().reranker["blend"] == 0.25
+
+
+def test_onnx_export_appears_atomically(
+    tiny_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes loading a model with no ONNX export yet (two `kb eval` runs, API workers): one used to find
+    the other's half-written model-int8.onnx and fail ("Failed to find proper ai.onnx domain"). The export must
+    appear at its final path only when complete."""
+    import shutil
+
+    import onnxruntime.quantization as quantization
+
+    folder = tmp_path / "fresh-model"
+    shutil.copytree(tiny_cross_encoder, folder, ignore=shutil.ignore_patterns("*.onnx"))
+    target = folder / "model-int8.onnx"
+    seen_while_writing: list[bool] = []
+    real = quantization.quantize_dynamic
+
+    def watching(*args, **kwargs):
+        real(*args, **kwargs)
+        seen_while_writing.append(target.exists())  # what a second process would find at this moment
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", watching)
+    assert export_onnx(folder) == target
+    assert seen_while_writing == [False]
+    assert [p.name for p in folder.iterdir() if "onnx" in p.name] == ["model-int8.onnx"]  # no leftovers
+    onnx = CrossEncoderReranker.load(folder, backend="onnx").score("how do I rotate a key?", ["Rotate keys."])
+    torch_ = CrossEncoderReranker.load(folder, backend="torch").score("how do I rotate a key?", ["Rotate keys."])
+    assert abs(float(onnx[0]) - float(torch_[0])) < 0.05

@@ -127,8 +127,14 @@ def mine(rows: list[dict], group: int, rng: random.Random) -> tuple[list[dict], 
             if is_dev(row["text"]):
                 candidates = texts if row["text"] in texts else [*texts[:-1], row["text"]]
                 fused = scores if row["text"] in texts else np.append(scores[:-1], scores[-1] * 0.999)
-                dev.append({"question": row["question"], "candidates": candidates, "gold": row["text"],
-                            "fused": fused.tolist()})
+                dev.append(
+                    {
+                        "question": row["question"],
+                        "candidates": candidates,
+                        "gold": row["text"],
+                        "fused": fused.tolist(),
+                    }
+                )
                 continue
             # z-scored fused score of every candidate (over the top DEPTH, as at query time); a positive the
             # retrieval missed gets one below the lowest
@@ -140,8 +146,14 @@ def mine(rows: list[dict], group: int, rng: random.Random) -> tuple[list[dict], 
             if len(negatives) < group - 1:
                 negatives += [c["text"] for c in rng.sample(index.pool, group)]
             chosen = rng.sample(negatives[: 3 * group], group - 1)
-            train.append({"question": row["question"], "positive": row["text"], "negatives": chosen,
-                          "fused_z": [z.get(t, floor) for t in [row["text"], *chosen]]})
+            train.append(
+                {
+                    "question": row["question"],
+                    "positive": row["text"],
+                    "negatives": chosen,
+                    "fused_z": [z.get(t, floor) for t in [row["text"], *chosen]],
+                }
+            )
         print(f"{corpus}: {len(mine_rows)} questions mined in {time.perf_counter() - started:.0f} s", flush=True)
     return train, dev
 
@@ -163,8 +175,14 @@ def evaluate_dev(model, tokenizer, dev: list[dict], max_length: int) -> dict[str
     model.eval()
     with torch.inference_mode():
         for item in dev:
-            enc = tokenizer([item["question"]] * len(item["candidates"]), item["candidates"], truncation="only_second",
-                            max_length=max_length, padding=True, return_tensors="pt")
+            enc = tokenizer(
+                [item["question"]] * len(item["candidates"]),
+                item["candidates"],
+                truncation="only_second",
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = model(**enc).logits.squeeze(-1).numpy()
             fused = np.asarray(item["fused"])
             gold = item["candidates"].index(item["gold"])
@@ -207,8 +225,9 @@ def main() -> None:
     head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
     body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
     # The head starts from nothing, the encoder from good weights: the head learns 20× faster.
-    optimizer = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.lr * 20}],
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": args.lr}, {"params": head, "lr": args.lr * 20}], weight_decay=0.01
+    )
     steps = max(1, int(args.epochs * len(train) / args.batch))
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -226,8 +245,9 @@ def main() -> None:
         batch = train[offset : offset + args.batch]
         questions = [g["question"] for g in batch for _ in range(args.group)]
         passages = [t for g in batch for t in [g["positive"], *g["negatives"]]]
-        enc = tokenizer(questions, passages, truncation="only_second", max_length=args.max_length,
-                        padding=True, return_tensors="pt")
+        enc = tokenizer(
+            questions, passages, truncation="only_second", max_length=args.max_length, padding=True, return_tensors="pt"
+        )
         logits = model(**enc).logits.view(len(batch), args.group)
         if args.residual:
             standard = (logits - logits.mean(1, keepdim=True)) / (logits.std(1, keepdim=True) + 1e-6)
@@ -240,8 +260,10 @@ def main() -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
         if (step + 1) % 25 == 0:
-            print(f"step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} "
-                  f"{time.perf_counter() - started:.0f}s", flush=True)
+            print(
+                f"step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} {time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
     seconds = round(time.perf_counter() - started)
     after = evaluate_dev(model, tokenizer, dev, args.max_length)
     print(f"dev after training: {after}", flush=True)
@@ -250,10 +272,21 @@ def main() -> None:
     model.save_pretrained(str(args.out))
     tokenizer.save_pretrained(str(args.out))
     record = {
-        "questions": len(rows), "train_groups": len(train), "dev_questions": len(dev), "group": args.group,
-        "batch": args.batch, "steps": steps, "layers": args.layers, "epochs": args.epochs, "lr": args.lr,
-        "max_length": args.max_length, "residual": args.residual, "seconds": seconds, "data": str(DATA.relative_to(REPO)),
-        "data_sha256": hashlib.sha256(DATA.read_bytes()).hexdigest(), "dev_mrr10_before": before,
+        "questions": len(rows),
+        "train_groups": len(train),
+        "dev_questions": len(dev),
+        "group": args.group,
+        "batch": args.batch,
+        "steps": steps,
+        "layers": args.layers,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "max_length": args.max_length,
+        "residual": args.residual,
+        "seconds": seconds,
+        "data": str(DATA.relative_to(REPO)),
+        "data_sha256": hashlib.sha256(DATA.read_bytes()).hexdigest(),
+        "dev_mrr10_before": before,
         "dev_mrr10_after": after,
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=1))
