@@ -101,7 +101,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """Relevance of each text to ``query`` in 0..1 (sigmoid of the model's logit)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        return _sigmoid(self._scorer.logits(query, texts, self.batch_size, self.max_length))
+        return _sigmoid(self._logits(query, texts))
 
     def rank(
         self, query: str, texts: list[str], k: int, retrieval_scores: list[float] | None = None
@@ -112,13 +112,13 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         returned stays the cross-encoder's own (the refusal floor reads it)."""
         if not texts:
             return []
-        logits = self._scorer.logits(query, texts, self.batch_size, self.max_length).astype(np.float64)
-        order = logits
-        if self.blend < 1.0 and retrieval_scores is not None:
-            retrieval = np.asarray(retrieval_scores, dtype=np.float64)
-            order = self.blend * _zscore(logits) + (1.0 - self.blend) * _zscore(retrieval)
+        logits = self._logits(query, texts)
+        order = logits if retrieval_scores is None else blend_scores(logits, retrieval_scores, self.blend)
         relevance = _sigmoid(logits)
         return [(int(i), float(relevance[i])) for i in np.argsort(-order, kind="stable")[:k]]
+
+    def _logits(self, query: str, texts: list[str]) -> np.ndarray:
+        return self._scorer.logits(query, texts, self.batch_size, self.max_length).astype(np.float64)
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -278,10 +278,21 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
+def zscore(values: np.ndarray | list[float]) -> np.ndarray:
     """Centre and scale so two score scales can be mixed; all-equal scores become zeros."""
+    values = np.asarray(values, dtype=np.float64)
     spread = values.std()
     return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def blend_scores(logits: np.ndarray, retrieval: np.ndarray | list[float], blend: float) -> np.ndarray:
+    """The reranked order's key: ``blend`` × z(logits) + (1 − ``blend``) × z(retrieval); the logits at 1.
+
+    One function for kb and for the training script's dev split, so the blend chosen there is the one run here."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if blend >= 1.0:
+        return logits
+    return blend * zscore(logits) + (1.0 - blend) * zscore(retrieval)
 
 
 def _card(path: Path) -> dict[str, Any]:

@@ -39,6 +39,8 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from kb.reranking import blend_scores, zscore
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "evals" / "reranker" / "data" / "questions.jsonl"
 CACHE = REPO / ".bench" / "reranker"
@@ -158,10 +160,6 @@ def mine(rows: list[dict], group: int, rng: random.Random) -> tuple[list[dict], 
     return train, dev
 
 
-def zscore(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean()) / (values.std() + 1e-6)
-
-
 def mrr(order: np.ndarray, gold: int) -> float:
     position = int(np.where(order == gold)[0][0])
     return 1.0 / (position + 1) if position < 10 else 0.0
@@ -188,7 +186,7 @@ def evaluate_dev(model, tokenizer, dev: list[dict], max_length: int) -> dict[str
             gold = item["candidates"].index(item["gold"])
             totals["fused"] += mrr(np.argsort(-fused, kind="stable"), gold)
             for b in BLENDS:
-                blended = b * zscore(logits) + (1 - b) * zscore(fused)
+                blended = blend_scores(logits, fused, b)
                 totals[f"blend {b}"] += mrr(np.argsort(-blended, kind="stable"), gold)
     model.train()
     return {name: round(total / max(1, len(dev)), 4) for name, total in totals.items()}
