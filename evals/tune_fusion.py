@@ -66,7 +66,7 @@ def main() -> None:
                 for q in questions:
                     nodes = retriever.search(q.question).nodes
                     items = [
-                        Retrieved(n.node.metadata["doc_id"], *n.node.metadata["span"][:2], n.node.node_id)
+                        Retrieved(n.node.metadata["path"], *n.node.metadata["span"][:2], n.node.node_id)
                         for n in nodes
                     ]
                     per_q.append(ranking_metrics(judge(resolver, q, items), len(q.gold)))

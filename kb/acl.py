@@ -4,13 +4,12 @@ Each chunk's payload carries ``acl``: the groups allowed to read its document (`
 everyone). A caller is a :class:`Principal`; its groups become a payload condition in *both* prefetch legs
 (and the BM25 IDF corpus), so forbidden chunks never reach fusion, the limit, the reranker or the LLM.
 
-Where a document's groups come from, first match wins:
+The admin's policy is a ceiling, and a document can only narrow it, never widen it:
 
-1. the ingest call: ``kb.ingest("docs/hr", acl=["hr"])``;
-2. its front matter: ``acl: [eng, sre]`` (``acl: public`` for everyone);
-3. the ACL file ``kb-acl.toml`` at the root of the ingested folder; the *last* rule whose pattern matches
-   the document's path wins (patterns are ``fnmatch`` globs on the path relative to the root; ``*``
-   crosses folders)::
+1. the source's ``acl`` (``kb source add NAME DIR --acl hr``, ``[[sources]] acl``, or the ingest call's
+   ``acl=``, which is stored with the source and kept by every later reindex);
+2. the rules file of the source (``kb-acl.toml`` at its root): the *last* rule whose pattern matches the
+   document's path relative to the root gives its groups (``fnmatch`` globs; ``*`` crosses folders)::
 
        [[rule]]
        pattern = "*"
@@ -20,13 +19,18 @@ Where a document's groups come from, first match wins:
        pattern = "hr/*"
        groups = ["hr"]
 
-4. the default policy, ``acl_default`` in the settings: ``public`` or ``deny`` (readable only by
-   principals with the ``*`` group).
+   When both exist, a document may be read by the groups both allow (their intersection);
+3. when neither says anything, ``acl_default``: ``public``, or ``deny`` (only ``*`` principals read it);
+4. the document's own ``acl`` (front matter, ``<meta name="kb:acl">``) is intersected with that policy:
+   ``acl: [eng]`` in a public folder narrows it to ``eng``; ``acl: public`` in an ``hr`` folder stays
+   ``hr``. A document whose own groups share none with the policy is readable by ``*`` principals only.
 
     >>> Principal(groups=["eng"]).readable()
     ['__public__', 'eng']
     >>> Principal.trusted().readable() is None
     True
+    >>> AclPolicy(ceiling=["hr"]).resolve("payroll.html", own=["__public__"])
+    ['hr']
 """
 
 from __future__ import annotations
@@ -79,27 +83,46 @@ class AclRule:
 
 
 @dataclass
-class AclResolver:
-    """Decides each document's groups from the ingest call, its front matter, the ACL file and the default."""
+class AclPolicy:
+    """Decides each document's groups: the admin's ceiling (source ACL, rules, default), narrowed by its own."""
 
     default: AclDefault = AclDefault.PUBLIC
     rules: list[AclRule] = field(default_factory=list)
-    call: list[str] | None = None
+    ceiling: list[str] | None = None  # the source's acl
 
     @classmethod
-    def for_folder(cls, root: Path, default: AclDefault, call: Sequence[str] | None = None) -> AclResolver:
-        return cls(default, load_rules(root), normalize_groups(call, "acl argument") if call is not None else None)
+    def for_rules_file(cls, rules_file: Path, default: AclDefault, ceiling: Sequence[str] | None) -> AclPolicy:
+        groups = normalize_groups(list(ceiling), "source acl") if ceiling is not None else None
+        return cls(default, load_rules(rules_file), groups)
 
-    def resolve(self, doc_id: str, own: list[str] | None) -> list[str]:
-        """``own`` is the document's front-matter ACL (already normalised), ``None`` when it has none."""
-        if self.call is not None:
-            return self.call
-        if own is not None:
-            return own
-        for rule in reversed(self.rules):
-            if fnmatch.fnmatchcase(doc_id, rule.pattern):
-                return rule.groups
-        return [PUBLIC] if self.default is AclDefault.PUBLIC else []
+    def policy(self, path: str) -> list[str]:
+        """The admin's groups for the document at ``path`` (relative to the source root)."""
+        layers: list[list[str]] = []
+        if self.ceiling is not None:
+            layers.append(self.ceiling)
+        rule = next((r for r in reversed(self.rules) if fnmatch.fnmatchcase(path, r.pattern)), None)
+        if rule is not None:
+            layers.append(rule.groups)
+        if not layers:
+            layers.append([PUBLIC] if self.default is AclDefault.PUBLIC else [])
+        groups = sorted(layers[0])
+        for layer in layers[1:]:
+            groups = intersect(groups, layer)
+        return groups
+
+    def resolve(self, path: str, own: list[str] | None) -> list[str]:
+        """``own`` is the document's own ACL (already normalised), ``None`` when it has none."""
+        policy = self.policy(path)
+        return policy if own is None else intersect(policy, own)
+
+
+def intersect(a: list[str], b: list[str]) -> list[str]:
+    """Groups allowed by both ``a`` and ``b`` (``__public__`` allows everyone)."""
+    if PUBLIC in a:
+        return sorted(b)
+    if PUBLIC in b:
+        return sorted(a)
+    return sorted(set(a) & set(b))
 
 
 def front_matter_acl(metadata: dict[str, Any], doc_id: str) -> list[str] | None:
@@ -117,15 +140,14 @@ def normalize_groups(value: Any, where: str) -> list[str]:
     items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(g, str) and g.strip() for g in items):
         raise ConfigError(f"{where}: expected a list of group names (or 'public'), got {value!r}")
-    groups = {PUBLIC if g.strip().lower() == "public" else g.strip() for g in items}
+    groups = {PUBLIC if g.strip().lower() in ("public", PUBLIC) else g.strip() for g in items}
     if ALL in groups:
         raise ConfigError(f"{where}: '*' is for principals (read everything), not for documents; use 'public'")
-    return sorted(groups)
+    return [PUBLIC] if PUBLIC in groups else sorted(groups)
 
 
-def load_rules(root: Path) -> list[AclRule]:
-    """The rules of ``root/kb-acl.toml`` (none when the file is absent); a malformed file is a ConfigError."""
-    path = root / ACL_FILE
+def load_rules(path: Path) -> list[AclRule]:
+    """The rules of an ACL file such as ``root/kb-acl.toml`` (none when absent); a malformed file is a ConfigError."""
     if not path.is_file():
         return []
     try:

@@ -20,13 +20,13 @@ from typing import Any
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
-from kb.document import Span
 from kb.embedding import SentenceTransformerEmbedder
 from kb.errors import ConfigError
 from kb.prompting import build_messages, leaks_prompt
+from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridRetriever, cosine
 from kb.settings import Settings
@@ -35,12 +35,49 @@ NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to an
 MODEL_REFUSAL = "I don't know: the sources found do not contain the answer."
 UNSAFE = "I can't answer that from the knowledge base."
 EXTRACT_RELATIVE_FLOOR = 0.8
+LEAK_RUN = 8  # words of the instructions that make an answer a leak (leaks_prompt's min_run)
+_WORD = re.compile(r"[a-z']+", re.IGNORECASE)
 
 AnswerEvent = str | Answer
 """Items of :meth:`AnswerEngine.stream`: answer text as it is generated, then the final :class:`Answer`."""
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`*(\"'])|\n{2,}")
 _NOISE_LINE = re.compile(r"^\s*(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,})")
+
+
+class LeakGuard:
+    """Releases streamed text only once it cannot be the start of a repeat of kb's instructions.
+
+    :func:`leaks_prompt` recognises a run of ``LEAK_RUN`` words of the instructions. Holding back the last
+    ``LEAK_RUN - 1`` words (and the word being written) means the first word of such a run is still held
+    when its last word arrives, so a leaking answer is stopped before any of the run reaches the client.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.released = 0
+        self.leaked = False
+
+    def feed(self, delta: str) -> str:
+        self.text += delta
+        if leaks_prompt(self.text):
+            self.leaked = True
+            return ""
+        starts = [m.start() for m in _WORD.finditer(self.text)]
+        hold = starts[-LEAK_RUN] if len(starts) >= LEAK_RUN else 0
+        return self._release(min(hold, len(self.text)))
+
+    def finish(self) -> str:
+        if leaks_prompt(self.text):
+            self.leaked = True
+            return ""
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        if upto <= self.released:
+            return ""
+        piece, self.released = self.text[self.released : upto], upto
+        return piece
 
 
 class AnswerEngine:
@@ -101,15 +138,22 @@ class AnswerEngine:
             timings["first_token"] = (time.perf_counter() - started) * 1e3
             yield text
         else:
-            pieces: list[str] = []
+            guard = LeakGuard()
             for response in self.llm.stream_chat(build_messages(question, sources)):
                 delta = response.delta or ""
                 if delta:
-                    if not pieces:
+                    if "first_token" not in timings:
                         timings["first_token"] = (time.perf_counter() - started) * 1e3
-                    pieces.append(delta)
-                    yield delta
-            text = "".join(pieces)
+                    released = guard.feed(delta)
+                    if released:
+                        yield released
+                    if guard.leaked:
+                        break  # nothing of the repeated instructions was shown; the answer becomes a refusal
+            if not guard.leaked:
+                rest = guard.finish()
+                if rest:
+                    yield rest
+            text = guard.text
         timings["generate"] = (time.perf_counter() - tick) * 1e3
         answer = self._finish(question, text, sources, timings)
         timings["total"] = (time.perf_counter() - started) * 1e3
@@ -197,24 +241,10 @@ class AnswerEngine:
 
 
 def _sources(nodes: list[NodeWithScore], relevance: list[float]) -> list[Source]:
-    out = []
-    for number, (node, rel) in enumerate(zip(nodes, relevance or [0.0] * len(nodes), strict=True), start=1):
-        meta: dict[str, Any] = node.node.metadata
-        out.append(
-            Source(
-                number=number,
-                node_id=node.node.node_id,
-                doc_id=meta.get("doc_id", ""),
-                title=meta.get("title", ""),
-                header_path=" > ".join(meta.get("header_path") or []),
-                span=Span.from_list(meta.get("span") or [0, 0, 0, 0]),
-                url=meta.get("url", ""),
-                text=node.node.get_content(),
-                score=node.score or 0.0,
-                relevance=rel,
-            )
-        )
-    return out
+    return [
+        Source.of(number, node.node.node_id, ChunkRecord.from_node(node.node), node.score or 0.0, rel)
+        for number, (node, rel) in enumerate(zip(nodes, relevance or [0.0] * len(nodes), strict=True), start=1)
+    ]
 
 
 def _sentences(text: str) -> list[str]:
@@ -251,19 +281,7 @@ class CitedQueryEngine(BaseQueryEngine):
         answer = self._engine.answer(query_bundle.query_str)
         cited = {c.node_id for c in answer.citations}
         nodes = [
-            NodeWithScore(
-                node=TextNode(
-                    id_=s.node_id,
-                    text=s.text,
-                    metadata={
-                        "doc_id": s.doc_id,
-                        "title": s.title,
-                        "header_path": s.header_path,
-                        "span": s.span.as_list(),
-                    },
-                ),
-                score=s.score,
-            )
+            NodeWithScore(node=s.record().to_node(s.node_id), score=s.score)
             for s in answer.sources
             if s.node_id in cited
         ]

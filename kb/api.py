@@ -15,6 +15,7 @@ Errors are JSON: ``{"error": CODE, "message": TEXT, "fields": [{"field": PATH, "
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -25,42 +26,57 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kb.acl import Principal
 from kb.citations import Answer
-from kb.errors import KbError
+from kb.errors import ConfigError, KbError
 from kb.knowledge_base import KnowledgeBase, ReindexJob
 from kb.settings import ApiKey, RetrievalMode, Role
+from kb.store.base import check_filter_values
 
-FilterValue = str | int | bool | list[str] | list[int]
+log = logging.getLogger(__name__)
+FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt] | list[StrictBool]
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    query: str = Field(min_length=1, max_length=100_000, description="Question or keywords.")
-    k: int = Field(5, ge=1, le=100, description="Number of chunks to return.")
+    @field_validator("filters", mode="after", check_fields=False)
+    @classmethod
+    def _storable(cls, filters: dict[str, Any]) -> dict[str, Any]:
+        for key, value in filters.items():
+            try:
+                check_filter_values(key, value if isinstance(value, list) else [value])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return filters
+
+
+class SearchRequest(_Strict):
+    query: StrictStr = Field(min_length=1, max_length=100_000, description="Question or keywords.")
+    k: StrictInt = Field(5, ge=1, le=100, description="Number of chunks to return.")
     filters: dict[str, FilterValue] = Field(default_factory=dict, description="Front-matter field → value(s).")
     mode: RetrievalMode | None = Field(None, description="hybrid (default), dense or bm25.")
 
 
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(min_length=1, max_length=100_000)
+class AskRequest(_Strict):
+    question: StrictStr = Field(min_length=1, max_length=100_000)
     filters: dict[str, FilterValue] = Field(default_factory=dict)
-    stream: bool = Field(False, description="Server-sent events: 'token' events, then one 'answer' event.")
+    stream: StrictBool = Field(False, description="Server-sent events: 'token' events, then one 'answer' event.")
 
 
-class ReindexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    full: bool = Field(False, description="Rebuild everything into a new collection, switched in when done.")
-    dry_run: bool = Field(False, description="Only report what would change.")
+class ReindexRequest(_Strict):
+    source: StrictStr | None = Field(None, description="The source to reindex; none: every source.")
+    full: StrictBool = Field(False, description="Rebuild everything into a new collection, switched in when done.")
+    dry_run: StrictBool = Field(False, description="Only report what would change.")
+    allow_mass_delete: StrictBool = Field(False, description="Delete more than max_delete_fraction of a source.")
+    repair: StrictBool = Field(False, description="Re-read and re-embed what a damaged store lost.")
 
 
 class ApiError(Exception):
@@ -101,14 +117,19 @@ def caller(
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> ApiKey:
-    """The key this request presents (``Authorization: Bearer KEY`` or ``X-API-Key``)."""
-    presented = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    """The key this request presents (``Authorization: Bearer KEY``, the scheme in any case, or ``X-API-Key``)."""
+    presented = x_api_key or ""
+    if not presented and authorization:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise ApiError(401, "unauthorized", "malformed Authorization header: send 'Authorization: Bearer KEY'")
+        presented = credentials.strip()
     if not presented:
         if request.app.state.allow_anonymous:
             return ApiKey.model_construct(key="", role=Role.READ, name="anonymous", groups=[])
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")
     for key in request.app.state.keys:
-        if secrets.compare_digest(key.key.encode(), presented.encode()):
+        if secrets.compare_digest(key.key.get_secret_value().encode(), presented.encode()):
             return key
     raise ApiError(401, "unauthorized", "unknown API key")
 
@@ -129,7 +150,8 @@ Admin = Annotated[ApiKey, Depends(admin)]
 
 
 def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymous: bool = False) -> FastAPI:
-    """The FastAPI app serving ``kb``; ``docs`` is the folder ``POST /reindex`` mirrors.
+    """The FastAPI app serving ``kb``; ``docs`` (optional) is registered as a source ``POST /reindex`` mirrors
+    with the index's other sources.
 
     Without ``settings.api_keys`` every request is refused, unless ``allow_anonymous`` (then every caller
     is a read-only anonymous user; reindex stays closed).
@@ -139,8 +161,10 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
         version="1",
         description="Answers grounded in your documents, with citations. Send the key as 'Authorization: Bearer KEY'.",
     )
+    app.add_middleware(_AssumeJson)
     app.state.keys = list(kb.settings.api_keys)
     app.state.allow_anonymous = allow_anonymous
+    docs_source = kb.source_for_folder(docs).name if docs is not None else None
     runs: dict[str, ReindexRun] = {}
     llm_lock = threading.Lock()  # one local generator instance: llama.cpp is not re-entrant
 
@@ -157,16 +181,16 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body", "message": err["msg"]}
-            for err in exc.errors()
-        ]
+        fields = [_field_error(err) for err in exc.errors()]
         message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return JSONResponse({"error": "invalid_request", "message": message, "fields": fields}, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": "http_error", "message": str(exc.detail), "fields": []}, exc.status_code)
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail), "fields": []}, exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(KbError)
     async def _kb_error(_: Request, exc: KbError) -> JSONResponse:
@@ -177,14 +201,24 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
         kb.store.count({"doc_id": ["__health__"]})
         return {"status": "ok"}
 
-    @app.get("/status", summary="Documents, chunks, store and settings (secrets masked).")
+    @app.get("/status", summary="Documents and chunks the key may read; admin keys also see store, sources, settings.")
     def status(key: Reader) -> dict[str, Any]:
-        state = asdict(kb.status())
         readable = principal(key).readable()
-        if readable is not None:  # counts of what this key may read, not of the whole index
-            state["chunks"] = kb.store.count({"acl": readable})
-            state["documents"] = sum(1 for e in kb.manifest.documents.values() if set(e.acl or ()) & set(readable))
-        return state
+        if key.role is Role.ADMIN and readable is None:
+            return asdict(kb.status())
+        documents = kb.manifest.snapshot()  # replaced, never mutated, by a running reindex
+        state = kb.status()
+        visible = [e for e in documents.values() if readable is None or set(e.acl or ()) & set(readable)]
+        return {
+            "documents": len(visible),
+            "chunks": kb.store.count({"acl": readable} if readable is not None else None),
+            "sources": sorted({e.source for e in visible if e.source}),
+            "embedder": {"name": state.embedder.get("name"), "dimension": state.embedder.get("dimension")},
+            "chunking": state.chunking,
+            "reranker": {"active": state.reranker["active"]},
+            "updated_at": state.updated_at,
+            "settings": kb.settings.public_dump(full=False),
+        }
 
     @app.post("/search", summary="The k chunks that best match the query, among documents the key may read.")
     def search(body: SearchRequest, key: Reader) -> dict[str, Any]:
@@ -209,21 +243,31 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
                             yield _sse("answer", event.as_dict())
                         else:
                             yield _sse("token", {"text": event})
-                except Exception as exc:  # the status line is already sent: report in-band
-                    yield _sse("error", {"error": type(exc).__name__, "message": str(exc)})
+                except KbError as exc:  # the status line is already sent: report in-band
+                    yield _sse("error", {"error": "bad_request", "message": str(exc)})
+                except Exception:
+                    log.exception("streamed answer failed")  # the details stay in the server log
+                    yield _sse("error", {"error": "internal_error", "message": "the answer failed; see the server log"})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/reindex", status_code=202, summary="Mirror the docs folder in the background (admin).")
+    @app.post("/reindex", status_code=202, summary="Mirror a source (or every source) in the background (admin).")
     def reindex(body: ReindexRequest, _: Admin) -> dict[str, Any]:
-        if docs is None:
-            raise ApiError(409, "no_docs_folder", "this server was started without --docs; it cannot reindex")
+        if body.source is None and not kb.sources:
+            raise ApiError(409, "no_sources", "the index has no sources: start kb serve with --docs, or kb source add")
+        if body.source is not None and body.source not in kb.sources:
+            known = ", ".join(sorted(kb.sources))
+            raise ApiError(404, "not_found", f"no source named {body.source!r} (sources: {known})",
+                           [{"field": "source", "message": "unknown source"}])  # fmt: skip
+        wanted = {body.source} if body.source else set(kb.sources)
         with reindexing:
-            running = [run for run in runs.values() if run.job.running]
-            if running:
-                raise ApiError(409, "reindex_running", f"reindex {running[0].id} is still running")
+            for run in runs.values():
+                busy = {run.options["source"]} if run.options["source"] else set(kb.sources)
+                if run.job.running and (busy & wanted or body.full or run.options["full"]):
+                    raise ApiError(409, "reindex_running", f"reindex {run.id} of {sorted(busy)} is still running")
             options = body.model_dump()
-            run = ReindexRun(kb.reindex_in_background(docs, **options), options)
+            target = options.pop("source")
+            run = ReindexRun(kb.reindex_in_background(source=target, **options), {"source": target, **options})
             runs[run.id] = run
         return {**run.as_dict(), "status_url": f"/reindex/{run.id}"}
 
@@ -234,7 +278,35 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
             raise ApiError(404, "not_found", f"no reindex with id {run_id!r} (ids are kept until the server restarts)")
         return run.as_dict()
 
+    app.state.docs_source = docs_source
     return app
+
+
+def _field_error(err: dict[str, Any]) -> dict[str, str]:
+    """One validation error as ``{"field", "message"}``: the body path, or ``body`` for unparsable JSON."""
+    if err.get("type") == "json_invalid":
+        ctx = err.get("ctx") or {}
+        return {"field": "body", "message": f"invalid JSON ({ctx.get('error', 'syntax error')})"}
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "model_attributes_type":
+        return {"field": "body", "message": "expected a JSON object"}
+    return {"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid")).removeprefix("Value error, ")}
+
+
+class _AssumeJson:
+    """Treat a POST body sent without a JSON content type (curl's default is form-encoded) as JSON.
+
+    kb's API takes nothing but JSON, so a client that forgot the header gets the same parsing, and a body
+    that is not JSON gets the usual 422 naming the problem."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

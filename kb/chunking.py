@@ -39,13 +39,15 @@ CHARS_PER_TOKEN_LIMIT = 12  # a word piece is rarely longer; guards against 1 MB
 
 @dataclass
 class Chunk:
-    """One chunk: ``text == document.text[span.start:span.end]``."""
+    """One chunk: ``text == document.text[span.start:span.end]``; ``anchor`` is its section's own anchor
+    when the document names one (URLs use it, or a slug of the heading when empty)."""
 
     text: str
     span: Span
     header_path: list[str]
     tokens: int
     index: int = 0
+    anchor: str = ""
 
 
 @dataclass
@@ -95,12 +97,12 @@ class HeadingChunker(NodeParser):
     # -- LlamaIndex NodeParser interface ---------------------------------------------------------------
     def _parse_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = False, **kwargs: Any) -> list[BaseNode]:
         """Chunk LlamaIndex documents; ``metadata["source_format"]`` picks the parser (default Markdown)."""
-        from kb.loading import PARSERS, SourceFormat
+        from kb.loading import SourceFormat, parse_text_as
 
         out: list[BaseNode] = []
         for node in nodes:
             source_format = SourceFormat(node.metadata.get("source_format", SourceFormat.MARKDOWN))
-            parsed = PARSERS[source_format](node.get_content())
+            parsed = parse_text_as(node.get_content(), source_format)
             for chunk in self.chunk(parsed):
                 child = TextNode(
                     text=chunk.text,
@@ -124,7 +126,9 @@ class HeadingChunker(NodeParser):
         block_tokens = self._counter.count([text[b.start : b.end] for b in blocks])
         drafts: list[_Draft] = []
         pending: _Draft | None = None
-        for path, members in _sections(blocks):
+        sections = _sections(blocks)
+        anchors = {tuple(path): blocks[members[0]].anchor for path, members in sections if path}
+        for path, members in sections:
             _check(deadline)
             units = [unit for i in members for unit in self._units(text, blocks[i], block_tokens[i], deadline)]
             for unit in units:
@@ -144,7 +148,10 @@ class HeadingChunker(NodeParser):
             pending = packed[-1]
         if pending is not None:
             drafts.append(pending)
-        return self._finish(doc, drafts)
+        chunks = self._finish(doc, drafts)
+        for chunk in chunks:
+            chunk.anchor = anchors.get(tuple(chunk.header_path), "")
+        return chunks
 
     def _absorbs(self, pending: _Draft, units: list[_Unit], tokens: int) -> bool:
         """Whether a tiny ``pending`` chunk takes the whole next section in."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kb.document import Span
+from kb.records import ChunkRecord, split_header_path
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # "billing.retry_limit" is not a sentence end
@@ -35,6 +36,38 @@ class Source:
     text: str
     score: float
     relevance: float  # cosine similarity of the chunk to the question (or the reranker's score)
+    source: str = ""  # the kb source it came from (``runbooks``)
+    path: str = ""  # its path inside that source
+
+    @classmethod
+    def of(cls, number: int, node_id: str, record: ChunkRecord, score: float, relevance: float) -> Source:
+        return cls(
+            number,
+            node_id,
+            record.doc_id,
+            record.title,
+            record.heading,
+            record.span,
+            record.url,
+            record.text,
+            score,
+            relevance,
+            record.source,
+            record.path,
+        )
+
+    def record(self) -> ChunkRecord:
+        """The chunk as a :class:`ChunkRecord` (what a LlamaIndex node of this source is made from)."""
+        return ChunkRecord(
+            text=self.text,
+            doc_id=self.doc_id,
+            source=self.source,
+            path=self.path,
+            title=self.title,
+            header_path=split_header_path(self.header_path),
+            span=self.span,
+            url=self.url,
+        )
 
 
 @dataclass(frozen=True)
@@ -49,6 +82,7 @@ class Citation:
     url: str
     quote: str
     node_id: str
+    path: str = ""
 
     @classmethod
     def of(cls, source: Source, quote_chars: int = 500) -> Citation:
@@ -62,6 +96,7 @@ class Citation:
             source.url,
             quote,
             source.node_id,
+            source.path,
         )
 
 

@@ -1,5 +1,7 @@
 """The ``kb`` command: a thin face over :class:`kb.KnowledgeBase`.
 
+kb source add runbooks ~/src/runbooks --url "https://git.example.com/ops/runbooks/blob/main/{path}"
+kb reindex runbooks --kb indexes/handbook          # or a folder, or --all
 kb ingest docs/ --kb indexes/handbook
 kb search "how do I rotate the API key?" --kb indexes/handbook --filter product=api
 kb status --kb indexes/handbook
@@ -28,12 +30,15 @@ from rich.table import Table
 
 from kb.acl import Principal
 from kb.citations import Answer
+from kb.document import Span
 from kb.errors import KbError
 from kb.indexing import IngestReport, Progress
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
 from kb.settings import RetrievalMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Answers from your own documents, cited.")
+source_app = typer.Typer(no_args_is_help=True, help="The sources of an index: named folders with their own settings.")
+app.add_typer(source_app, name="source")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -52,9 +57,12 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def _open(path: Path, for_rebuild: bool = False) -> Iterator[KnowledgeBase]:
+def _open(path: Path, for_rebuild: bool = False, create: bool = False) -> Iterator[KnowledgeBase]:
+    """The index at ``path``; only commands that write documents create a missing one."""
     try:
-        with KnowledgeBase.open(path, for_rebuild=for_rebuild) as kb:
+        with KnowledgeBase.open(path, for_rebuild=for_rebuild, create=create) as kb:
+            if kb.damage.damaged:
+                err_console.print(f"[yellow]warning:[/] {kb.damage.describe(str(path))}", highlight=False)
             yield kb
     except KbError as exc:
         _fail(str(exc))
@@ -71,36 +79,61 @@ def _parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
     return out
 
 
+AclOption = Annotated[
+    list[str] | None,
+    typer.Option("--acl", help="Group that may read the documents (repeatable; 'public' for everyone): a ceiling."),
+]
+
+
 @app.command()
 def ingest(
-    folder: Annotated[Path, typer.Argument(help="Folder of Markdown, reST, HTML or text documents.")],
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of documents (Markdown, reST, HTML, AsciiDoc, PDF, Word, text).")
+    ],
     kb_path: KbOption = DEFAULT_INDEX,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE added to every document.")] = None,
+    acl: AclOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Add new and changed documents under FOLDER to the knowledge base."""
+    """Add new and changed documents under FOLDER (its source, named after it) to the knowledge base."""
     metadata = _parse_pairs(meta, "--meta")
-    with _open(kb_path) as kb:
-        report = _ingest_with_progress(kb, folder, metadata, quiet=as_json)
-        if as_json:
-            print(json.dumps(report.as_dict(), indent=2))
-        else:
-            _print_report(report, kb)
+    with _open(kb_path, create=True) as kb:
+        report = _with_progress(
+            lambda progress: kb.ingest(folder, metadata or None, progress=progress, acl=acl), as_json, "ingest"
+        )
+        _finish_report(report, kb, as_json)
 
 
 @app.command()
 def reindex(
-    folder: Annotated[Path, typer.Argument(help="The documents folder the index must mirror.")],
+    target: Annotated[
+        str | None, typer.Argument(help="A source name, or a folder (registered as a source on first use).")
+    ] = None,
     kb_path: KbOption = DEFAULT_INDEX,
+    every: Annotated[bool, typer.Option("--all", help="Every source of the index (the docs-publishing job).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan.")] = False,
     full: Annotated[
         bool, typer.Option("--full", help="Rebuild everything (after changing embedder or chunking).")
     ] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Re-read and re-embed what a damaged store lost, then mirror.")
+    ] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Delete even more than max_delete_fraction of a source.")
+    ] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every file (no size+mtime fast path).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Make the index mirror FOLDER: add new, replace changed and delete removed documents."""
-    with _open(kb_path, for_rebuild=full) as kb:
-        work = lambda progress: kb.reindex(folder, full=full, dry_run=dry_run, progress=progress)  # noqa: E731
+    """Make the index mirror a source (or --all): add new, replace changed and delete removed documents.
+
+    Exits 3 when the mass-delete guard refused deletions (nothing was deleted; see the message)."""
+    if (target is None) == (not every):
+        if target is None:
+            _fail("name a source or folder to reindex, or pass --all")
+        _fail("pass either a source/folder or --all, not both")
+    with _open(kb_path, for_rebuild=full, create=target is not None and Path(target).is_dir()) as kb:
+        options = dict(full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, repair=repair, verify=verify)
+        work = lambda progress: kb.reindex(target, progress=progress, **options)  # noqa: E731
         report = _with_progress(work, quiet=as_json or dry_run, label="reindex")
         if as_json:
             print(
@@ -117,12 +150,27 @@ def reindex(
                     console.print(f"  {label:6} {doc_id}", highlight=False)
                 if len(ids) > 50:
                     console.print(f"  … and {len(ids) - 50} more to {label}")
+            _print_refusal(report)
         else:
             _print_report(report, kb)
+        if report.stopped:
+            raise typer.Exit(3)
+
+
+def _finish_report(report: IngestReport, kb: KnowledgeBase, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_report(report, kb)
+
+
+def _print_refusal(report: IngestReport) -> None:
+    if report.refused_deletes:
+        err_console.print(f"[bold red]deletions refused:[/] {report.refused_deletes}", highlight=False)
 
 
 def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, Any], quiet: bool) -> IngestReport:
-    return _with_progress(lambda progress: kb.ingest(folder, metadata, progress=progress), quiet, "ingest")
+    return _with_progress(lambda progress: kb.ingest(folder, metadata or None, progress=progress), quiet, "ingest")
 
 
 def _with_progress(work: Callable[[Progress], IngestReport], quiet: bool, label: str) -> IngestReport:
@@ -159,9 +207,10 @@ def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
     table.add_row("time", f"{report.seconds:.2f}s ({stages})")
     console.print(table)
     for skipped in report.skipped[:20]:
-        console.print(f"  [yellow]skipped[/] {skipped.doc_id!r}: {skipped.reason}")
+        console.print(f"  [yellow]skipped[/] {skipped.doc_id!r}: {skipped.reason}", highlight=False)
     if len(report.skipped) > 20:
         console.print(f"  … and {len(report.skipped) - 20} more (kb ingest --json lists all)")
+    _print_refusal(report)
 
 
 @app.command()
@@ -193,11 +242,16 @@ def search(
             _print_hits(hits)
 
 
+def _where(doc_id: str, span: Span) -> str:
+    """``source:path:12-18`` for text, ``source:path p. 3`` for paged documents."""
+    return f"{doc_id} {span.where()}" if span.page_start else f"{doc_id}:{span.line_start}-{span.line_end}"
+
+
 def _print_hits(hits: list[Hit]) -> None:
     if not hits:
         console.print("[dim]no results[/]")
     for rank, hit in enumerate(hits, start=1):
-        where = f"{hit.doc_id}:{hit.span.line_start}-{hit.span.line_end}"
+        where = _where(hit.doc_id, hit.span)
         console.print(
             f"[bold]{rank}.[/] [cyan]{where}[/]  {hit.header_path or hit.title}  [dim]score {hit.score:.4f}"
             + (f", rerank {hit.rerank_score:.3f}" if hit.rerank_score is not None else "")
@@ -251,7 +305,8 @@ def _print_answer(answer: Answer, streamed: str = "") -> None:
         console.print("[bold]Sources[/]")
     for c in answer.citations:
         console.print(
-            f"  [{c.number}] [cyan]{c.doc_id}:{c.span.line_start}-{c.span.line_end}[/]  {c.header_path or c.title}",
+            f"  [{c.number}] [cyan]{_where(c.doc_id, c.span)}[/]  {c.header_path or c.title}"
+            + (f"  [dim]{c.url}[/]" if c.url else ""),
             highlight=False,
         )
     if answer.refused and answer.sources:
@@ -290,13 +345,128 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
         f"{state.embedder['name']} ({state.embedder['dimension']}-d, sha256 {state.embedder['sha256'][:12]}…)",
     )
     table.add_row("chunking", ", ".join(f"{k}={v}" for k, v in state.chunking.items()))
-    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.updated_at)) if state.updated_at else "never"
-    table.add_row("last ingest", updated)
+    table.add_row("last ingest", _when(state.updated_at))
+    if state.legacy_documents:
+        table.add_row(
+            "legacy", f"{state.legacy_documents} documents indexed before sources: reindex their folder to adopt them"
+        )
+    if state.damage:
+        table.add_row("[red]damage[/]", state.damage)
     console.print(table)
+    _print_sources(state.sources)
     settings = Table("setting", "value", title="settings (defaults < kb.toml < KB_* < arguments)", box=None)
     for key, value in state.settings.items():
         settings.add_row(key, json.dumps(value))
     console.print(settings)
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "never"
+
+
+def _print_sources(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("[dim]no sources yet: kb source add NAME FOLDER[/]")
+        return
+    table = Table("source", "folder", "documents", "chunks", "last reindex", "skipped", "acl", "url", box=None)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["path"] or f"({row['kind']})",
+            str(row["documents"]),
+            str(row["chunks"]),
+            _when(row["last_reindex"]),
+            str(len(row["skipped"])),
+            ",".join(row["acl"]) if row["acl"] is not None else "(policy)",
+            row["url"] or "",
+        )
+    console.print(table)
+
+
+SourceName = Annotated[str, typer.Argument(help="Source name: letters, digits, '.', '_', '-'.")]
+
+
+@source_app.command("add")
+def source_add(
+    name: SourceName,
+    folder: Annotated[Path, typer.Argument(help="The folder of documents.")],
+    kb_path: KbOption = DEFAULT_INDEX,
+    url: Annotated[str, typer.Option(help="Citation URL template: {path}, {stem}, {anchor}, {source}.")] = "",
+    acl: AclOption = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="File name glob (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="File/folder name glob (repeatable).")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE added to every document.")] = None,
+    anchor_style: Annotated[
+        str, typer.Option(help="How headings become URL anchors: github, mkdocs, sphinx.")
+    ] = "github",
+    asciidoc: Annotated[
+        list[str] | None, typer.Option("--asciidoc", help="Glob of files read as AsciiDoc (e.g. '*.txt').")
+    ] = None,
+    acl_file: Annotated[str, typer.Option(help="ACL rules file, relative to the folder.")] = "kb-acl.toml",
+) -> None:
+    """Register FOLDER as source NAME (nothing is indexed until kb reindex NAME)."""
+    options = dict(url=url, acl=acl, include=include, exclude=exclude, metadata=_parse_pairs(meta, "--meta"),
+                   anchor_style=anchor_style, asciidoc_patterns=asciidoc or [], acl_file=acl_file)  # fmt: skip
+    with _open(kb_path, create=True) as kb:
+        try:
+            source = kb.add_source(name, folder, **options)
+        except KbError as exc:
+            _fail(str(exc))
+        console.print(f"source {source.name!r} → {source.path}. Index it with: kb reindex {source.name} --kb {kb_path}")
+
+
+@source_app.command("set")
+def source_set(
+    name: SourceName,
+    kb_path: KbOption = DEFAULT_INDEX,
+    path: Annotated[Path | None, typer.Option("--path", help="The folder moved here (nothing is re-embedded).")] = None,
+    url: Annotated[str | None, typer.Option(help="Citation URL template.")] = None,
+    acl: AclOption = None,
+    include: Annotated[list[str] | None, typer.Option("--include")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE (replaces the metadata).")] = None,
+    anchor_style: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Change a source's settings; the next reindex applies them (payload updates, no re-embedding)."""
+    changes: dict[str, Any] = {"path": str(path) if path else None, "url": url, "acl": acl, "include": include,
+                               "exclude": exclude, "metadata": _parse_pairs(meta, "--meta") if meta else None,
+                               "anchor_style": anchor_style}  # fmt: skip
+    with _open(kb_path) as kb:
+        try:
+            source = kb.update_source(name, **{k: v for k, v in changes.items() if v is not None})
+        except KbError as exc:
+            _fail(str(exc))
+        console.print(f"source {source.name!r} updated; run kb reindex {source.name} --kb {kb_path} to apply it")
+
+
+@source_app.command("list")
+def source_list(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Name, folder, documents, chunks, last reindex and skipped files of each source."""
+    with _open(kb_path) as kb:
+        rows = kb.source_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_sources(rows)
+
+
+@source_app.command("remove")
+def source_remove(name: SourceName, kb_path: KbOption = DEFAULT_INDEX) -> None:
+    """Delete source NAME and its documents from the index (the folder itself is not touched)."""
+    with _open(kb_path) as kb:
+        try:
+            deleted = kb.remove_source(name)
+        except KbError as exc:
+            _fail(str(exc))
+    console.print(f"source {name!r} removed with its {deleted} documents; other sources untouched")
+
+
+@source_app.command("rename")
+def source_rename(old: SourceName, new: SourceName, kb_path: KbOption = DEFAULT_INDEX) -> None:
+    """Rename a source: its documents move to NEW:path ids, no re-embedding."""
+    with _open(kb_path) as kb:
+        report = _with_progress(lambda progress: kb.rename_source(old, new), quiet=False, label="rename")
+        console.print(f"source {old!r} is now {new!r}: {report.summary()}")
 
 
 @app.command()
@@ -341,7 +511,7 @@ def serve(
 
     from kb.api import create_app
 
-    with _open(kb_path) as kb:
+    with _open(kb_path, create=docs is not None) as kb:
         if not kb.settings.api_keys and not allow_anonymous:
             _fail(
                 "no api_keys configured: add [[api_keys]] entries (key, role = read|admin, groups) to "
@@ -375,7 +545,7 @@ def demo(
     from kb.samples import sample_kb_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _open(kb_path) as kb:
+    with _open(kb_path, create=True) as kb:
         console.rule("[bold]kb demo: ingest the sample knowledge base")
         report = _ingest_with_progress(kb, sample_kb_path(), {}, quiet=False)
         _print_report(report, kb)

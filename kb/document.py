@@ -2,8 +2,9 @@
 
 Parsers (``kb.parsers``) turn a file into a :class:`ParsedDocument`; the chunker packs its blocks into
 chunks. Block spans index into ``ParsedDocument.text``. For Markdown, reStructuredText and plain text that
-text *is* the file, so spans are file offsets; for HTML it is the visible text, and
-:meth:`ParsedDocument.line_of` maps offsets back to lines of the HTML source.
+text *is* the file, so spans are file offsets; for HTML, PDF and Word it is the extracted text:
+:meth:`ParsedDocument.line_of` maps offsets back to lines of the HTML source, and for PDFs
+``page_starts`` maps them to pages (a span then carries its first and last page).
 """
 
 from __future__ import annotations
@@ -30,30 +31,43 @@ ATOMIC_KINDS = frozenset({BlockKind.CODE, BlockKind.TABLE})
 
 @dataclass(frozen=True)
 class Block:
-    """A run of ``text[start:end]`` with one kind; headings carry their level (1 = top) and title."""
+    """A run of ``text[start:end]`` with one kind; headings carry their level (1 = top), title and, when the
+    source names one (``[[id]]``, ``id="..."``, ``.. _label:``), the anchor a URL can point at."""
 
     kind: BlockKind
     start: int
     end: int
     level: int = 0
     title: str = ""
+    anchor: str = ""
 
 
 @dataclass(frozen=True)
 class Span:
-    """Where a chunk lies: char offsets into the document text and the 1-based source line range."""
+    """Where a chunk lies: char offsets into the document text, the 1-based source line range and, for
+    paged formats (PDF), the 1-based page range (0 when the format has no pages)."""
 
     start: int
     end: int
     line_start: int
     line_end: int
+    page_start: int = 0
+    page_end: int = 0
 
     def as_list(self) -> list[int]:
-        return [self.start, self.end, self.line_start, self.line_end]
+        lines = [self.start, self.end, self.line_start, self.line_end]
+        return [*lines, self.page_start, self.page_end] if self.page_start else lines
 
     @classmethod
     def from_list(cls, values: list[int]) -> Span:
-        return cls(*values)
+        return cls(*values[:6])
+
+    def where(self) -> str:
+        """``p. 12`` / ``pp. 12–13`` for paged documents, ``lines 3–9`` otherwise."""
+        if self.page_start:
+            same = self.page_end in (0, self.page_start)
+            return f"p. {self.page_start}" if same else f"pp. {self.page_start}–{self.page_end}"
+        return f"lines {self.line_start}–{self.line_end}"
 
 
 @dataclass
@@ -69,6 +83,7 @@ class ParsedDocument:
     # fill it with the offsets where each source line's text lands.
     line_starts: list[int] = field(default_factory=list)
     source_lines: list[int] = field(default_factory=list)
+    page_starts: list[int] = field(default_factory=list)  # text offset where each page begins (PDF)
 
     def __post_init__(self) -> None:
         if not self.line_starts:
@@ -80,9 +95,14 @@ class ParsedDocument:
         index = max(bisect.bisect_right(self.line_starts, offset) - 1, 0)
         return self.source_lines[index]
 
+    def page_of(self, offset: int) -> int:
+        """1-based page holding the character at ``offset`` (0 for documents without pages)."""
+        return bisect.bisect_right(self.page_starts, offset) if self.page_starts else 0
+
     def span(self, start: int, end: int) -> Span:
         """The :class:`Span` of ``text[start:end]`` (``end`` exclusive)."""
-        return Span(start, end, self.line_of(start), self.line_of(max(end - 1, start)))
+        last = max(end - 1, start)
+        return Span(start, end, self.line_of(start), self.line_of(last), self.page_of(start), self.page_of(last))
 
 
 def fill_gaps(text: str, blocks: list[Block], start: int = 0) -> list[Block]:
@@ -99,7 +119,7 @@ def fill_gaps(text: str, blocks: list[Block], start: int = 0) -> list[Block]:
         block_start = max(block.start, cursor)
         if text[cursor:block_start].strip():
             out.append(Block(BlockKind.OTHER, cursor, block_start))
-        out.append(Block(block.kind, block_start, block.end, block.level, block.title))
+        out.append(Block(block.kind, block_start, block.end, block.level, block.title, block.anchor))
         cursor = block.end
     if text[cursor:].strip():
         out.append(Block(BlockKind.OTHER, cursor, len(text)))
@@ -113,4 +133,4 @@ def trim(text: str, block: Block) -> Block:
         start += 1
     while end > start and text[end - 1].isspace():
         end -= 1
-    return Block(block.kind, start, end, block.level, block.title)
+    return Block(block.kind, start, end, block.level, block.title, block.anchor)

@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import PrivateAttr
@@ -83,6 +83,31 @@ def model_identity(name: str) -> ModelIdentity:
     return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path))
 
 
+class Embedder(Protocol):
+    """What indexing and retrieval need from an embedder (any backend)."""
+
+    @property
+    def model_path(self) -> Path: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def load(self) -> None: ...
+
+    def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+@lru_cache(maxsize=4)
+def _sentence_transformer(path: str) -> Any:
+    """One loaded model per folder and process: every KnowledgeBase of the process shares it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would garble CLI output
+    return SentenceTransformer(path, device="cpu")
+
+
 class SentenceTransformerEmbedder(BaseEmbedding):
     """A LlamaIndex embedding model backed by ``sentence_transformers.SentenceTransformer`` on the CPU."""
 
@@ -104,14 +129,11 @@ class SentenceTransformerEmbedder(BaseEmbedding):
     @property
     def model(self) -> Any:
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()  # "Loading weights" bars would garble CLI output
-
-            self._model = SentenceTransformer(str(self._path), device="cpu")
+            self._model = _sentence_transformer(str(self._path))
         return self._model
+
+    def load(self) -> None:
+        _ = self.model
 
     @property
     def max_tokens(self) -> int:

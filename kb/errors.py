@@ -29,3 +29,11 @@ class IndexLockedError(KbError):
 
 class SourceError(KbError):
     """A source file cannot be read as a document (the reason is kept for the ingest summary)."""
+
+
+class IndexDamagedError(KbError):
+    """The store holds less than the manifest says (lost or partly lost shard); names how to repair it."""
+
+
+class MassDeleteRefused(KbError):
+    """A reindex would delete more of a source than ``max_delete_fraction`` allows (see ``--allow-mass-delete``)."""

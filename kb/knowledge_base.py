@@ -1,8 +1,9 @@
-"""``KnowledgeBase``: the one object callers use. The CLI and the demo are thin faces over it.
+"""``KnowledgeBase``: the one object callers use. The CLI, the HTTP API and the demo are thin faces over it.
 
 from kb import KnowledgeBase
 kb = KnowledgeBase.open("indexes/handbook")           # embedded Qdrant: no server to start
-kb.ingest("path/to/docs")
+kb.add_source("runbooks", "~/src/runbooks", url="https://git.example.com/ops/runbooks/blob/main/{path}")
+kb.reindex(source="runbooks")
 for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "billing"}):
     print(hit.score, hit.doc_id, hit.header_path, hit.span, hit.text[:80])
 """
@@ -11,39 +12,49 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llama_index.core.llms import LLM
 
-from kb.acl import Principal
+from kb.acl import PUBLIC, AclDefault, Principal
 from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
 from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, max_seq_length, model_identity, resolve_model_path
-from kb.errors import ConfigError, EmbedderMismatchError
-from kb.indexing import DIRTY_FILE, Indexer, IngestReport, Progress, sweep
+from kb.errors import ConfigError, EmbedderMismatchError, IndexDamagedError, IndexLockedError, IndexNotFoundError
+from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
+from kb.indexing.plan import IndexPlan
 from kb.llm import build_llm
 from kb.locking import IndexLock
-from kb.manifest import IndexInfo, Manifest
+from kb.manifest import INDEX_FILE, DocumentEntry, IndexInfo, Manifest
+from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker, load_reranker
 from kb.retrieval import HybridRetriever
 from kb.settings import FusionMethod, RetrievalMode, Settings
+from kb.sources import NODES_SOURCE, DocumentSource, SourceKind, SourceRegistry
 from kb.sparse import Bm25Encoder
 from kb.store import open_store
 from kb.store.base import ChunkStore, FilterValue
 from kb.tokens import TokenCounter
 
 DEFAULT_INDEX = Path("indexes/default")
+LEGACY_DIRTY_FILE = "DIRTY"
 log = logging.getLogger(__name__)
+
+# Index folders open in this process (the embedded engine allows one holder; say so plainly).
+_OPEN: dict[Path, tuple[weakref.ref[KnowledgeBase], int]] = {}
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: a chunk, where it comes from, and its score."""
+    """One search result: a chunk, where it comes from, and its score (derived from its ChunkRecord)."""
 
     score: float
     doc_id: str
@@ -55,19 +66,23 @@ class Hit:
     url: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     rerank_score: float | None = None  # the cross-encoder's 0..1 relevance, when reranked
+    source: str = ""
+    path: str = ""
 
     @classmethod
-    def from_payload(cls, node_id: str, score: float, payload: dict[str, Any]) -> Hit:
+    def of(cls, node_id: str, score: float, record: ChunkRecord) -> Hit:
         return cls(
             score=score,
-            doc_id=payload.get("doc_id", ""),
-            title=payload.get("title", ""),
-            header_path=" > ".join(payload.get("header_path") or []),
-            span=Span.from_list(payload.get("span") or [0, 0, 0, 0]),
-            text=payload.get("text", ""),
+            doc_id=record.doc_id,
+            title=record.title,
+            header_path=record.heading,
+            span=record.span,
+            text=record.text,
             node_id=node_id,
-            url=payload.get("url", ""),
-            metadata=payload.get("meta") or {},
+            url=record.url,
+            metadata=record.meta,
+            source=record.source,
+            path=record.path,
         )
 
 
@@ -83,10 +98,13 @@ class Status:
     chunking: dict[str, Any]
     updated_at: float
     settings: dict[str, Any]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    damage: str = ""
+    legacy_documents: int = 0
 
 
 class KnowledgeBase:
-    """A knowledge base in an index folder: ingest documents, then search them."""
+    """A knowledge base in an index folder: sources of documents, indexed, searchable, answerable."""
 
     def __init__(
         self,
@@ -101,7 +119,10 @@ class KnowledgeBase:
         self.settings = settings
         self.store = store
         self.info = info
-        self.manifest = Manifest.read(store)
+        self._held = _Held(store, Manifest(store.manifest_backend()), lock)
+        self.journal = Journal(store, self.manifest, path / LEGACY_DIRTY_FILE)
+        self.registry = SourceRegistry(store, settings.sources, path)
+        self.damage = Damage()
         self._lock = lock
         self._incompatible = incompatible  # why only a full rebuild may touch this index, if so
         self._embedder: SentenceTransformerEmbedder | None = None
@@ -109,7 +130,20 @@ class KnowledgeBase:
         self._llm_built = False
         self._reranker: CrossEncoderReranker | None = None
         self._reranker_built = False
+        self._source_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self.reranker_note = ""  # why the reranking stage is off, when it is
+        self._repairing: list[str] = []
+        store.on_foreign_add(self._record_nodes, self._default_acl())
+        self._finalizer = weakref.finalize(self, _release, self._held, path.resolve(), id(self))
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._held.manifest
+
+    @manifest.setter
+    def manifest(self, manifest: Manifest) -> None:
+        self._held.manifest = manifest
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
@@ -118,61 +152,83 @@ class KnowledgeBase:
         path: str | Path = DEFAULT_INDEX,
         settings: Settings | None = None,
         for_rebuild: bool = False,
+        create: bool = True,
         **overrides: Any,
     ) -> KnowledgeBase:
-        """Open the index at ``path``, creating it when the folder holds none.
+        """Open the index at ``path``, creating it when the folder holds none (unless ``create=False``).
 
-        Raises :class:`EmbedderMismatchError` when the index was built with another embedder than the one
-        the settings name (with ``for_rebuild`` the index opens, and only ``reindex(full=True)`` works),
-        and :class:`IndexLockedError`, naming the holder, when another process has it open.
-        After a crash, unfinished work is rolled back or forward here, before anything is read.
+        Raises :class:`IndexNotFoundError` for a missing index with ``create=False`` (reading commands),
+        :class:`EmbedderMismatchError` when the index was built with another embedder than the settings name
+        (with ``for_rebuild`` it opens, and only ``reindex(full=True)`` works), and :class:`IndexLockedError`,
+        naming the holder, when another process — or another open object in this one — has it.
+        After a crash, unfinished work is rolled back or forward here, before anything is read; a store that
+        lost chunks the manifest names is reported in ``damage`` (see ``reindex(repair=True)``).
         """
         folder = Path(path)
+        if not create and not _index_exists(folder):
+            raise IndexNotFoundError(
+                f"no index at {folder}; create it with: kb ingest DOCS --kb {folder} (or kb source add NAME DOCS "
+                f"--kb {folder} && kb reindex --all --kb {folder})"
+            )
         settings = settings or Settings.load(folder, **overrides)
         identity = model_identity(settings.embedder_model)
         _check_chunk_cap(settings)
-        lock = IndexLock(folder).acquire()
-        store: ChunkStore | None = None
-        try:
-            store = open_store(folder, settings, identity.dimension, _bm25(settings.bm25_identity()))
-            incompatible = None
-            if IndexInfo.exists(store):
-                info = IndexInfo.read(store)
-                store.use_bm25(_bm25(info.bm25))
-                try:
-                    _check_compatible(folder, info, identity, settings)
-                except (EmbedderMismatchError, ConfigError) as exc:
-                    if not for_rebuild:
-                        raise
-                    incompatible = str(exc)
-            else:
-                info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
-                info.write(store)
-            kb = cls(folder, settings, store, info, lock, incompatible)
-            unstamped = sum(1 for entry in kb.manifest.documents.values() if entry.acl is None)
-            if unstamped:
-                log.warning(
-                    "%s: %d documents were indexed before access control and are readable only by trusted "
-                    "callers until the next reindex stamps their ACL (payload only, no re-embedding).",
-                    folder,
-                    unstamped,
+        key = folder.resolve()
+        with _OPEN_LOCK:
+            holder = _OPEN.get(key)
+            if holder is not None and holder[0]() is not None:
+                raise IndexLockedError(
+                    f"{folder} is already open in this process (a KnowledgeBase that was not closed); use that "
+                    "object, or call its close() first (or open it with 'with KnowledgeBase.open(...) as kb:')"
                 )
-            if (folder / DIRTY_FILE).exists():
-                sweep(store, kb.manifest)
-                kb.manifest.write(store)
-                store.flush()
-                (folder / DIRTY_FILE).unlink()
-            return kb
+            lock = IndexLock(folder).acquire()
+            store: ChunkStore | None = None
+            try:
+                store = open_store(folder, settings, identity.dimension, _bm25(settings.bm25_identity()))
+                incompatible = None
+                if IndexInfo.exists(store):
+                    info = IndexInfo.read(store)
+                    store.use_bm25(_bm25(info.bm25))
+                    try:
+                        _check_compatible(folder, info, identity, settings)
+                    except (EmbedderMismatchError, ConfigError) as exc:
+                        if not for_rebuild:
+                            raise
+                        incompatible = str(exc)
+                else:
+                    info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
+                    info.write(store)
+                kb = cls(folder, settings, store, info, lock, incompatible)
+            except BaseException:
+                if store is not None:
+                    store.close()
+                lock.release()
+                raise
+            _OPEN[key] = (weakref.ref(kb), id(kb))
+        try:
+            kb._recover()
         except BaseException:
-            if store is not None:
-                store.close()
-            lock.release()
+            kb.close()
             raise
+        return kb
+
+    def _recover(self) -> None:
+        unstamped = sum(1 for entry in self.manifest.documents.values() if entry.acl is None)
+        if unstamped:
+            log.warning(
+                "%s: %d documents were indexed before access control and are readable only by trusted "
+                "callers until the next reindex stamps their ACL (payload only, no re-embedding).",
+                self.path,
+                unstamped,
+            )
+        if self.journal.dirty():
+            self.journal.recover()
+        self.damage = check_store(self.store, self.manifest)
+        if self.damage.damaged:
+            log.warning(self.damage.describe(str(self.path)))
 
     def close(self) -> None:
-        self.store.close()
-        if self._lock is not None:
-            self._lock.release()
+        self._finalizer()
 
     def __enter__(self) -> KnowledgeBase:
         return self
@@ -252,6 +308,95 @@ class KnowledgeBase:
         """A LlamaIndex retriever over the documents ``user`` may read (everything when ``None``)."""
         return HybridRetriever(self.store, self.embedder, self.settings, k, filters, mode, fusion, user=user)
 
+    # -- sources -------------------------------------------------------------------------------------
+    @property
+    def sources(self) -> dict[str, DocumentSource]:
+        """The index's sources by name (stored ones and those kb.toml declares)."""
+        return dict(self.registry.sources)
+
+    def add_source(self, name: str, path: str | Path, **options: Any) -> DocumentSource:
+        """Register a folder as source ``name`` (options: include, exclude, acl, acl_file, metadata, url,
+        anchor_style, asciidoc_patterns). Nothing is indexed until ``reindex(source=name)``."""
+        if name in self.registry.sources:
+            raise ConfigError(f"source {name!r} exists already ({self.registry.sources[name].path}); "
+                              "change it with update_source (kb source set), or pick another name")  # fmt: skip
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"{path}: not a folder; a source is a folder of documents")
+        other = self.registry.for_folder(folder)
+        if other is not None:
+            raise ConfigError(f"{folder} is already source {other.name!r}; one folder is one source")
+        return self.registry.put(_validated(name=name, path=str(folder), **options))
+
+    def update_source(self, name: str, **changes: Any) -> DocumentSource:
+        """Change a source's settings. A new ``path`` (the folder moved) re-embeds nothing; a new URL template
+        or metadata rewrites payloads on the next reindex, vectors reused; a new ``acl`` is a payload update."""
+        current = self.registry.get(name)
+        if current.origin == "kb.toml":
+            raise ConfigError(f"source {name!r} is declared in {self.path}/kb.toml; change it there")
+        if "path" in changes and not Path(changes["path"]).expanduser().is_dir():
+            raise ConfigError(f"{changes['path']}: not a folder")
+        data = {**current.model_dump(), **changes}
+        return self.registry.put(_validated(**data))
+
+    def remove_source(self, name: str) -> int:
+        """Delete source ``name`` and every document that came from it (nothing else); returns documents deleted."""
+        source = self.registry.get(name)
+        if source.origin == "kb.toml":
+            raise ConfigError(f"source {name!r} is declared in {self.path}/kb.toml; remove it there first")
+        with self._writing_source(name):
+            doc_ids = sorted(self.manifest.of_source(name))
+            if doc_ids:
+                with self.journal.writing(), self.store.transaction():
+                    self.manifest.commit(delete=doc_ids)
+                    self.store.delete_documents(doc_ids)
+            self.registry.remove(name)
+        return len(doc_ids)
+
+    def rename_source(self, old: str, new: str) -> IngestReport:
+        """Rename a source: its documents get ``new:path`` ids, their vectors reused (nothing re-embedded)."""
+        source = self.registry.get(old)
+        if source.kind is not SourceKind.FOLDER:
+            raise ConfigError(f"source {old!r} has no folder to re-read; only folder sources can be renamed")
+        if new in self.registry.sources:
+            raise ConfigError(f"source {new!r} exists already")
+        renamed = self.registry.put(_validated(**{**source.model_dump(), "name": new, "origin": "api"}))
+        with self._writing_source(old), self._writing_source(new):
+            report = self._apply(plan_source(renamed, self.manifest, self.settings, sync=True, adopt_from=old))
+            leftover = sorted(self.manifest.of_source(old))
+            if leftover:  # indexed, but their files are gone: what a reindex of the old source would delete
+                with self.journal.writing(), self.store.transaction():
+                    self.manifest.commit(delete=leftover)
+                    self.store.delete_documents(leftover)
+                report.deleted.extend(leftover)
+            self.registry.remove(old)
+        return report
+
+    def source_for_folder(self, folder: str | Path, acl: list[str] | None = None,
+                          metadata: dict[str, Any] | None = None) -> DocumentSource:  # fmt: skip
+        """The source of ``folder``: the one registered for it; else the source named after the folder (its base
+        name) when that source's own folder no longer exists — the folder moved, as a CI checkout does from one
+        run to the next, and nothing is re-embedded; else a new source under that name (``docs-2`` if taken).
+        A given ``acl`` or ``metadata`` is stored with the source and stays until changed explicitly."""
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{folder}: not a folder; pass the folder that holds the documents")
+        source = self.registry.for_folder(path)
+        if source is None:
+            named = self.registry.sources.get(self.registry.name_for_folder(path, unique=False))
+            if named is not None and named.kind is SourceKind.FOLDER and not named.folder.is_dir():
+                log.warning("source %r moved from %s to %s", named.name, named.path, path.resolve())
+                source = self.registry.put(named.model_copy(update={"path": str(path)}))
+        changes = {k: v for k, v in (("acl", acl), ("metadata", metadata)) if v is not None}
+        if source is None:
+            return self.registry.put(_validated(name=self.registry.name_for_folder(path), path=str(path), **changes))
+        changed = _validated(**{**source.model_dump(), **changes})
+        if changed == source:
+            return source
+        if source.origin == "kb.toml":
+            raise ConfigError(f"source {source.name!r} is declared in kb.toml; change its acl/metadata there")
+        return self.registry.put(changed)
+
     # -- operations ----------------------------------------------------------------------------------
     def ingest(
         self,
@@ -260,106 +405,235 @@ class KnowledgeBase:
         progress: Progress | None = None,
         acl: list[str] | None = None,
     ) -> IngestReport:
-        """Add new and changed documents under ``folder`` (Markdown, reST, HTML, text) to the index.
+        """Add new and changed documents under ``folder`` (its source: see :meth:`source_for_folder`).
 
-        Documents already indexed from elsewhere are kept; use :meth:`reindex` to mirror a folder.
-        ``acl`` (group names) overrides every document's own ACL (see :mod:`kb.acl`).
-        """
+        Documents the folder no longer has are kept; use :meth:`reindex` to mirror it. ``acl`` (group names)
+        becomes the source's ACL: a ceiling its documents' own ACLs can narrow but never widen."""
         self._require_incremental()
-        return self._indexer().ingest(folder, metadata, progress, acl)
+        source = self.source_for_folder(folder, acl, metadata)
+        with self._writing_source(source.name):
+            return self._run(source, sync=False, progress=progress)
 
     def reindex(
         self,
-        folder: str | Path,
+        folder: str | Path | None = None,
         full: bool = False,
         dry_run: bool = False,
         metadata: dict[str, Any] | None = None,
         progress: Progress | None = None,
         acl: list[str] | None = None,
+        *,
+        source: str | None = None,
+        allow_mass_delete: bool = False,
+        repair: bool = False,
+        verify: bool = False,
     ) -> IngestReport:
-        """Make the index mirror ``folder``: add new, replace changed, delete removed documents.
+        """Make the index mirror a source: add new, replace changed, delete removed documents.
 
-        ``dry_run`` only plans. ``full`` rebuilds everything into a new shard, swapped in when complete
-        (needed after changing the embedder or the chunk settings; queries keep using the old one meanwhile).
+        Which source: ``source="runbooks"``; or ``folder`` (a folder → its source, registered on first use;
+        a source name works too); neither → every folder source (``kb reindex --all``). ``dry_run`` only
+        plans. Deleting more than ``max_delete_fraction`` of a source is refused (the report says why)
+        unless ``allow_mass_delete``. ``repair`` first drops what a damaged store lost, then re-reads and
+        re-embeds only that. ``verify`` hashes every file (no size/mtime fast path). ``full`` rebuilds every
+        source into a new store, swapped in when complete (after changing the embedder or chunk settings).
         """
+        targets = self._targets(folder, source, acl, metadata)
         if full:
-            return self._rebuild(folder, dry_run, metadata, progress, acl)
+            return self._rebuild(targets, dry_run, progress, allow_mass_delete)
         self._require_incremental()
-        indexer = self._indexer()
-        plan = indexer.plan(folder, sync=True, acl=acl)
-        if dry_run:
-            report = IngestReport(
-                added=plan.added,
-                changed=plan.changed,
-                deleted=plan.deleted,
-                unchanged=plan.unchanged,
-                acl_changed=list(plan.acl_changed),
-                dry_run=True,
-            )
-            report.skipped, report.seconds = list(plan.skipped), plan.seconds
-            return report
-        return indexer.apply(plan, metadata, progress)
+        if repair:
+            self._drop_damaged({s.name for s in targets})
+        elif self.damage.damaged and not dry_run:
+            raise IndexDamagedError(self.damage.describe(str(self.path)))
+        report = IngestReport(dry_run=dry_run)
+        with ExitStack() as held:
+            for target in targets:
+                held.enter_context(self._writing_source(target.name))
+            for target in targets:
+                part = self._run(target, True, progress, dry_run, allow_mass_delete, verify)
+                report.merge(part)
+            if repair:
+                report.repaired = sorted(set(self._repairing) & set(report.added))
+                self._repairing = []
+                self.damage = check_store(self.store, self.manifest)
+        return report
 
-    def reindex_in_background(self, folder: str | Path, **options: Any) -> ReindexJob:
+    def reindex_in_background(self, folder: str | Path | None = None, **options: Any) -> ReindexJob:
         """Run :meth:`reindex` in a thread; this object keeps answering queries meanwhile."""
         return ReindexJob(lambda progress: self.reindex(folder, progress=progress, **options))
 
-    def _indexer(self, store: ChunkStore | None = None, manifest: Manifest | None = None) -> Indexer:
+    def _targets(
+        self, folder: str | Path | None, source: str | None, acl: list[str] | None, metadata: dict[str, Any] | None
+    ) -> list[DocumentSource]:
+        if source is not None:
+            target = self.registry.get(source)
+            if acl is not None or metadata is not None:
+                target = self.update_source(
+                    source, **{k: v for k, v in (("acl", acl), ("metadata", metadata)) if v is not None}
+                )
+            return [target]
+        if folder is not None:
+            if not Path(folder).is_dir() and str(folder) in self.registry.sources:
+                return self._targets(None, str(folder), acl, metadata)
+            return [self.source_for_folder(folder, acl, metadata)]
+        folders = [s for s in self.registry.sources.values() if s.kind is SourceKind.FOLDER]
+        if not folders:
+            raise ConfigError(f"{self.path} has no sources yet: kb source add NAME FOLDER, or kb reindex FOLDER")
+        return folders
+
+    def _run(
+        self,
+        source: DocumentSource,
+        sync: bool,
+        progress: Progress | None = None,
+        dry_run: bool = False,
+        allow_mass_delete: bool = False,
+        verify: bool = False,
+    ) -> IngestReport:
+        plan = plan_source(source, self.manifest, self.settings, sync, verify, allow_mass_delete)
+        if dry_run:
+            return _dry_report(plan)
+        report = self._apply(plan, progress)
+        self.registry.record_run(
+            source.name, report.summary(), [{"doc_id": s.doc_id, "reason": s.reason} for s in report.skipped]
+        )
+        return report
+
+    def _apply(self, plan: IndexPlan, progress: Progress | None = None, indexer: Indexer | None = None) -> IngestReport:
+        return (indexer or self._indexer()).apply(plan, progress)
+
+    def _writing_source(self, name: str) -> threading.Lock:
+        """One writer per source in this process (another source may be reindexed meanwhile)."""
+        with self._locks_guard:
+            return self._source_locks.setdefault(name, threading.Lock())
+
+    def _indexer(self, store: ChunkStore | None = None, manifest: Manifest | None = None,
+                 journal: Journal | None = None) -> Indexer:  # fmt: skip
         counter = TokenCounter.for_model(self.embedder.model_path)
         return Indexer(
             store or self.store,
             self.embedder,
-            self.chunker(),
             counter,
             self.manifest if manifest is None else manifest,
-            self.path,
+            journal or self.journal,
             self.settings,
         )
 
+    def _drop_damaged(self, sources: set[str]) -> None:
+        """For a repair: forget what the store lost (documents of ``sources``), so the reindex re-adds it."""
+        damage = check_store(self.store, self.manifest)
+        documents = self.manifest.snapshot()
+        lost = [d for d in damage.missing if documents[d].source in sources]
+        with self.journal.writing(), self.store.transaction():
+            for doc_id in lost:
+                self.store.delete_version(doc_id, documents[doc_id].doc_hash)
+            self.manifest.commit(delete=lost)
+        if damage.orphans:
+            self.journal.recover()  # orphans are versions the manifest does not name: the sweep's job
+        self._repairing = lost
+        self.damage = check_store(self.store, self.manifest)
+
     def _require_incremental(self) -> None:
         if self._incompatible:
-            raise FullRebuildRequired(f"{self._incompatible}\nRun: kb reindex DOCS --kb {self.path} --full")
+            raise FullRebuildRequired(f"{self._incompatible}\nRun: kb reindex --all --kb {self.path} --full")
         if self.info.chunking != self.settings.chunking_identity():
             raise FullRebuildRequired(
                 f"{self.path} was chunked with {self.info.chunking}, the settings now say "
                 f"{self.settings.chunking_identity()}; mixing both would leave incompatible chunks. "
-                f"Rebuild with: kb reindex DOCS --kb {self.path} --full (or restore the old values)."
+                f"Rebuild with: kb reindex --all --kb {self.path} --full (or restore the old values)."
             )
 
     def _rebuild(
-        self,
-        folder: str | Path,
-        dry_run: bool,
-        metadata: dict[str, Any] | None,
-        progress: Progress | None,
-        acl: list[str] | None,
+        self, targets: list[DocumentSource], dry_run: bool, progress: Progress | None, allow_mass_delete: bool
     ) -> IngestReport:
+        """Every folder source into a new store; promoted only if it keeps what the old one held."""
         identity = model_identity(self.settings.embedder_model)
+        sources = {s.name: s for s in self.registry.sources.values() if s.kind is SourceKind.FOLDER}
+        sources.update({s.name: s for s in targets})
         store = self.store.staging(identity.dimension, _bm25(self.settings.bm25_identity()))
-        manifest = Manifest()
-        indexer = self._indexer(store, manifest)
-        if identity.sha256 == self.info.embedder.get("sha256"):
+        manifest = Manifest(store.manifest_backend())
+        journal = Journal(store, manifest)
+        indexer = self._indexer(store, manifest, journal)
+        same_model = identity.sha256 == self.info.embedder.get("sha256")
+        if same_model:
             indexer.vector_cache = self.store  # same model: unchanged chunk texts keep their vectors
+        report = IngestReport(dry_run=dry_run)
         try:
-            plan = indexer.plan(folder, sync=True, acl=acl)
-            if dry_run:
-                self.store.discard(store)
-                report = IngestReport(added=plan.added, unchanged=0, dry_run=True)
-                report.skipped, report.seconds = list(plan.skipped), plan.seconds
-                return report
-            report = indexer.apply(plan, metadata, progress)
-            manifest.write(store)
-            IndexInfo(identity.as_dict(), self.settings.chunking_identity(), self.settings.bm25_identity()).write(store)
+            with ExitStack() as held:
+                for name in sources:
+                    held.enter_context(self._writing_source(name))
+                for source in sources.values():
+                    plan = plan_source(source, manifest, self.settings, sync=True)
+                    report.merge(_dry_report(plan) if dry_run else indexer.apply(plan, progress))
+                if dry_run:
+                    raise _DryRun
+                refusal = self._rebuild_losses(manifest, same_model, allow_mass_delete)
+                if refusal:
+                    report.refused_deletes = refusal
+                    raise _DryRun
+                IndexInfo(identity.as_dict(), self.settings.chunking_identity(), self.settings.bm25_identity()).write(
+                    store
+                )
+                self.registry.save_to(store)
+                with self.store.transaction():  # queries wait for the swap, then see the new index
+                    self.manifest.close()
+                    manifest.close()
+                    self.store.promote(store)
+                    self.info = IndexInfo.read(self.store)
+                    self.manifest = Manifest(self.store.manifest_backend())
+                    self.journal = Journal(self.store, self.manifest, self.path / LEGACY_DIRTY_FILE)
+                    self.registry.save()
+                    self._incompatible = None
+                    self.damage = Damage()
+        except _DryRun:
+            manifest.close()
+            self.store.discard(store)
         except BaseException:
+            manifest.close()
             self.store.discard(store)
             raise
-        with self.store.transaction():  # queries wait for the swap, then see the new index
-            self.store.promote(store)
-            self.info = IndexInfo.read(self.store)
-            self.manifest = Manifest.read(self.store)
-            self._incompatible = None
         return report
 
+    def _rebuild_losses(self, rebuilt: Manifest, same_model: bool, allowed: bool) -> str:
+        """Why the rebuilt store may not replace the current one: it would lose too many documents."""
+        current = self.manifest.snapshot()
+        lost = [d for d in current if d not in rebuilt.documents]
+        if allowed or len(lost) <= 1 or len(lost) <= self.settings.max_delete_fraction * len(current):
+            return ""
+        example = ", ".join(lost[:3])
+        return (
+            f"the rebuilt index would lose {len(lost)} of {len(current)} documents (e.g. {example}): they are in "
+            "no source folder now (documents indexed before sources existed, nodes added with kb.store.add, or "
+            "missing folders). Nothing was replaced. Add their folders as sources, or pass --allow-mass-delete."
+        )
+
+    # -- nodes added through the LlamaIndex interface ---------------------------------------------------
+    def _default_acl(self) -> list[str]:
+        return [PUBLIC] if self.settings.acl_default is AclDefault.PUBLIC else []
+
+    def _record_nodes(self, records: list[tuple[str, ChunkRecord]]) -> None:
+        """Manifest entries for nodes added with ``kb.store.add``: counted, listed, readable by policy."""
+        if NODES_SOURCE not in self.registry.sources:
+            self.registry.put(DocumentSource(name=NODES_SOURCE, kind=SourceKind.NODES))
+        documents = self.manifest.snapshot()
+        put: dict[str, DocumentEntry] = {}
+        for doc_id in {record.doc_id for _, record in records}:
+            first = next(r for _, r in records if r.doc_id == doc_id)
+            previous = documents.get(doc_id)
+            put[doc_id] = DocumentEntry(
+                doc_hash=first.doc_hash,
+                chunks=self.store.count({"doc_id": [doc_id], "doc_hash": [first.doc_hash]}),
+                mtime=previous.mtime if previous else 0.0,
+                size=sum(len(r.text) for _, r in records if r.doc_id == doc_id) + (previous.size if previous else 0),
+                source_format=first.source_format,
+                title=first.title,
+                acl=first.acl,
+                source=first.source,
+                path=first.path,
+            )
+        self.manifest.commit(put=put)
+
+    # -- reading -------------------------------------------------------------------------------------
     def search(
         self,
         query: str,
@@ -377,15 +651,12 @@ class KnowledgeBase:
         ``rerank_score`` then holds its 0..1 relevance)."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("query: expected a non-empty question or keywords")
-        if k < 1:
-            raise ConfigError(f"k: expected a positive number of results, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k: expected a positive number of results, got {k!r}")
         reranker = self.reranker if rerank else None
         depth = max(k, self.settings.reranker_candidates) if reranker is not None else k
         nodes = self.retriever(k, filters, mode, user=user).search(query, k=depth).nodes
-        hits = [
-            Hit.from_payload(n.node.node_id, n.score or 0.0, {**n.node.metadata, "text": n.node.get_content()})
-            for n in nodes
-        ]
+        hits = [Hit.of(n.node.node_id, n.score or 0.0, ChunkRecord.from_node(n.node)) for n in nodes]
         if reranker is None or not hits:
             return hits
         ranked = reranker.rank(query, [h.text for h in hits], k, [h.score for h in hits])
@@ -409,7 +680,27 @@ class KnowledgeBase:
         """Like :meth:`ask`, as a stream: text pieces as they are generated, then the :class:`Answer`."""
         return self.answer_engine(filters, user).stream(question)
 
+    def source_rows(self) -> list[dict[str, Any]]:
+        """Per source: its settings, documents, chunks, last reindex and what it skipped (``kb source list``)."""
+        documents = self.manifest.snapshot()
+        rows = []
+        for source in self.registry.sources.values():
+            mine = [e for e in documents.values() if e.source == source.name]
+            status = self.registry.status.get(source.name)
+            rows.append(
+                {
+                    **source.model_dump(mode="json"),
+                    "documents": len(mine),
+                    "chunks": sum(e.chunks for e in mine),
+                    "last_reindex": status.last_reindex if status else 0.0,
+                    "last_summary": status.summary if status else "",
+                    "skipped": status.skipped if status else [],
+                }
+            )
+        return rows
+
     def status(self) -> Status:
+        documents = self.manifest.snapshot()
         return Status(
             path=str(self.path),
             store=self.store.describe(),
@@ -420,18 +711,25 @@ class KnowledgeBase:
                 "blend": self.reranker.blend if self.reranker is not None else None,
                 "note": self.reranker_note,
             },
-            documents=len(self.manifest.documents),
+            documents=len(documents),
             chunks=self.store.count(),
             disk_bytes=self.store.disk_bytes(),
             embedder=self.info.embedder,
             chunking=self.info.chunking,
             updated_at=self.manifest.updated_at,
             settings=self.settings.public_dump(),
+            sources=self.source_rows(),
+            damage=self.damage.describe(str(self.path)) if self.damage.damaged else "",
+            legacy_documents=sum(1 for e in documents.values() if not e.source),
         )
 
 
 class FullRebuildRequired(ConfigError):
     """The settings changed what chunks or vectors look like: only ``reindex(full=True)`` may proceed."""
+
+
+class _DryRun(Exception):
+    """Unwinds a rebuild that must not be promoted (dry run, or refused)."""
 
 
 class ReindexJob:
@@ -466,6 +764,63 @@ class ReindexJob:
         if self.report is None:
             raise TimeoutError("reindex still running")
         return self.report
+
+
+def _dry_report(plan: IndexPlan) -> IngestReport:
+    report = IngestReport(
+        added=list(plan.added),
+        changed=list(plan.changed),
+        deleted=[] if plan.refused_deletes else list(plan.deleted),
+        unchanged=plan.unchanged,
+        acl_changed=list(plan.acl_changed),
+        refreshed=list(plan.refreshed),
+        adopted=list(plan.adopted),
+        skipped=list(plan.skipped),
+        refused_deletes=plan.refused_deletes,
+        not_deleted=list(plan.deleted) if plan.refused_deletes else [],
+        sources=[plan.source.name],
+        dry_run=True,
+    )
+    report.timings["plan"] = report.seconds = plan.seconds
+    return report
+
+
+def _validated(**values: Any) -> DocumentSource:
+    from pydantic import ValidationError
+
+    try:
+        return DocumentSource.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"]) or "source"
+        raise ConfigError(f"source {field_name}: {err['msg'].removeprefix('Value error, ')}") from exc
+
+
+@dataclass
+class _Held:
+    """What an open KnowledgeBase must give back (kept apart from it, so collecting it can release them)."""
+
+    store: ChunkStore
+    manifest: Manifest
+    lock: IndexLock | None
+
+
+def _release(held: _Held, key: Path, ident: int) -> None:
+    """Close what an open KnowledgeBase holds (on close(), or when it is garbage-collected)."""
+    try:
+        held.manifest.close()
+        held.store.close()
+    finally:
+        if held.lock is not None:
+            held.lock.release()
+        with _OPEN_LOCK:
+            if key in _OPEN and _OPEN[key][1] == ident:
+                del _OPEN[key]
+
+
+def _index_exists(folder: Path) -> bool:
+    # A server-backed index keeps its state in the collection: its folder holds only kb.toml.
+    return (folder / INDEX_FILE).is_file() or (folder / "kb.toml").is_file()
 
 
 def _bm25(identity: dict[str, Any]) -> Bm25Encoder:

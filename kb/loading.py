@@ -1,12 +1,11 @@
-"""Find source files under a folder and load each into a :class:`SourceDocument`.
+"""Find source files under a folder, and read and parse each into a :class:`SourceDocument`.
 
-    >>> from kb.loading import load_folder
-    >>> from kb.settings import Settings
-    >>> docs, skipped = load_folder("kb/sample_kb", Settings())
-    >>> docs[0].doc_id, docs[0].source_format          # doctest: +SKIP
-    ('api/authentication.md', <SourceFormat.MARKDOWN: 'markdown'>)
+    >>> from kb.loading import Selection, discover
+    >>> found = list(discover(Path("kb/sample_kb"), Selection.from_settings(Settings())))   # doctest: +SKIP
 
-A file that cannot be loaded never stops the run: it comes back in ``skipped`` with the reason.
+A file that cannot be loaded never stops the run: it comes back as a skip with the reason. A folder that
+cannot be listed (permissions, a network mount that dropped) is a skip too, never an empty folder: a
+reindex keeps every document under it.
 """
 
 from __future__ import annotations
@@ -15,17 +14,13 @@ import fnmatch
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from kb.document import ParsedDocument
 from kb.errors import SourceError
-from kb.parsers.html import parse_html
-from kb.parsers.markdown import parse_markdown
-from kb.parsers.rst import parse_rst
-from kb.parsers.text import parse_text
 from kb.settings import Settings
 
 
@@ -34,25 +29,28 @@ class SourceFormat(StrEnum):
     RST = "rst"
     HTML = "html"
     TEXT = "text"
+    ASCIIDOC = "asciidoc"
+    PDF = "pdf"
+    DOCX = "docx"
+    DOC = "doc"  # old binary Word: recognised only to say why it is skipped
 
-
-PARSERS: dict[SourceFormat, Callable[[str], ParsedDocument]] = {
-    SourceFormat.MARKDOWN: parse_markdown,
-    SourceFormat.RST: parse_rst,
-    SourceFormat.HTML: parse_html,
-    SourceFormat.TEXT: parse_text,
-}
 
 # Longest suffix first, so "x.rst.txt" is reST and not plain text.
 _SUFFIXES: list[tuple[str, SourceFormat]] = [
     (".rst.txt", SourceFormat.RST),
     (".markdown", SourceFormat.MARKDOWN),
+    (".asciidoc", SourceFormat.ASCIIDOC),
+    (".adoc", SourceFormat.ASCIIDOC),
     (".md", SourceFormat.MARKDOWN),
     (".rst", SourceFormat.RST),
     (".html", SourceFormat.HTML),
     (".htm", SourceFormat.HTML),
+    (".pdf", SourceFormat.PDF),
+    (".docx", SourceFormat.DOCX),
+    (".doc", SourceFormat.DOC),
     (".txt", SourceFormat.TEXT),
 ]
+BINARY_FORMATS = frozenset({SourceFormat.PDF, SourceFormat.DOCX, SourceFormat.DOC})
 
 _BOMS: list[tuple[bytes, str]] = [
     (b"\xef\xbb\xbf", "utf-8-sig"),
@@ -61,9 +59,46 @@ _BOMS: list[tuple[bytes, str]] = [
 ]
 
 
+@dataclass(frozen=True)
+class ParseOptions:
+    """What parsing one file depends on (picklable: parse workers receive it)."""
+
+    max_file_bytes: int = 20_000_000
+    max_pdf_pages: int = 2000
+    asciidoc_patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, asciidoc_patterns: list[str] | None = None) -> ParseOptions:
+        patterns = settings.asciidoc_patterns if asciidoc_patterns is None else asciidoc_patterns
+        return cls(settings.max_file_bytes, settings.max_pdf_pages, tuple(patterns))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which files of a folder are documents: name globs to include and exclude, and the AsciiDoc ones."""
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    options: ParseOptions = field(default_factory=ParseOptions)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        asciidoc_patterns: list[str] | None = None,
+    ) -> Selection:
+        return cls(
+            tuple(settings.include if include is None else include),
+            tuple(settings.exclude if exclude is None else exclude),
+            ParseOptions.from_settings(settings, asciidoc_patterns),
+        )
+
+
 @dataclass
 class SourceDocument:
-    """One loaded file. ``doc_id`` is its path relative to the ingested root, with ``/`` separators."""
+    """One loaded file. ``doc_id`` is ``source:path`` (or the bare path, outside a source)."""
 
     doc_id: str
     path: Path
@@ -75,7 +110,7 @@ class SourceDocument:
 
     @property
     def title(self) -> str:
-        return self.parsed.title or Path(self.doc_id).name
+        return self.parsed.title or Path(self.doc_id.split(":", 1)[-1]).name
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -84,38 +119,125 @@ class SourceDocument:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file left out of the index and why (one line of the ingest summary)."""
+    """A file (or folder, ``path/``) left out of the index and why (one line of the ingest summary)."""
 
     doc_id: str
     reason: str
 
 
-def detect_format(name: str) -> SourceFormat | None:
+@dataclass(frozen=True)
+class Found:
+    """One entry of a folder listing: a file (``path`` set) or a folder that could not be listed."""
+
+    relative: str
+    path: Path | None = None
+    error: str = ""
+
+    @property
+    def unreadable_folder(self) -> bool:
+        return self.path is None
+
+
+def detect_format(name: str, asciidoc_patterns: tuple[str, ...] | list[str] = ()) -> SourceFormat | None:
     lower = name.lower()
+    if any(fnmatch.fnmatch(name, pattern) for pattern in asciidoc_patterns):
+        return SourceFormat.ASCIIDOC
     return next((fmt for suffix, fmt in _SUFFIXES if lower.endswith(suffix)), None)
 
 
-def discover(root: Path, settings: Settings) -> Iterator[tuple[str, Path]]:
-    """(doc_id, path) of every file under ``root`` that the include/exclude patterns select, sorted.
+def discover(root: Path, selection: Selection) -> Iterator[Found]:
+    """Every file under ``root`` that the selection picks (sorted), and every folder that cannot be read.
 
     Symlinks are followed only while they stay inside ``root`` and never twice to the same folder, so
-    link loops and links out of the tree are ignored.
+    link loops and links out of the tree are ignored. ``root`` itself unreadable is a :class:`SourceError`:
+    a reindex must not take an unreadable folder for an empty one.
     """
-    root = root.resolve()
+    resolved = root.resolve()
+    try:
+        os.scandir(resolved).close()
+    except OSError as exc:
+        raise SourceError(
+            f"{root}: cannot list the folder ({exc.strerror or exc}); nothing was changed. "
+            "Check its permissions or mount."
+        ) from exc
+    errors: list[OSError] = []
     seen_dirs: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(resolved, followlinks=True, onerror=errors.append):
+        yield from _unlistable(errors, resolved)
         here = Path(dirpath)
         real = here.resolve()
-        if real in seen_dirs or not real.is_relative_to(root):
+        if real in seen_dirs or not real.is_relative_to(resolved):
             dirnames[:] = []
             continue
         seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _matches(d, settings.exclude))
+        dirnames[:] = sorted(d for d in dirnames if not _matches(d, selection.exclude))
         for name in sorted(filenames):
-            if _matches(name, settings.exclude) or not _matches(name, settings.include):
+            if _matches(name, selection.exclude) or not (
+                _matches(name, selection.include) or _matches(name, selection.options.asciidoc_patterns)
+            ):
                 continue
             path = here / name
-            yield path.relative_to(root).as_posix(), path
+            yield Found(path.relative_to(resolved).as_posix(), path)
+    yield from _unlistable(errors, resolved)
+
+
+def _unlistable(errors: list[OSError], root: Path) -> Iterator[Found]:
+    while errors:
+        exc = errors.pop(0)
+        where = Path(exc.filename or root)
+        try:
+            relative = where.relative_to(root).as_posix()
+        except ValueError:
+            relative = str(where)
+        yield Found(
+            relative.rstrip("/") + "/",
+            None,
+            f"folder cannot be listed ({exc.strerror or exc}); its documents are kept as indexed",
+        )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a plan knows of a file before reading it: the name checks passed, its size and mtime."""
+
+    path: Path
+    size: int
+    mtime: float
+
+
+def inspect_file(path: Path, options: ParseOptions, root: Path | None = None) -> FileInfo:
+    """Check one file without reading it; raises :class:`SourceError` with a reason a person can act on.
+
+    With ``root``, a path that resolves outside it (a symlink out of the tree) is refused."""
+    if detect_format(path.name, options.asciidoc_patterns) is None:
+        raise SourceError(f"unsupported file type; supported: {', '.join(s for s, _ in _SUFFIXES)}")
+    check_name(Path(os.path.relpath(path, root)) if root is not None else Path(path.name))
+    try:
+        real = path.resolve(strict=True)
+        if root is not None and not real.is_relative_to(root.resolve()):
+            raise SourceError("symlink to a file outside the ingested folder; not followed")
+        stat = real.stat()
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
+    if not real.is_file():
+        raise SourceError("not a regular file")
+    if stat.st_size > options.max_file_bytes:
+        raise SourceError(
+            f"{stat.st_size:,} bytes is over max_file_bytes={options.max_file_bytes:,}; raise the setting to include it"
+        )
+    return FileInfo(real, stat.st_size, stat.st_mtime)
+
+
+def hash_file(info: FileInfo) -> str:
+    """sha256 of the file, read in blocks (a plan holds hashes, never whole files)."""
+    digest = hashlib.sha256()
+    try:
+        with info.path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -129,30 +251,18 @@ class RawFile:
     size: int
 
 
-def read_file(path: Path, settings: Settings, root: Path | None = None) -> RawFile:
-    """Read one file (cheap: no parsing), so unchanged documents can be recognised by content hash.
-
-    With ``root``, a path that resolves outside it (a symlink out of the tree) is refused.
-    """
-    if detect_format(path.name) is None:
-        raise SourceError(f"unsupported file type; supported: {', '.join(s for s, _ in _SUFFIXES)}")
-    check_name(Path(os.path.relpath(path, root)) if root is not None else Path(path.name))
+def read_file(path: Path, options: ParseOptions | Settings, root: Path | None = None) -> RawFile:
+    """Read one file (checks as :func:`inspect_file`), with the hash of exactly the bytes read."""
+    if isinstance(options, Settings):
+        options = ParseOptions.from_settings(options)
+    info = inspect_file(path, options, root)
     try:
-        real = path.resolve(strict=True)
-        if root is not None and not real.is_relative_to(root.resolve()):
-            raise SourceError("symlink to a file outside the ingested folder; not followed")
-        stat = real.stat()
-        if not real.is_file():
-            raise SourceError("not a regular file")
-        if stat.st_size > settings.max_file_bytes:
-            raise SourceError(
-                f"{stat.st_size:,} bytes is over max_file_bytes={settings.max_file_bytes:,}; "
-                "raise the setting to include it"
-            )
-        data = real.read_bytes()
+        data = info.path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
-    return RawFile(path, data, hashlib.sha256(data).hexdigest(), stat.st_mtime, len(data))
+    if len(data) > options.max_file_bytes:  # it grew since it was checked
+        raise SourceError(f"{len(data):,} bytes is over max_file_bytes={options.max_file_bytes:,}")
+    return RawFile(path, data, hashlib.sha256(data).hexdigest(), info.mtime, len(data))
 
 
 def check_name(relative: Path) -> None:
@@ -166,21 +276,69 @@ def check_name(relative: Path) -> None:
         raise SourceError("file name contains control characters (a newline?); rename the file")
 
 
-def parse_file(raw: RawFile, doc_id: str) -> SourceDocument:
-    """Decode and parse a file read by :func:`read_file`."""
-    source_format = detect_format(raw.path.name)
-    assert source_format is not None  # read_file checked it
-    text = decode(raw.data)
+def _text_parser(parse: Callable[[str], ParsedDocument]) -> Callable[[bytes, ParseOptions], ParsedDocument]:
+    return lambda data, _options: parse(decode(data))
+
+
+def _parse_doc(_data: bytes, _options: ParseOptions) -> ParsedDocument:
+    raise SourceError("old binary Word format (.doc) is not read; save the file as .docx to include it")
+
+
+def _parsers() -> dict[SourceFormat, Callable[[bytes, ParseOptions], ParsedDocument]]:
+    from kb.parsers.asciidoc import parse_asciidoc
+    from kb.parsers.docx import parse_docx
+    from kb.parsers.html import parse_html
+    from kb.parsers.markdown import parse_markdown
+    from kb.parsers.pdf import parse_pdf
+    from kb.parsers.rst import parse_rst
+    from kb.parsers.text import parse_text
+
+    return {
+        SourceFormat.MARKDOWN: _text_parser(parse_markdown),
+        SourceFormat.RST: _text_parser(parse_rst),
+        SourceFormat.HTML: _text_parser(parse_html),
+        SourceFormat.TEXT: _text_parser(parse_text),
+        SourceFormat.ASCIIDOC: _text_parser(parse_asciidoc),
+        SourceFormat.PDF: lambda data, options: parse_pdf(data, options.max_pdf_pages),
+        SourceFormat.DOCX: lambda data, options: parse_docx(data, max(5 * options.max_file_bytes, 50_000_000)),
+        SourceFormat.DOC: _parse_doc,
+    }
+
+
+_PARSERS: dict[SourceFormat, Callable[[bytes, ParseOptions], ParsedDocument]] = {}
+
+
+def parse_bytes(data: bytes, source_format: SourceFormat, options: ParseOptions | None = None) -> ParsedDocument:
+    """Parse a file's bytes as ``source_format`` (text formats are decoded first)."""
+    if not _PARSERS:
+        _PARSERS.update(_parsers())
     try:
-        parsed = PARSERS[source_format](text)
+        return _PARSERS[source_format](data, options or ParseOptions())
     except RecursionError as exc:
         raise SourceError("structure nested too deeply to parse") from exc
+
+
+def parse_text_as(text: str, source_format: SourceFormat) -> ParsedDocument:
+    """Parse already-decoded text (the LlamaIndex ``NodeParser`` face of the chunker)."""
+    if source_format in BINARY_FORMATS:
+        raise SourceError(f"{source_format.value} is a binary format; parse its bytes with parse_bytes")
+    return parse_bytes(text.encode("utf-8"), source_format)
+
+
+def parse_file(raw: RawFile, doc_id: str, options: ParseOptions | None = None) -> SourceDocument:
+    """Decode and parse a file read by :func:`read_file`."""
+    options = options or ParseOptions()
+    source_format = detect_format(raw.path.name, options.asciidoc_patterns)
+    if source_format is None:
+        raise SourceError("unsupported file type")
+    parsed = parse_bytes(raw.data, source_format, options)
     return SourceDocument(doc_id, raw.path, source_format, raw.content_hash, raw.mtime, raw.size, parsed)
 
 
 def load_file(path: Path, doc_id: str, settings: Settings, root: Path | None = None) -> SourceDocument:
     """Read, decode and parse one file. Raises :class:`SourceError` with a reason a person can act on."""
-    return parse_file(read_file(path, settings, root), doc_id)
+    options = ParseOptions.from_settings(settings)
+    return parse_file(read_file(path, options, root), doc_id, options)
 
 
 def decode(data: bytes) -> str:
@@ -202,21 +360,24 @@ def decode(data: bytes) -> str:
 
 
 def load_folder(root: str | Path, settings: Settings) -> tuple[list[SourceDocument], list[SkippedFile]]:
-    """Load every selected file under ``root``."""
+    """Load every selected file under ``root`` (doc ids: paths relative to it)."""
     root_path = Path(root)
     if not root_path.is_dir():
         raise SourceError(f"{root}: not a folder; pass the folder that holds the documents")
     documents: list[SourceDocument] = []
     skipped: list[SkippedFile] = []
-    for doc_id, path in discover(root_path, settings):
+    for found in discover(root_path, Selection.from_settings(settings)):
+        if found.path is None:
+            skipped.append(SkippedFile(found.relative, found.error))
+            continue
         try:
-            documents.append(load_file(path, doc_id, settings, root_path))
+            documents.append(load_file(found.path, found.relative, settings, root_path))
         except SourceError as exc:
-            skipped.append(SkippedFile(doc_id, str(exc)))
+            skipped.append(SkippedFile(found.relative, str(exc)))
     return documents, skipped
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 

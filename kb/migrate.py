@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kb.errors import ConfigError
-from kb.manifest import INDEX_FILE, MANIFEST_FILE, IndexInfo
+from kb.manifest import INDEX_FILE, IndexInfo, Manifest
 from kb.settings import Settings
+from kb.sources import SOURCES_STATE
 from kb.store import collection_name
 from kb.store.base import ChunkStore
 from kb.store.server import ServerChunkStore, collection_options, connect
@@ -78,10 +79,16 @@ def migrate(
             staging = target.staging(dimension, bm25)
             try:
                 report.points = _copy(kb.store, staging, batch)
-                for state in (INDEX_FILE, MANIFEST_FILE):
+                for state in (INDEX_FILE, SOURCES_STATE):
                     data = kb.store.read_state(state)
                     if data is not None:
                         staging.write_state(state, data)
+                copied = Manifest(staging.manifest_backend())
+                copied.commit(put=kb.manifest.snapshot())
+                if copied.snapshot() != kb.manifest.snapshot():
+                    raise ConfigError(
+                        f"the manifest copied into {name!r} differs from the source's; the target was left unchanged"
+                    )
                 staging.ensure_payload_indexes(kb.settings.indexed_fields)
                 report.mismatches = _compare(kb.store, staging)
                 if report.mismatches:

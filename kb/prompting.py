@@ -8,6 +8,7 @@ is an instruction, and :func:`leaks_prompt` lets the engine refuse an answer tha
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from llama_index.core.llms import ChatMessage, MessageRole
 
@@ -55,9 +56,14 @@ def build_messages(question: str, sources: list[Source]) -> list[ChatMessage]:
     ]
 
 
+@lru_cache(maxsize=4)
+def _instruction_runs(min_run: int) -> frozenset[str]:
+    words = re.findall(r"[a-z']+", SYSTEM_PROMPT.lower())
+    return frozenset(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
+
+
 def leaks_prompt(answer: str, min_run: int = 8) -> bool:
     """Whether ``answer`` repeats a run of ``min_run`` words from the instructions."""
-    words = re.findall(r"[a-z']+", SYSTEM_PROMPT.lower())
-    runs = {" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1)}
+    runs = _instruction_runs(min_run)
     answer_words = re.findall(r"[a-z']+", answer.lower())
     return any(" ".join(answer_words[i : i + min_run]) in runs for i in range(len(answer_words) - min_run + 1))

@@ -26,7 +26,6 @@ import os
 import shutil
 import tempfile
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,12 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.errors import ConfigError, ModelNotAvailableError
+from kb.settings import RerankerBackend
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "model-int8.onnx"
 CARD_FILE = "kb-reranker.json"
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class RerankerBackend(StrEnum):
-    """``onnx``: int8 ONNX Runtime (exported next to the model on first use); ``torch``: the model as is."""
-
-    ONNX = "onnx"
-    TORCH = "torch"
 
 
 class CrossEncoderReranker(BaseNodePostprocessor):

@@ -15,12 +15,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kb.acl import AclDefault
 from kb.errors import ConfigError
-from kb.reranking import RerankerBackend
+from kb.sources import DocumentSource
 
 SETTINGS_FILE = "kb.toml"
 
@@ -43,6 +43,13 @@ class FusionMethod(StrEnum):
     RRF = "rrf"
     WEIGHTED = "weighted"
     DBSF = "dbsf"
+
+
+class RerankerBackend(StrEnum):
+    """``onnx``: int8 ONNX Runtime (exported next to the model on first use); ``torch``: the model as is."""
+
+    ONNX = "onnx"
+    TORCH = "torch"
 
 
 class LlmBackend(StrEnum):
@@ -72,9 +79,9 @@ class Role(StrEnum):
 class ApiKey(BaseModel):
     """One key of the HTTP API (``kb serve``); ``groups`` are the reader groups its caller belongs to."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    key: str = Field(min_length=16, repr=False, description="The secret; at least 16 characters.")
+    key: SecretStr = Field(min_length=16, description="The secret; at least 16 characters.")
     role: Role = Role.READ
     name: str = Field("", description="Shown in logs instead of the key.")
     groups: list[str] = Field(default_factory=list)
@@ -83,7 +90,9 @@ class ApiKey(BaseModel):
 class Settings(BaseSettings):
     """Every knob of kb, with the defaults that the evaluation chose."""
 
-    model_config = SettingsConfigDict(env_prefix="KB_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="KB_", extra="forbid", validate_default=True, hide_input_in_errors=True
+    )
 
     # --- models -----------------------------------------------------------------------------------
     embedder_model: str = Field(
@@ -107,12 +116,42 @@ class Settings(BaseSettings):
         60.0, gt=0.0, description="Parsing and chunking one file may take this long; slower files are skipped."
     )
     include: list[str] = Field(
-        default_factory=lambda: ["*.md", "*.markdown", "*.rst", "*.rst.txt", "*.html", "*.htm", "*.txt"],
+        default_factory=lambda: [
+            "*.md", "*.markdown", "*.rst", "*.rst.txt", "*.html", "*.htm", "*.txt",
+            "*.adoc", "*.asciidoc", "*.pdf", "*.docx", "*.doc",
+        ],
         description="Glob patterns (matched on the file name) of files to ingest.",
-    )
+    )  # fmt: skip
     exclude: list[str] = Field(
         default_factory=lambda: [".*", "_build", "node_modules", "__pycache__"],
         description="Glob patterns of file or folder names to leave out.",
+    )
+    asciidoc_patterns: list[str] = Field(
+        default_factory=list,
+        description="File name globs read as AsciiDoc besides *.adoc and *.asciidoc (e.g. ['*.txt'] for git-doc).",
+    )
+    max_pdf_pages: int = Field(2000, ge=1, description="PDFs with more pages are skipped (a page bomb guard).")
+    parse_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Processes that parse and chunk files (a stuck parser is killed at max_file_seconds); "
+        "0 parses in-process, where only the chunker honours the time limit.",
+    )
+    parse_memory_mb: int = Field(
+        3072, ge=256, description="Address-space limit of a parse worker: a file that needs more is skipped."
+    )
+
+    # --- sources and reindex --------------------------------------------------------------------------
+    sources: list[DocumentSource] = Field(
+        default_factory=list, description="Sources declared in kb.toml ([[sources]] tables); see kb source."
+    )
+    max_delete_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A reindex refuses to delete more than this share of a source's documents (when it would "
+        "delete more than one) unless allow_mass_delete is passed: an empty checkout must not empty the index.",
     )
 
     # --- access control ---------------------------------------------------------------------------
@@ -164,7 +203,7 @@ class Settings(BaseSettings):
     llm_model_path: str = Field("", description="GGUF file for the local backend; empty = bundled Qwen 1.5B.")
     llm_base_url: str = Field("http://localhost:11434/v1", description="OpenAI-compatible endpoint root.")
     llm_model: str = Field("", description="Model name sent to the OpenAI-compatible endpoint.")
-    llm_api_key: str = Field("", repr=False, description="Key for the endpoint; falls back to $OPENAI_API_KEY.")
+    llm_api_key: SecretStr = Field(SecretStr(""), description="Key for the endpoint; falls back to $OPENAI_API_KEY.")
     llm_max_tokens: int = Field(320, ge=16, le=8192)
     llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
     llm_context_window: int = Field(4096, ge=512)
@@ -182,7 +221,7 @@ class Settings(BaseSettings):
         "or cluster through qdrant-client. 'local': qdrant-client's local mode in the index folder "
         "(single process, the server's API without a server; tests use it).",
     )
-    qdrant_api_key: str = Field("", repr=False, description="API key of the Qdrant server.")
+    qdrant_api_key: SecretStr = Field(SecretStr(""), description="API key of the Qdrant server.")
     qdrant_collection: str = Field(
         "", description="Collection (an alias to the live physical collection); empty: the index folder's name."
     )
@@ -228,12 +267,18 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(_describe(exc, index_path)) from exc
 
-    def public_dump(self) -> dict[str, Any]:
-        """The settings as JSON, secrets masked (for ``kb status`` and ``GET /status``)."""
+    def public_dump(self, full: bool = True) -> dict[str, Any]:
+        """The settings as JSON, secrets masked (for ``kb status`` and ``GET /status``).
+
+        ``full=False`` is what a read-only API key sees: no API keys (names, roles, groups), no paths or
+        addresses of the store, the sources' folders or the models."""
         data = self.model_dump(mode="json")
         for name in ("llm_api_key", "qdrant_api_key"):
-            data[name] = "***" if data[name] else ""
+            data[name] = "***" if getattr(self, name).get_secret_value() else ""
         data["api_keys"] = [{**key, "key": "***"} for key in data["api_keys"]]
+        if not full:
+            for name in PRIVATE_SETTINGS:
+                data.pop(name, None)
         return data
 
     def chunking_identity(self) -> dict[str, Any]:
@@ -274,10 +319,24 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+# Settings a read-only API key does not see: who else has keys, and where things live.
+PRIVATE_SETTINGS = (
+    "api_keys", "llm_api_key", "qdrant_api_key", "llm_base_url", "qdrant_url", "llm_model_path", "sources",
+)  # fmt: skip
+_SECRET_FIELDS = {"key", "llm_api_key", "qdrant_api_key"}
+
+
 def _describe(exc: ValidationError, index_path: str | Path | None) -> str:
     where = f" (from {Path(index_path) / SETTINGS_FILE}, KB_* variables or arguments)" if index_path else ""
     lines = [f"invalid settings{where}:"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "?"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
+        secret = any(str(part) in _SECRET_FIELDS for part in err["loc"]) or err.get("type") == "missing"
+        shown = "" if secret else f" (got {_short(err.get('input'))})"  # never echo a secret back
+        lines.append(f"  {field}: {err['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

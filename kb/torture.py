@@ -9,8 +9,12 @@ what your limits do with each case.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 NESTING = 10_000
@@ -98,4 +102,142 @@ def make_torture_folder(root: Path, big_mb: int = 50, single_line_mb: int = 5) -
     locked.write_text("# Locked\n")
     locked.chmod(0)
     cases["no-permission.md"] = "unreadable permissions (readable anyway when running as root)"
+    _binary_formats(put, root)
     return cases
+
+
+def _binary_formats(put: Callable[[str, bytes | str, str], None], root: Path) -> None:
+    """PDF, Word and AsciiDoc cases: broken, encrypted, bombs, scans, wrong extensions, stuck parsers."""
+    text_page = _pdf_page(b"BT /F1 12 Tf 72 720 Td (A page of real text in the torture folder.) Tj ET")
+    put("formats/truncated.pdf", text_page[: len(text_page) // 2], "PDF cut in half")
+    put("formats/empty.pdf", b"", "0-byte PDF")
+    put("formats/html-named.pdf", "<html><body><p>Not a PDF</p></body></html>", "HTML with a .pdf name")
+    put("formats/page-bomb.pdf", _pdf_pages(50_000), "PDF with 50,000 pages (one page object repeated)")
+    put("formats/page-loop.pdf", _pdf_loop(), "PDF whose page tree contains itself, claiming 10⁹ pages")
+    put(
+        "formats/deep-nesting.pdf",
+        _pdf_page(b"", extra=b"/Deep " + b"[" * 200_000 + b"]" * 200_000),
+        "PDF object nested 200,000 levels",
+    )
+    put("formats/scanned.pdf", _pdf_scan(), "PDF of an image only (no text layer)")
+    put("formats/stuck.pdf", _pdf_page(b"BT /F1 1 Tf " + b"(x) Tj " * 12_000_000 + b"ET", compress=True),
+        "PDF of 36 KB whose one page holds 12 million glyphs: PDFium works for tens of seconds in native code",
+    )
+    encrypted = _encrypted_pdf(text_page)
+    if encrypted is not None:
+        put("formats/encrypted.pdf", encrypted, "PDF encrypted with a user password")
+    put("formats/old.doc", OLE_MAGIC + bytes(4096), "old binary Word (.doc, an OLE container)")
+    put("formats/protected.docx", OLE_MAGIC + bytes(4096), "password-protected .docx (an OLE container, not a zip)")
+    put("formats/empty.docx", b"", "0-byte .docx")
+    put("formats/text-named.docx", "just text, not a zip", "text with a .docx name")
+    put("formats/zip-bomb.docx", _zip_bomb(), "a .docx (zip) of 190 KB that expands to 200 MB")
+    put("formats/truncated.docx", _docx_bytes()[:700], "a .docx cut after 700 bytes")
+    put("formats/unclosed.adoc", "= Title\n\n== Section\n\n----\nlisting never closed\n" + "line\n" * 500,
+        "AsciiDoc listing block never closed")  # fmt: skip
+    put("formats/deep.adoc", "".join(f"{'=' * (1 + i % 6)} Level {i}\n\ntext {i}\n\n" for i in range(1000)),
+        "AsciiDoc with 1,000 section titles, six levels deep")  # fmt: skip
+
+
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+def _pdf(objects: list[bytes]) -> bytes:
+    """A minimal PDF from its numbered objects (1 is the catalog), with a correct cross-reference table."""
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def _pdf_page(content: bytes, extra: bytes = b"", compress: bool = False) -> bytes:
+    stream = zlib.compress(content, 9) if compress else content
+    flate = b" /Filter /FlateDecode" if compress else b""
+    return _pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R " + extra + b" >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d%s >>\nstream\n%s\nendstream" % (len(stream), flate, stream),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+
+
+def _pdf_pages(count: int) -> bytes:
+    kids = b"3 0 R " * count
+    return _pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % count,
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        ]
+    )
+
+
+def _pdf_loop() -> bytes:
+    return _pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [2 0 R 3 0 R] /Count 1000000000 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        ]
+    )
+
+
+def _pdf_scan() -> bytes:
+    pixels = bytes(range(256)) * 64  # a 128×128 grey image, no text anywhere
+    image = (
+        b"<< /Type /XObject /Subtype /Image /Width 128 /Height 128 /ColorSpace /DeviceGray /BitsPerComponent 8 "
+        b"/Length %d >>\nstream\n%s\nendstream"
+        % (len(pixels), pixels)
+    )
+    content = b"q 400 0 0 400 100 300 cm /Im1 Do Q"
+    return _pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /XObject << /Im1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
+            image,
+        ]
+    )
+
+
+def _encrypted_pdf(plain: bytes) -> bytes | None:
+    try:
+        from pypdf import PdfReader, PdfWriter
+    except ImportError:  # pypdf is a test dependency; without it the case is left out
+        return None
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(plain)))
+    writer.encrypt(user_password="secret", owner_password="owner", algorithm="AES-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _zip_bomb() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open("word/document.xml", "w", force_zip64=True) as entry:
+            block = b"\0" * (1 << 20)
+            for _ in range(200):
+                entry.write(block)
+    return out.getvalue()
+
+
+def _docx_bytes() -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("A real document", level=1)
+    document.add_paragraph("Some text " * 200)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()

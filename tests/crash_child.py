@@ -3,8 +3,9 @@
     python tests/crash_child.py INDEX DOCS POINT N [--full]
 
 POINT names a method whose N-th call is the last thing this process does (it dies right after the call
-returns): ``upsert``, ``delete_version``, ``manifest_write``, ``swap`` (after the shard moved, before the
-rest). ``hold`` opens the index and sleeps (for the lock tests); ``none`` runs to completion.
+returns): ``upsert``, ``delete_version``, ``manifest_write`` (a manifest commit), ``swap`` (after the shard
+moved, before the rest). ``hold`` opens the index and sleeps (for the lock tests); ``none`` runs to
+completion, printing ``progress DONE/TOTAL`` after each document (the external-kill test waits for it).
 The wrapping lives here, in test code: kb itself has no crash hooks.
 """
 
@@ -50,7 +51,7 @@ def main() -> None:
     targets = {
         "upsert": (EdgeChunkStore, "upsert"),
         "delete_version": (EdgeChunkStore, "delete_version"),
-        "manifest_write": (manifest_module.Manifest, "write"),
+        "manifest_write": (manifest_module.Manifest, "commit"),
     }
     if point in targets:
         die_after(*targets[point], n)
@@ -72,7 +73,7 @@ def main() -> None:
         edge.swap_in = swap_in
     with KnowledgeBase.open(index, settings) as kb:
         kb.use_llm(None)
-        report = kb.reindex(docs, full=full)
+        report = kb.reindex(docs, full=full, progress=lambda done, total, _: print(f"progress {done}/{total}", flush=True))
         print("finished", report.summary(), flush=True)
 
 

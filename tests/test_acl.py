@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kb import ConfigError, KnowledgeBase, Principal
-from kb.acl import PUBLIC, AclResolver, normalize_groups
+from kb.acl import PUBLIC, AclPolicy, normalize_groups
 from tests.conftest import write
 
 SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
@@ -63,15 +63,15 @@ ENG, HR, SRE = Principal(groups=["eng"]), Principal(groups=["hr"]), Principal(gr
 def test_the_best_match_is_forbidden_so_the_user_gets_the_best_allowed_one(acl_kb) -> None:
     kb, _ = acl_kb
     question = "What are the salary bands for level 5 engineers?"
-    assert kb.search(question, k=1, user=HR)[0].doc_id == "hr/salary-bands.md"  # the true best match
+    assert kb.search(question, k=1, user=HR)[0].doc_id == "docs:hr/salary-bands.md"  # the true best match
     hits = kb.search(question, k=3, user=ENG)
-    assert hits and all(h.doc_id != "hr/salary-bands.md" for h in hits)
-    assert hits[0].doc_id == "faq/pay.md"
+    assert hits and all(h.doc_id != "docs:hr/salary-bands.md" for h in hits)
+    assert hits[0].doc_id == "docs:faq/pay.md"
     readable = kb.store.count({"acl": ENG.readable()})
     assert len(kb.search(question, k=50, user=ENG)) == readable  # a full top-k of what eng may read
-    assert {h.doc_id for h in kb.search("zqledger certificate", k=5, mode="bm25", user=SRE)} == {"incidents/2291.md"}
+    assert {h.doc_id for h in kb.search("zqledger certificate", k=5, mode="bm25", user=SRE)} == {"docs:incidents/2291.md"}
     assert kb.search("zqledger certificate", k=5, mode="bm25", user=ENG) == []
-    assert {h.doc_id for h in kb.search("zqsalary", k=10)} >= {"hr/salary-bands.md"}  # trusted caller: all
+    assert {h.doc_id for h in kb.search("zqsalary", k=10)} >= {"docs:hr/salary-bands.md"}  # trusted caller: all
 
 
 def test_answers_never_cite_or_quote_forbidden_documents_and_refuse_when_only_they_answer(acl_kb) -> None:
@@ -80,8 +80,8 @@ def test_answers_never_cite_or_quote_forbidden_documents_and_refuse_when_only_th
     assert not for_hr.refused and "141,000" in for_hr.text
     for_eng = kb.ask("What are the salary bands for level 5 engineers?", user=ENG)
     assert "141,000" not in for_eng.text and "168,000" not in for_eng.text
-    assert all(c.doc_id != "hr/salary-bands.md" for c in for_eng.citations)
-    assert all(s.doc_id != "hr/salary-bands.md" for s in for_eng.sources)
+    assert all(c.doc_id != "docs:hr/salary-bands.md" for c in for_eng.citations)
+    assert all(s.doc_id != "docs:hr/salary-bands.md" for s in for_eng.sources)
     outage = kb.ask("How long did the ledger outage on March 3 last and what was the root cause?", user=ENG)
     assert outage.refused and outage.refusal_reason == "no_relevant_sources" and "47" not in outage.text
     assert not kb.ask("How long did the ledger outage on March 3 last?", user=SRE).refused
@@ -91,29 +91,31 @@ def test_acl_only_change_applies_on_reindex_without_re_embedding(acl_kb) -> None
     kb, docs = acl_kb
     write(docs, "kb-acl.toml", '[[rule]]\npattern = "hr/*"\ngroups = ["hr", "eng"]\n')
     plan = kb.reindex(docs, dry_run=True)
-    assert plan.acl_changed == ["hr/salary-bands.md"] and kb.search("zqsalary", mode="bm25", user=ENG) == []
+    assert plan.acl_changed == ["docs:hr/salary-bands.md"] and kb.search("zqsalary", mode="bm25", user=ENG) == []
     report = kb.reindex(docs)
-    assert report.acl_changed == ["hr/salary-bands.md"] and report.chunks_written == 0 and not report.changed
-    assert kb.search("zqsalary", k=1, mode="bm25", user=ENG)[0].doc_id == "hr/salary-bands.md"
-    assert kb.manifest.documents["hr/salary-bands.md"].acl == ["eng", "hr"]
+    assert report.acl_changed == ["docs:hr/salary-bands.md"] and report.chunks_written == 0 and not report.changed
+    assert kb.search("zqsalary", k=1, mode="bm25", user=ENG)[0].doc_id == "docs:hr/salary-bands.md"
+    assert kb.manifest.documents["docs:hr/salary-bands.md"].acl == ["eng", "hr"]
     (docs / "kb-acl.toml").unlink()  # back to the default policy (public)
-    assert kb.reindex(docs).acl_changed == ["hr/salary-bands.md"]
-    assert kb.search("zqsalary", k=1, mode="bm25", user=Principal())[0].doc_id == "hr/salary-bands.md"
+    assert kb.reindex(docs).acl_changed == ["docs:hr/salary-bands.md"]
+    assert kb.search("zqsalary", k=1, mode="bm25", user=Principal())[0].doc_id == "docs:hr/salary-bands.md"
     assert kb.reindex(docs).acl_changed == []  # stable
 
 
-def test_ingest_call_acl_and_deny_by_default(tmp_path: Path) -> None:
+def test_ingest_call_acl_is_a_ceiling_and_deny_by_default_stops_self_publishing(tmp_path: Path) -> None:
     docs = corpus(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", acl_default="deny", **SMALL) as kb:
         kb.ingest(docs)
         assert kb.search("office plants ficus", k=5, user=ENG) == []  # no ACL + deny: nobody but '*'
-        assert kb.search("office plants ficus", k=1, user=Principal(groups=["*"]))[0].doc_id == "office/plants.md"
-        assert kb.search("zqledger", k=1, mode="bm25", user=SRE)[0].doc_id == "incidents/2291.md"
-        kb.ingest(docs, acl=["facilities"])  # nothing changed in content: the call's ACL applies to all
-        assert kb.search("office plants ficus", k=1, user=Principal(groups=["facilities"]))[0].doc_id == (
-            "office/plants.md"
-        )
+        assert kb.search("office plants ficus", k=1, user=Principal(groups=["*"]))[0].doc_id == "docs:office/plants.md"
+        # deny is the admin's policy: a document's own acl narrows it, it cannot open it up
         assert kb.search("zqledger", k=5, mode="bm25", user=SRE) == []
+        kb.ingest(docs, acl=["facilities", "sre"])  # nothing changed in content: the source gets a ceiling
+        assert kb.search("office plants ficus", k=1, user=Principal(groups=["facilities"]))[0].doc_id == (
+            "docs:office/plants.md"
+        )
+        assert kb.search("zqledger", k=1, mode="bm25", user=SRE)[0].doc_id == "docs:incidents/2291.md"
+        assert kb.search("zqledger", k=5, mode="bm25", user=Principal(groups=["facilities"])) == []  # narrowed
 
 
 def test_malformed_acls_are_refused_without_touching_the_index(acl_kb) -> None:
@@ -128,7 +130,7 @@ def test_malformed_acls_are_refused_without_touching_the_index(acl_kb) -> None:
     (docs / "kb-acl.toml").unlink()
     write(docs, "bad.md", "---\nacl: {eng: true}\n---\n# Bad\n\nSecret zqbadacl text.\n")
     report = kb.reindex(docs)
-    assert [(s.doc_id, "acl" in s.reason) for s in report.skipped] == [("bad.md", True)]
+    assert [(s.doc_id, "acl" in s.reason) for s in report.skipped] == [("docs:bad.md", True)]
     assert kb.search("zqbadacl", k=5, mode="bm25") == []  # never indexed as public by mistake
     assert kb.store.count() == before
     with pytest.raises(ConfigError, match="'\\*' is for principals"):
@@ -177,9 +179,9 @@ def property_kb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 def test_no_forbidden_chunk_ever_reaches_a_result(property_kb, acls, groups, words, mode, k) -> None:
     kb = property_kb
     for i, acl in enumerate(acls):  # the ACL-only update path reindex uses
-        kb.store.set_acl(f"d{i:02d}.md", sorted(set(acl)))
+        kb.store.set_acl(f"docs:d{i:02d}.md", sorted(set(acl)))
     user = Principal(groups=groups)
-    allowed = {f"d{i:02d}.md" for i, acl in enumerate(acls) if set(acl) & {PUBLIC, *groups}}
+    allowed = {f"docs:d{i:02d}.md" for i, acl in enumerate(acls) if set(acl) & {PUBLIC, *groups}}
     hits = kb.search(" ".join(words), k=k, mode=mode, user=user)
     assert {h.doc_id for h in hits} <= allowed
     if mode == "dense":  # the dense leg ranks every readable chunk: the top-k is full
@@ -188,14 +190,21 @@ def test_no_forbidden_chunk_ever_reaches_a_result(property_kb, acls, groups, wor
     assert {c.doc_id for c in answer.citations} | {s.doc_id for s in answer.sources} <= allowed
 
 
-def test_resolution_order_call_then_front_matter_then_rules_then_default() -> None:
+def test_policy_is_a_ceiling_that_documents_narrow_but_never_widen() -> None:
     from kb.acl import AclDefault, AclRule
 
-    resolver = AclResolver(AclDefault.DENY, [AclRule("*", ["staff"]), AclRule("hr/*", ["hr"])])
-    assert resolver.resolve("hr/a.md", None) == ["hr"]  # the last matching rule
-    assert resolver.resolve("eng/a.md", None) == ["staff"]
-    assert resolver.resolve("hr/a.md", ["eng"]) == ["eng"]  # front matter over rules
-    assert AclResolver(AclDefault.DENY).resolve("x.md", None) == []
-    assert AclResolver(AclDefault.PUBLIC).resolve("x.md", None) == [PUBLIC]
-    assert AclResolver(AclDefault.PUBLIC, call=["ops"]).resolve("x.md", ["eng"]) == ["ops"]
-    assert normalize_groups("eng, public", "acl") == [PUBLIC, "eng"]
+    policy = AclPolicy(AclDefault.DENY, [AclRule("*", ["staff"]), AclRule("hr/*", ["hr"])])
+    assert policy.resolve("hr/a.md", None) == ["hr"]  # the last matching rule
+    assert policy.resolve("eng/a.md", None) == ["staff"]
+    assert policy.resolve("hr/a.md", [PUBLIC]) == ["hr"]  # a document cannot publish itself out of hr/
+    assert policy.resolve("hr/a.md", ["eng"]) == []  # nor move itself to another group: nobody but '*'
+    assert policy.resolve("eng/a.md", ["staff", "eng"]) == ["staff"]
+    assert AclPolicy(AclDefault.DENY).resolve("x.md", None) == []
+    assert AclPolicy(AclDefault.DENY).resolve("x.md", [PUBLIC]) == []  # deny is a policy too
+    assert AclPolicy(AclDefault.PUBLIC).resolve("x.md", None) == [PUBLIC]
+    assert AclPolicy(AclDefault.PUBLIC).resolve("x.md", ["eng"]) == ["eng"]  # narrowing is always allowed
+    source_and_rules = AclPolicy(AclDefault.PUBLIC, [AclRule("hr/*", ["hr"])], ceiling=["staff", "hr"])
+    assert source_and_rules.resolve("hr/a.md", None) == ["hr"]  # both layers allow hr
+    assert source_and_rules.resolve("a.md", None) == ["hr", "staff"]
+    assert AclPolicy(AclDefault.PUBLIC, ceiling=["ops"]).resolve("x.md", ["eng", "ops"]) == ["ops"]
+    assert normalize_groups("eng, public", "acl") == [PUBLIC]  # public already includes eng

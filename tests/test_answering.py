@@ -31,11 +31,11 @@ def test_extractive_answer_cites_the_section_it_quotes(extractive: KnowledgeBase
     answer = extractive.ask("What does error E4012 mean and how do I fix it?")
     assert not answer.refused and answer.backend == "extractive"
     assert answer.uncited_sentences == []
-    cited = {(c.doc_id, c.header_path) for c in answer.citations}
+    cited = {(c.path, c.header_path) for c in answer.citations}
     assert ("product/billing/retries.md", "Payment Retries > Error E4012") in cited
     assert "issuer declined" in answer.text
     for citation in answer.citations:
-        source_text = (sample_kb_path() / citation.doc_id).read_text()
+        source_text = (sample_kb_path() / citation.path).read_text()
         assert source_text[citation.span.start : citation.span.end].startswith(citation.quote.rstrip("…"))
     assert extractive.ask("What does error E4012 mean and how do I fix it?").text == answer.text  # deterministic
     assert set(answer.timings) >= {"embed", "retrieve", "rerank", "generate", "total"}

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def served_app(kb: KnowledgeBase, docs: Path | None = None) -> Iterator[str]:
+    """``create_app(kb, docs)`` served by uvicorn on a free loopback port; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(kb, docs), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, KnowledgeBase]]:
     root = tmp_path_factory.mktemp("api")
@@ -49,16 +67,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     (docs / "hr" / "salaries.md").write_text(SECRET)
     kb = KnowledgeBase.open(root / "index", llm_backend="extractive", api_keys=KEYS)
     kb.ingest(docs)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(kb, docs), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", docs, kb
-    server.should_exit = True
-    thread.join(10)
+    with served_app(kb, docs) as base:
+        yield base, docs, kb
     kb.close()
 
 
@@ -81,8 +91,9 @@ def test_health_is_open_and_everything_else_needs_a_key(client: httpx.Client) ->
     status = client.get("/status", headers={"X-API-Key": READ})
     assert status.status_code == 200 and status.json()["documents"] == 26  # the hr document is not counted
     assert client.get("/status", headers=auth(HR)).json()["documents"] == 27
-    masked = status.json()["settings"]["api_keys"]
-    assert {k["key"] for k in masked} == {"***"} and READ not in status.text  # secrets never echoed
+    assert "api_keys" not in status.json()["settings"] and READ not in status.text  # a read key sees no keys
+    full = client.get("/status", headers=auth(ADMIN)).json()
+    assert {k["key"] for k in full["settings"]["api_keys"]} == {"***"} and ADMIN not in str(full)  # masked
 
 
 def test_search_returns_the_same_hits_as_the_library(
@@ -102,12 +113,12 @@ def test_search_returns_the_same_hits_as_the_library(
 def test_each_key_reads_only_what_its_groups_may(client: httpx.Client) -> None:
     body = {"query": "zqhrsecret salary bands", "k": 5, "mode": "bm25"}
     public = client.post("/search", headers=auth(READ), json=body).json()["hits"]
-    assert all(h["doc_id"] != "hr/salaries.md" for h in public)
-    assert client.post("/search", headers=auth(HR), json=body).json()["hits"][0]["doc_id"] == "hr/salaries.md"
+    assert all(h["doc_id"] != "docs:hr/salaries.md" for h in public)
+    assert client.post("/search", headers=auth(HR), json=body).json()["hits"][0]["doc_id"] == "docs:hr/salaries.md"
     answer = client.post("/ask", headers=auth(READ), json={"question": "What do level 5 engineers earn?"}).json()
-    assert "141,000" not in answer["text"] and all(c["doc_id"] != "hr/salaries.md" for c in answer["citations"])
+    assert "141,000" not in answer["text"] and all(c["doc_id"] != "docs:hr/salaries.md" for c in answer["citations"])
     hr_answer = client.post("/ask", headers=auth(HR), json={"question": "What do level 5 engineers earn?"}).json()
-    assert any(c["doc_id"] == "hr/salaries.md" for c in hr_answer["citations"])
+    assert any(c["doc_id"] == "docs:hr/salaries.md" for c in hr_answer["citations"])
 
 
 @pytest.mark.parametrize(
@@ -183,7 +194,7 @@ def test_reindex_needs_admin_runs_in_background_and_reports(
         run = client.get(started.json()["status_url"], headers=auth(ADMIN)).json()
     assert run["state"] == "done" and run["report"]["added"] == 1, run
     hits = client.post("/search", headers=auth(READ), json={"query": "zqnewpage", "k": 1, "mode": "bm25"}).json()
-    assert hits["hits"][0]["doc_id"] == "api-new.md"
+    assert hits["hits"][0]["doc_id"] == "docs:api-new.md"
     missing = client.get("/reindex/nope", headers=auth(ADMIN))
     assert missing.status_code == 404 and "nope" in missing.json()["message"]
 

@@ -13,7 +13,7 @@ from llama_index.core import Document
 
 from kb.chunking import HeadingChunker
 from kb.embedding import resolve_model_path
-from kb.loading import PARSERS, SourceFormat
+from kb.loading import SourceFormat, parse_text_as
 from kb.parsers.markdown import parse_markdown
 from kb.tokens import TokenCounter
 
@@ -123,7 +123,7 @@ def test_chunks_cover_text_in_order_and_respect_the_cap(source_format: SourceFor
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(text=strategy, cap=st.integers(16, 120))
     def check(text: str, cap: int) -> None:
-        doc = PARSERS[source_format](text)
+        doc = parse_text_as(text, source_format)
         chunks = chunker(max_tokens=cap, min_tokens=cap // 4).chunk(doc)
         body = text[doc.body_start :]
         assert squeeze("".join(c.text for c in chunks)) == squeeze(body)  # nothing lost, nothing twice, in order
@@ -139,7 +139,7 @@ def test_chunks_cover_text_in_order_and_respect_the_cap(source_format: SourceFor
 @settings(max_examples=60, deadline=None)
 @given(text=_documents(_html_block), cap=st.integers(16, 120))
 def test_html_chunks_cover_the_extracted_text(text: str, cap: int) -> None:
-    doc = PARSERS[SourceFormat.HTML](text)
+    doc = parse_text_as(text, SourceFormat.HTML)
     chunks = chunker(max_tokens=cap, min_tokens=cap // 4).chunk(doc)
     assert squeeze("".join(c.text for c in chunks)) == squeeze(doc.text)
     assert all(COUNTER.count([c.text])[0] <= cap for c in chunks)

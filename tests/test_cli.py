@@ -27,7 +27,7 @@ def test_ingest_search_status_round_trip(tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", "E4012", "--kb", str(index), "--json", "-k", "1"])
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
-    assert hits[0]["doc_id"] == "errors.md" and hits[0]["header_path"] == "Errors > E4012"
+    assert hits[0]["doc_id"] == "docs:errors.md" and hits[0]["header_path"] == "Errors > E4012"
 
     result = runner.invoke(app, ["search", "declined", "--kb", str(index), "--filter", "product=billing"])
     assert result.exit_code == 0 and "errors.md:" in result.output and "other.md" not in result.output
@@ -60,11 +60,11 @@ def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index)])
     assert result.exit_code == 0, result.output
     assert "E4012 means the card issuer declined the retry attempt. [1]" in result.output
-    assert "[1] retries.md:1-5  Retries > Error E4012" in result.output  # the bare top heading leads in
+    assert "[1] docs:retries.md:1-5  Retries > Error E4012" in result.output  # the bare top heading leads in
 
     result = runner.invoke(app, ["ask", "What does error E4012 mean?", "--kb", str(index), "--json"])
     answer = json.loads(result.stdout)
-    assert answer["citations"][0]["doc_id"] == "retries.md" and answer["refused"] is False
+    assert answer["citations"][0]["doc_id"] == "docs:retries.md" and answer["refused"] is False
 
     result = runner.invoke(app, ["ask", "How do I bake sourdough bread?", "--kb", str(index)])
     assert result.exit_code == 0 and "I don't know" in result.output and "no_relevant_sources" in result.output
@@ -80,10 +80,10 @@ def test_reindex_dry_run_then_apply(tmp_path: Path) -> None:
     write(docs, "c.md", "# C\n\nThird document about gamma backups.\n")
     result = runner.invoke(app, ["reindex", str(docs), "--kb", index, "--dry-run"])
     assert result.exit_code == 0 and "plan: 1 added, 0 changed, 1 deleted, 1 unchanged" in result.output
-    assert "add    c.md" in result.output and "delete b.md" in result.output
+    assert "add    docs:c.md" in result.output and "delete docs:b.md" in result.output
     result = runner.invoke(app, ["reindex", str(docs), "--kb", index, "--json"])
     report = json.loads(result.stdout)
-    assert (report["added_ids"], report["deleted_ids"]) == (["c.md"], ["b.md"])
+    assert (report["added_ids"], report["deleted_ids"]) == (["docs:c.md"], ["docs:b.md"])
 
 
 def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monkeypatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ SKIPPED = {
     os.fsdecode(b"bad-\xffname.md"): "not valid UTF-8",
     "escape.md": "outside the ingested folder",
     "dangling.md": "cannot read",
+    "formats/truncated.pdf": "not a readable PDF",
+    "formats/empty.pdf": "not a readable PDF",
+    "formats/html-named.pdf": "not a readable PDF",
+    "formats/page-bomb.pdf": "over max_pdf_pages",
+    "formats/page-loop.pdf": "no text layer",
+    "formats/deep-nesting.pdf": "no text layer",
+    "formats/scanned.pdf": "no text layer (a scanned PDF?); OCR is not built in",
+    "formats/stuck.pdf": "took over max_file_seconds",
+    "formats/encrypted.pdf": "encrypted PDF",
+    "formats/old.doc": "old binary Word format",
+    "formats/protected.docx": "password-protected",
+    "formats/empty.docx": "not a zip archive",
+    "formats/text-named.docx": "not a zip archive",
+    "formats/zip-bomb.docx": "zip bomb",
+    "formats/truncated.docx": "not a .docx",
 }
 INDEXED = {
     "empty.md": 0,
@@ -56,6 +72,8 @@ INDEXED = {
     "control-chars.txt": 1,
     "rtl-zalgo.md": 1,
     "prompt-injection.md": 1,
+    "formats/unclosed.adoc": None,
+    "formats/deep.adoc": None,
 }
 
 
@@ -70,47 +88,47 @@ def torture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_torture_folder_ingests_reports_each_bad_file_and_keeps_what_was_indexed(torture: Path, tmp_path: Path) -> None:
     good = tmp_path / "good"
     write(good, "runbook.md", "# Failover\n\nRun zqfailover promote on the replica.\n")
-    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", max_file_seconds=10, **SMALL) as kb:
         kb.ingest(good)
         report = kb.ingest(torture)
-        reasons = {s.doc_id: s.reason for s in report.skipped}
+        reasons = {s.doc_id.removeprefix("docs:"): s.reason for s in report.skipped}
         for doc_id, fragment in SKIPPED.items():
             assert fragment in reasons.get(doc_id, ""), (doc_id, reasons.get(doc_id))
         unexpected = set(reasons) - set(SKIPPED) - ({"no-permission.md"} if os.geteuid() != 0 else set())
         assert not unexpected, {d: reasons[d] for d in unexpected}
         for doc_id, chunks in INDEXED.items():
-            entry = kb.manifest.documents.get(doc_id)
+            entry = kb.manifest.documents.get(f"docs:{doc_id}")
             assert entry is not None, doc_id
             assert chunks is None or entry.chunks == chunks, (doc_id, entry.chunks)
-        assert kb.search("zqfailover", k=1, mode="bm25")[0].doc_id == "runbook.md"  # nothing lost
+        assert kb.search("zqfailover", k=1, mode="bm25")[0].doc_id == "good:runbook.md"  # nothing lost
         script = kb.search("Visible text", k=5, filters={"source_format": "html"})
         assert all("alert(" not in h.text for h in script)  # scripts are not document text
         versions = kb.store.versions()  # the store holds exactly what the manifest says
         assert {d: e.doc_hash for d, e in kb.manifest.documents.items() if e.chunks} == {d: h for d, h in versions}
         again = kb.ingest(torture)  # stable: the same verdicts, nothing rewritten
-        assert again.chunks_written == 0 and {s.doc_id for s in again.skipped} == set(reasons)
+        assert again.chunks_written == 0 and {s.doc_id.removeprefix("docs:") for s in again.skipped} == set(reasons)
 
 
-def test_files_that_vanish_or_change_during_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kb.indexing as indexing
+def test_files_that_vanish_or_change_between_plan_and_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kb.indexing.plan as planning
 
     docs = tmp_path / "docs"
     for name in ("a.md", "b.md", "c.md"):
         write(docs, name, f"# {name}\n\nText of {name}.\n")
-    real_read = indexing.read_file
+    real_hash = planning.hash_file
 
-    def racing_read(path: Path, settings, root=None):
-        if path.name == "a.md":  # listed, then deleted before it is read
+    def racing_hash(info):
+        if info.path.name == "c.md":  # hashed by the plan, then deleted and rewritten before parsing
             (docs / "b.md").unlink(missing_ok=True)
-            (docs / "c.md").write_text("# c.md\n\nRewritten zqrewritten while the scan ran.\n")
-        return real_read(path, settings, root)
+            (docs / "a.md").write_text("# a.md\n\nRewritten zqrewritten while the scan ran.\n")
+        return real_hash(info)
 
-    monkeypatch.setattr(indexing, "read_file", racing_read)
+    monkeypatch.setattr(planning, "hash_file", racing_hash)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
         report = kb.ingest(docs)
-        assert [(s.doc_id, "cannot read" in s.reason) for s in report.skipped] == [("b.md", True)]
-        assert kb.search("zqrewritten", k=1, mode="bm25")[0].doc_id == "c.md"  # the bytes that were read
-        monkeypatch.setattr(indexing, "read_file", real_read)
+        assert [(s.doc_id, "cannot read" in s.reason) for s in report.skipped] == [("docs:b.md", True)]
+        assert kb.search("zqrewritten", k=1, mode="bm25")[0].doc_id == "docs:a.md"  # the bytes parsed, hashed anew
+        monkeypatch.setattr(planning, "hash_file", real_hash)
         assert kb.reindex(docs).summary() == "0 added, 0 changed, 0 deleted, 2 unchanged"
 
 
@@ -118,19 +136,22 @@ def test_relative_folder_paths_work(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     write(tmp_path / "docs", "a.md", "# A\n\nRelative paths are fine.\n")
     monkeypatch.chdir(tmp_path)
     with KnowledgeBase.open(Path("idx"), **SMALL) as kb:
-        assert kb.ingest(Path("docs")).added == ["a.md"]
+        assert kb.ingest(Path("docs")).added == ["docs:a.md"]
         assert kb.reindex("docs").unchanged == 1
+        assert kb.sources["docs"].path == str(tmp_path / "docs")  # stored absolute
 
 
-def test_per_file_time_limit_skips_the_slow_file_and_goes_on(torture: Path, tmp_path: Path) -> None:
+def test_per_file_time_limit_kills_a_parser_stuck_in_native_code_and_goes_on(torture: Path, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     write(docs, "ok.md", "# Fine\n\nA small document.\n")
-    (docs / "slow.txt").write_bytes((torture / "single-line-1mb.txt").read_bytes())
-    with KnowledgeBase.open(tmp_path / "idx", max_file_seconds=0.05, **SMALL) as kb:
+    (docs / "stuck.pdf").write_bytes((torture / "formats" / "stuck.pdf").read_bytes())  # tens of seconds in PDFium
+    with KnowledgeBase.open(tmp_path / "idx", max_file_seconds=1.0, **SMALL) as kb:
+        started = time.monotonic()
         report = kb.ingest(docs)
-        assert [s.doc_id for s in report.skipped] == ["slow.txt"]
-        assert "max_file_seconds" in report.skipped[0].reason
-        assert "ok.md" in kb.manifest.documents
+        assert time.monotonic() - started < 20  # the stuck parser was stopped, not waited for
+        assert [s.doc_id for s in report.skipped] == ["docs:stuck.pdf"]
+        assert "max_file_seconds=1" in report.skipped[0].reason
+        assert "docs:ok.md" in kb.manifest.documents
 
 
 NASTY = st.sampled_from(
@@ -173,7 +194,9 @@ def test_hostile_questions_get_a_clear_error_or_a_normal_answer(sample_kb: Knowl
     for bad, match in (("", "non-empty"), ("\x00\x07\x1b", "control characters"), ("why " * 25_000, "max_question")):
         with pytest.raises(ConfigError, match=match):
             sample_kb.ask(bad)
-    assert sample_kb.search("x" * 100_000, k=3) is not None  # a 100 KB query searches (truncated), no crash
+    # A 100 KB query searches (the embedder reads its start), no crash, and still finds what it asks for.
+    huge = sample_kb.search("What does error E4012 mean? " + "x" * 100_000, k=3)
+    assert 1 <= len(huge) <= 3 and any(h.path == "product/billing/retries.md" for h in huge)
     from kb.sparse import exact_terms
 
     assert exact_terms("y" * 1_000_000 + " billing.retry_limit") == ["billingretrylimit"]  # linear, not quadratic

@@ -27,10 +27,10 @@ def docs(tmp_path: Path) -> Path:
 def test_ingest_reports_documents_chunks_skips_and_stage_times(tmp_path: Path, docs: Path) -> None:
     with KnowledgeBase.open(tmp_path / "idx") as kb:
         report = kb.ingest(docs)
-        assert sorted(report.added) == ["db.rst", "keys.md"]
-        assert [(s.doc_id, "binary" in s.reason) for s in report.skipped] == [("bad.md", True)]
+        assert sorted(report.added) == ["docs:db.rst", "docs:keys.md"]
+        assert [(s.doc_id, "binary" in s.reason) for s in report.skipped] == [("docs:bad.md", True)]
         assert report.chunks_written == kb.store.count() == 2
-        assert set(report.timings) == {"plan", "load_model", "parse", "chunk", "embed", "store"}
+        assert set(report.timings) == {"plan", "load_model", "parse", "embed", "store"}
         status = kb.status()
         assert (status.documents, status.chunks) == (2, 2)
         assert status.embedder["name"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -43,7 +43,7 @@ def test_reingest_is_a_no_op_and_a_change_replaces_the_old_chunks(tmp_path: Path
         assert (again.unchanged, again.chunks_written, again.added) == (2, 0, [])
         (docs / "keys.md").write_text("# Keys\n\n## Rotation\n\nRotate keys every 30 days now.\n")
         changed = kb.ingest(docs)
-        assert changed.changed == ["keys.md"]
+        assert changed.changed == ["docs:keys.md"]
         texts = [h.text for h in kb.search("how often rotate keys", k=5)]
         assert any("30 days" in t for t in texts) and not any("90 days" in t for t in texts)
         assert kb.store.count() == 2
@@ -77,7 +77,7 @@ def test_opening_with_another_embedder_names_the_model_that_built_the_index(
     # The other model works for an index of its own.
     with KnowledgeBase.open(tmp_path / "other", embedder_model=str(other_embedder)) as kb:
         kb.ingest(docs)
-        assert kb.search("patronictl")[0].doc_id == "db.rst"
+        assert kb.search("patronictl")[0].doc_id == "docs:db.rst"
 
 
 def test_changed_chunk_size_refuses_to_mix_chunks(tmp_path: Path, docs: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kb.errors import SourceError
-from kb.loading import SourceFormat, decode, discover, load_file, load_folder
+from kb.loading import Selection, SourceFormat, decode, discover, load_file, load_folder
 from kb.settings import Settings
 from tests.conftest import write
 
@@ -98,7 +98,7 @@ def test_symlinks_do_not_leave_the_root_or_loop(tmp_path: Path) -> None:
     (root / "escape").symlink_to(outside, target_is_directory=True)
     (root / "inside" / "loop").symlink_to(root, target_is_directory=True)
     (root / "escape-file.md").symlink_to(outside / "private.md")
-    found = [doc_id for doc_id, _ in discover(root, Settings())]
+    found = [f.relative for f in discover(root, Selection.from_settings(Settings()))]
     assert found == ["escape-file.md", "inside/doc.md"]  # the looping and escaping folders are not walked
     docs, skipped = load_folder(root, Settings())
     # A file link pointing out of the root is reported, never read.
@@ -111,8 +111,8 @@ def test_include_and_exclude_patterns(tmp_path: Path) -> None:
     write(tmp_path, "b.rst", "b\n=\n")
     write(tmp_path, "node_modules/c.md", "# c\n")
     write(tmp_path, ".hidden/d.md", "# d\n")
-    assert [i for i, _ in discover(tmp_path, Settings())] == ["a.md", "b.rst"]
-    assert [i for i, _ in discover(tmp_path, Settings(include=["*.md"]))] == ["a.md"]
+    assert [f.relative for f in discover(tmp_path, Selection.from_settings(Settings()))] == ["a.md", "b.rst"]
+    assert [f.relative for f in discover(tmp_path, Selection.from_settings(Settings(include=["*.md"])))] == ["a.md"]
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def sha(path: Path) -> str:
 
 def assert_mirrors(kb: KnowledgeBase, folder: Path) -> None:
     """Index content equals the folder: same documents, same versions, complete, nothing else."""
-    files = {p.relative_to(folder).as_posix(): sha(p) for p in folder.rglob("*.md")}
+    files = {f"{folder.name}:{p.relative_to(folder).as_posix()}": sha(p) for p in folder.rglob("*.md")}
     assert {d: e.doc_hash for d, e in kb.manifest.documents.items()} == files
     versions = kb.store.versions()
     assert set(versions) == set(files.items())
@@ -70,7 +70,7 @@ def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path, backend: dic
     make_corpus(docs, ["alpha", "beta", "gamma", "delta"])
     with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
         first = kb.reindex(docs)
-        assert sorted(first.added) == ["alpha.md", "beta.md", "delta.md", "gamma.md"]
+        assert sorted(first.added) == ["docs:alpha.md", "docs:beta.md", "docs:delta.md", "docs:gamma.md"]
         assert_mirrors(kb, docs)
 
         write(docs, "alpha.md", doc("alpha", 2))  # changed
@@ -79,16 +79,16 @@ def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path, backend: dic
         write(docs, "epsilon.md", doc("epsilon", 1))  # added
         plan = kb.reindex(docs, dry_run=True)
         assert plan.dry_run and plan.summary() == "2 added, 1 changed, 2 deleted, 1 unchanged"
-        assert sorted(plan.added) == ["epsilon.md", "sub-gamma.md"] and plan.deleted == ["beta.md", "gamma.md"]
-        assert kb.store.versions() and "beta.md" in kb.manifest.documents  # nothing written by the dry run
+        assert sorted(plan.added) == ["docs:epsilon.md", "docs:sub-gamma.md"] and plan.deleted == ["docs:beta.md", "docs:gamma.md"]
+        assert kb.store.versions() and "docs:beta.md" in kb.manifest.documents  # nothing written by the dry run
 
         report = kb.reindex(docs)
         assert report.summary() == "2 added, 1 changed, 2 deleted, 1 unchanged"
         assert_mirrors(kb, docs)
         # Deleted from both legs: its unique token finds nothing, by BM25 or by dense search.
         assert not any("zqbetav1" in h.text for h in kb.search("zqbetav1s0", k=10, mode="bm25"))
-        assert not any(h.doc_id == "beta.md" for h in kb.search("beta service retries", k=20, mode="dense"))
-        assert kb.search("zqalphav2s1", k=1, mode="bm25")[0].doc_id == "alpha.md"
+        assert not any(h.doc_id == "docs:beta.md" for h in kb.search("beta service retries", k=20, mode="dense"))
+        assert kb.search("zqalphav2s1", k=1, mode="bm25")[0].doc_id == "docs:alpha.md"
         # Work proportional to the change: the renamed file's chunks were not embedded again.
         assert report.chunks_reused >= 3
         again = kb.reindex(docs)
@@ -105,7 +105,7 @@ def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path
         (docs / "a.md").unlink()
         kb.reindex(docs)
         assert_mirrors(kb, docs)
-        assert {h.doc_id for h in kb.search("zqsamev1s0", k=5, mode="bm25")} == {"b.md"}
+        assert {h.doc_id for h in kb.search("zqsamev1s0", k=5, mode="bm25")} == {"docs:b.md"}
 
 
 def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path, backend: dict) -> None:
@@ -117,10 +117,10 @@ def test_chunk_setting_change_requires_full_rebuild(tmp_path: Path, backend: dic
         with pytest.raises(FullRebuildRequired, match="--full"):
             kb.reindex(docs)
         report = kb.reindex(docs, full=True)
-        assert sorted(report.added) == ["alpha.md", "beta.md"]
+        assert sorted(report.added) == ["docs:alpha.md", "docs:beta.md"]
         assert kb.info.chunking["chunk_max_tokens"] == 128 and kb.status().chunking["chunk_max_tokens"] == 128
         assert_mirrors(kb, docs)
-        assert kb.search("zqbetav1s2", k=1, mode="bm25")[0].doc_id == "beta.md"
+        assert kb.search("zqbetav1s2", k=1, mode="bm25")[0].doc_id == "docs:beta.md"
         assert not (tmp_path / "idx" / "next").exists()
     with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=128, chunk_min_tokens=8, **backend) as kb:
         assert kb.reindex(docs).chunks_written == 0  # the new settings are now the index's own
@@ -140,7 +140,7 @@ def test_embedder_change_opens_only_for_a_full_rebuild(tmp_path: Path, other_emb
             kb.reindex(docs)
         kb.reindex(docs, full=True)
         assert kb.info.embedder["name"] == str(other_embedder)
-        assert kb.search("zqalphav1s0", k=1)[0].doc_id == "alpha.md"
+        assert kb.search("zqalphav1s0", k=1)[0].doc_id == "docs:alpha.md"
 
 
 def run_child(index: Path, docs: Path, point: str, n: int, *flags: str) -> subprocess.CompletedProcess:
@@ -166,10 +166,13 @@ def test_kill_9_at_any_point_leaves_each_document_old_or_new(
     docs, index = tmp_path / "docs", tmp_path / "idx"
     shutil.copytree(indexed_v1[0], docs)
     shutil.copytree(indexed_v1[1], index)
+    with KnowledgeBase.open(index, **SETTINGS) as kb:  # the source's folder moved (the copy): nothing re-embedded
+        kb.update_source("docs", path=docs)
+        assert kb.reindex(docs).summary() == "0 added, 0 changed, 0 deleted, 100 unchanged"
     names = [p.stem for p in docs.glob("*.md")]
-    old = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
+    old = {f"docs:{name}.md": sha(docs / f"{name}.md") for name in names}
     make_corpus(docs, names, version=2)  # every document changes: several batches of work
-    new = {f"{name}.md": sha(docs / f"{name}.md") for name in names}
+    new = {f"docs:{name}.md": sha(docs / f"{name}.md") for name in names}
 
     killed = run_child(index, docs, point, n, *flags)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -177,7 +180,7 @@ def test_kill_9_at_any_point_leaves_each_document_old_or_new(
     with KnowledgeBase.open(index, **SETTINGS) as kb:  # opens cleanly: unfinished work rolled back or forward
         assert_one_version_each(kb, {d: {old[d], new[d]} for d in old})
         hit = kb.search("zqd7v1s1 zqd7v2s1", k=1, mode="bm25")[0]
-        assert hit.doc_id == "d7.md"  # and answers
+        assert hit.doc_id == "docs:d7.md"  # and answers
         kb.reindex(docs)  # the next reindex completes the job
         assert_mirrors(kb, docs)
 
@@ -200,14 +203,16 @@ def test_external_kill_during_a_long_reindex(tmp_path: Path) -> None:
     run_child(index, docs, "none", 0)
     make_corpus(docs, names, version=2)
     child = subprocess.Popen([*CHILD, str(index), str(docs), "none", "0"], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (index / "DIRTY").exists() and time.time() < deadline and child.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.3)
+    assert child.stdout is not None
+    for line in child.stdout:  # kill it once a third of the documents are through, the rest still to do
+        if line.startswith("progress ") and int(line.split()[1].split("/")[0]) >= 20:
+            break
+    assert child.poll() is None and (index / "DIRTY").exists()  # still running, in the middle of its writes
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    rest = child.stdout.read()
+    assert child.wait() == -signal.SIGKILL and "finished" not in rest
     with KnowledgeBase.open(index, **SETTINGS) as kb:
-        assert_one_version_each(kb, {f"{n}.md": {sha_v(n, 1), sha_v(n, 2)} for n in names})
+        assert_one_version_each(kb, {f"docs:{n}.md": {sha_v(n, 1), sha_v(n, 2)} for n in names})
         kb.reindex(docs)
         assert_mirrors(kb, docs)
 
@@ -246,9 +251,9 @@ def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path
         while job.running or checks < 20:
             try:
                 hits = kb.search("zqd5v1s0 zqd5v2s0 d5 service", k=20, mode="bm25")
-                versions = {h.text.split("marks version ")[1].split(" ")[0] for h in hits if h.doc_id == "d5.md"}
+                versions = {h.text.split("marks version ")[1].split(" ")[0] for h in hits if h.doc_id == "docs:d5.md"}
                 assert len(versions) == 1, versions  # never both versions of d5
-                assert any(h.doc_id == "d5.md" for h in hits)  # and never neither
+                assert any(h.doc_id == "docs:d5.md" for h in hits)  # and never neither
             except Exception as exc:
                 errors.append(exc)
             checks += 1

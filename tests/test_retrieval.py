@@ -17,7 +17,7 @@ def hit_rates(kb: KnowledgeBase, questions: list[dict], mode: str) -> tuple[floa
     answerable = [q for q in questions if q["answerable"]]
     at1 = at5 = 0
     for q in answerable:
-        docs = [h.doc_id for h in kb.search(q["question"], k=5, mode=mode)]
+        docs = [h.path for h in kb.search(q["question"], k=5, mode=mode)]
         gold = {g["doc_id"] for g in q["gold"]}
         at1 += docs[0] in gold
         at5 += bool(gold & set(docs))
@@ -71,9 +71,9 @@ def test_filters_give_a_full_top_k_of_allowed_documents(backend_kb: KnowledgeBas
 
 def test_hits_carry_where_they_come_from(backend_kb: KnowledgeBase) -> None:
     hit = backend_kb.search("What does error E4012 mean and how do I fix it?", k=1)[0]
-    assert hit.doc_id == "product/billing/retries.md"
+    assert hit.doc_id == "sample_kb:product/billing/retries.md"
     assert hit.header_path == "Payment Retries > Error E4012"
-    text = (sample_kb_path() / hit.doc_id).read_text()
+    text = (sample_kb_path() / hit.path).read_text()
     assert text[hit.span.start : hit.span.end] == hit.text
     lines = text.split("\n")[hit.span.line_start - 1 : hit.span.line_end]
     assert lines[0].startswith("## Error E4012")

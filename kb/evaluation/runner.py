@@ -16,6 +16,7 @@ from kb.evaluation.gold import GoldResolver
 from kb.evaluation.metrics import rouge_l, token_f1
 from kb.evaluation.questions import Question
 from kb.knowledge_base import KnowledgeBase
+from kb.records import ChunkRecord
 from kb.settings import RetrievalMode
 
 KB_STAGES: dict[str, RetrievalMode] = {
@@ -63,18 +64,17 @@ class KbSystem:
         self.stages = tuple(KB_STAGES) + (("reranked",) if kb.reranker is not None else ())
 
     def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]:
+        # Gold references name paths inside the corpus folder: kb's source-relative path.
         if stage == "reranked":
             hits = self.kb.search(question, k=k, rerank=True)
-            return [Retrieved(h.doc_id, h.span.start, h.span.end, h.node_id) for h in hits]
+            return [Retrieved(h.path, h.span.start, h.span.end, h.node_id) for h in hits]
         result = self.kb.retriever(k, mode=KB_STAGES[stage]).search(question)
-        return [
-            Retrieved(n.node.metadata["doc_id"], n.node.metadata["span"][0], n.node.metadata["span"][1], n.node.node_id)
-            for n in result.nodes
-        ]
+        records = [(n.node.node_id, ChunkRecord.from_node(n.node)) for n in result.nodes]
+        return [Retrieved(r.path, r.span.start, r.span.end, node_id) for node_id, r in records]
 
     def answer(self, question: str) -> AnswerRecord:
         answer = self.kb.ask(question)
-        cited = [Retrieved(c.doc_id, c.span.start, c.span.end, c.node_id) for c in answer.citations]
+        cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id) for c in answer.citations]
         return AnswerRecord(answer.text, answer.refused, cited, answer.timings)
 
     def describe(self) -> dict[str, Any]:

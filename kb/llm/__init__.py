@@ -36,7 +36,7 @@ def _openai(settings: Settings) -> LLM:
         raise ConfigError("llm_model: the openai backend needs the model name the endpoint serves (KB_LLM_MODEL)")
     return OpenAICompatibleLLM(
         base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY", ""),
+        api_key=settings.llm_api_key.get_secret_value() or os.environ.get("OPENAI_API_KEY", ""),
         model_name=settings.llm_model,
         max_tokens=settings.llm_max_tokens,
         temperature=settings.llm_temperature,

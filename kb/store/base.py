@@ -4,20 +4,21 @@
 embedded engine) implement the few primitives at the bottom. Everything a backend needs to know about
 the schema and the query plan lives here, so both backends behave the same.
 
-Payload of a point: ``text``, ``doc_id``, ``doc_hash``, ``chunk_index``, ``title``, ``header_path`` (list),
-``span`` ([start, end, first line, last line]), ``source_format``, ``url`` and ``meta`` (front matter).
+The payload of a point is a :class:`kb.records.ChunkRecord` (``to_payload``/``from_payload``): nodes
+added through the LlamaIndex interface are mapped onto it too, so they carry an ACL, filterable metadata
+and a manifest entry like any ingested document.
 """
 
 from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.schema import BaseNode, TextNode
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     FilterOperator,
@@ -29,14 +30,19 @@ from llama_index.core.vector_stores.types import (
 from pydantic import PrivateAttr
 
 from kb.errors import ConfigError
+from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder, SparseVector
 
+if TYPE_CHECKING:
+    from kb.manifest import ManifestBackend
+
 DENSE = "dense"
 BM25 = "bm25"
-TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index"})
+TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index", "source", "path"})
 ACL_FIELD = "acl"
-KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash", "acl")
+KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash", "acl", "source")
+_INT64 = 2**63
 
 FilterValue = str | int | bool | list[str] | list[int]
 
@@ -107,17 +113,32 @@ def conditions_from(filters: dict[str, FilterValue] | MetadataFilters | None) ->
             if isinstance(item, MetadataFilters) or item.operator not in (FilterOperator.EQ, FilterOperator.IN):
                 raise ConfigError("filters: only equality and 'in' filters joined by AND are supported")
             values = item.value if isinstance(item.value, list) else [item.value]
-            out[payload_key(item.key)] = list(values)
+            out[payload_key(item.key)] = check_filter_values(item.key, list(values))
         return out
+    if not isinstance(filters, dict):
+        raise ConfigError(f"filters: expected an object of field → value(s), got {type(filters).__name__}")
     conditions: dict[str, list[Any]] = {}
     for key, value in filters.items():
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, bool)) for v in values) or len({type(v) for v in values}) > 1:
-            raise ConfigError(
-                f"filters[{key!r}]: expected a string, number, bool or a non-empty list of one of them, got {value!r}"
-            )
-        conditions[payload_key(key)] = list(values)
+        conditions[payload_key(key)] = check_filter_values(key, values)
     return conditions
+
+
+def check_filter_values(key: str, values: list[Any]) -> list[Any]:
+    """Values Qdrant can match: strings (valid Unicode), 64-bit integers or booleans, one type per filter."""
+    if not values or not all(isinstance(v, (str, int, bool)) for v in values) or len({type(v) for v in values}) > 1:
+        raise ConfigError(
+            f"filters[{key!r}]: expected a string, number, bool or a non-empty list of one of them, got {values!r}"
+        )
+    for value in values:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"filters[{key!r}]: the value is not valid Unicode (a lone surrogate)") from None
+        elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            raise ConfigError(f"filters[{key!r}]: {value} is outside the 64-bit integer range Qdrant stores")
+    return list(values)
 
 
 def stored_point(point_id: Any, vectors: Any, payload: Any) -> StoredPoint:
@@ -141,11 +162,10 @@ def dense_vector(vectors: Any) -> list[float] | None:
 
 
 def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
-    node = TextNode(
-        id_=point_id, text=payload.get("text", ""), metadata={k: v for k, v in payload.items() if k != "text"}
-    )
-    node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=payload.get("doc_id", ""))
-    return node
+    return ChunkRecord.from_payload(payload).to_node(point_id)
+
+
+ForeignAddHook = Callable[[list[tuple[str, ChunkRecord]]], None]
 
 
 class ChunkStore(BasePydanticVectorStore):
@@ -154,6 +174,8 @@ class ChunkStore(BasePydanticVectorStore):
     stores_text: bool = True
     is_embedding_query: bool = True
     _bm25: Bm25Encoder = PrivateAttr()
+    _foreign_acl: list[str] | None = PrivateAttr(default=None)
+    _on_foreign_add: ForeignAddHook | None = PrivateAttr(default=None)
 
     def __init__(self, bm25: Bm25Encoder, **data: Any) -> None:
         super().__init__(**data)
@@ -169,19 +191,38 @@ class ChunkStore(BasePydanticVectorStore):
 
     # -- LlamaIndex interface -----------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
-        """Upsert nodes that carry an embedding; the BM25 vector is computed from their text here."""
-        points = []
+        """Upsert nodes that carry an embedding (BM25 is computed from their text here).
+
+        They are filed under the ``nodes`` source with the index's default ACL, their metadata mapped onto
+        kb's payload (filterable, shown in hits and citations), and recorded in the manifest."""
+        from kb.sources import NODES_SOURCE
+
+        records: list[tuple[str, ChunkRecord]] = []
         for node in nodes:
             if node.embedding is None:
                 raise ValueError(f"node {node.node_id} has no embedding; embed nodes before adding them")
-            payload = {**node.metadata, "text": node.get_content()}
-            payload.setdefault("doc_id", node.ref_doc_id or node.node_id)
-            points.append(StoredPoint(node.node_id, node.embedding, self.bm25_document(payload), payload))
-        self.upsert(points)
+            source = add_kwargs.get("source", NODES_SOURCE)
+            records.append(ChunkRecord.from_foreign_node(node, source, self._foreign_acl))
+        points = [
+            StoredPoint(point_id, list(node.embedding or []), self.bm25_document(record), record.to_payload())
+            for (point_id, record), node in zip(records, nodes, strict=True)
+        ]
+        with self.transaction():
+            self.upsert(points)
+            self.flush()
+            if self._on_foreign_add is not None:
+                self._on_foreign_add(records)
         return [p.id for p in points]
 
+    def on_foreign_add(self, hook: ForeignAddHook | None, acl: list[str] | None) -> None:
+        """Record nodes added through :meth:`add` (the knowledge base keeps its manifest with this)."""
+        self._on_foreign_add, self._foreign_acl = hook, acl
+
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        self.delete_documents([ref_doc_id])
+        from kb.sources import NODES_SOURCE
+
+        doc_id = ref_doc_id if ":" in ref_doc_id else f"{NODES_SOURCE}:{ref_doc_id}"
+        self.delete_documents([doc_id])
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """LlamaIndex query: DEFAULT = dense, SPARSE = BM25, HYBRID = both fused (``fusion`` etc. in kwargs)."""
@@ -201,15 +242,14 @@ class ChunkStore(BasePydanticVectorStore):
         )
         hits = self.search(plan)
         return VectorStoreQueryResult(
-            nodes=[node_from_payload(h.id, h.payload) for h in hits],
+            nodes=[ChunkRecord.from_payload(h.payload).to_node(h.id) for h in hits],
             similarities=[h.score for h in hits],
             ids=[h.id for h in hits],
         )
 
-    def bm25_document(self, payload: dict[str, Any]) -> SparseVector:
-        """BM25 vector of a chunk: its heading path and title count as words of the chunk."""
-        headings = " ".join(payload.get("header_path") or [])
-        return self._bm25.embed_document(f"{payload.get('title', '')}\n{headings}\n{payload.get('text', '')}")
+    def bm25_document(self, record: ChunkRecord) -> SparseVector:
+        """BM25 vector of a chunk (:meth:`ChunkRecord.bm25_text`: its title and heading path count)."""
+        return self._bm25.embed_document(record.bm25_text())
 
     # -- backend primitives -------------------------------------------------------------------------
     @abstractmethod
@@ -301,7 +341,15 @@ class ChunkStore(BasePydanticVectorStore):
 
     @abstractmethod
     def write_state(self, name: str, data: dict[str, Any]) -> None:
-        """Replace a state document atomically."""
+        """Replace a state document atomically and durably."""
+
+    @abstractmethod
+    def delete_state(self, name: str) -> None:
+        """Remove a state document (durably; nothing when absent)."""
+
+    @abstractmethod
+    def manifest_backend(self) -> ManifestBackend:
+        """Where this store's manifest lives (see :mod:`kb.manifest`)."""
 
     @abstractmethod
     def staging(self, dimension: int, bm25: Bm25Encoder) -> ChunkStore:

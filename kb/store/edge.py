@@ -40,7 +40,15 @@ from qdrant_edge import (
 from qdrant_edge import SparseVector as EdgeSparse
 
 from kb.errors import IndexLockedError
-from kb.manifest import INDEX_FILE, MANIFEST_FILE, SHARD_DIR, FolderState
+from kb.manifest import (
+    INDEX_FILE,
+    LEGACY_MANIFEST_FILE,
+    MANIFEST_DB,
+    SHARD_DIR,
+    FolderState,
+    SqliteManifest,
+    fsync_folder,
+)
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
@@ -197,6 +205,12 @@ class EdgeChunkStore(ChunkStore):
     def write_state(self, name: str, data: dict[str, Any]) -> None:
         FolderState(self.folder).write_state(name, data)
 
+    def delete_state(self, name: str) -> None:
+        FolderState(self.folder).delete_state(name)
+
+    def manifest_backend(self) -> SqliteManifest:
+        return SqliteManifest(self.folder)
+
     def staging(self, dimension: int, bm25: Bm25Encoder) -> EdgeChunkStore:
         staging = self.folder / NEXT_DIR
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,7 +236,15 @@ class EdgeChunkStore(ChunkStore):
 
     def disk_bytes(self) -> int:
         # Allocated blocks, not apparent size: Qdrant preallocates sparse 32 MB WAL and storage pages.
-        return sum(f.stat().st_blocks * 512 for f in Path(self.path).rglob("*") if f.is_file())
+        # Segments come and go while the engine optimises or a rebuild swaps in: count what is there now.
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except OSError:
+                    continue
+        return total
 
 
 NEXT_DIR, PREV_DIR, SWAP_FILE = "next", "prev", "SWAP"
@@ -241,16 +263,28 @@ def swap_in(folder: Path) -> None:
     """Move the rebuilt index from ``next/`` into place; restartable at any step (see :func:`recover_swap`)."""
     staging, previous = folder / NEXT_DIR, folder / PREV_DIR
     (folder / SWAP_FILE).write_text("")
+    fsync_folder(folder)
     previous.mkdir(exist_ok=True)
-    for name in (SHARD_DIR, INDEX_FILE, MANIFEST_FILE):
+    for name in (SHARD_DIR, INDEX_FILE, MANIFEST_DB, LEGACY_MANIFEST_FILE):
         if (staging / name).exists():
             if (folder / name).exists():
-                shutil.rmtree(previous / name, ignore_errors=True)
+                _remove(previous / name)
                 os.replace(folder / name, previous / name)
             os.replace(staging / name, folder / name)
+        elif name == LEGACY_MANIFEST_FILE and (folder / name).exists():
+            os.replace(folder / name, previous / name)  # the rebuilt manifest supersedes an unimported one
+    fsync_folder(folder)
     (folder / SWAP_FILE).unlink()
+    fsync_folder(folder)
     shutil.rmtree(previous, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _open_shard(path: Path, dimension: int) -> EdgeShard:

@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import PrivateAttr
 from qdrant_client import QdrantClient, models
 
-from kb.errors import ConfigError
+from kb.errors import ConfigError, IndexNotFoundError
+from kb.manifest import LEGACY_MANIFEST_FILE, DocumentEntry, parse_entry
 from kb.settings import FusionMethod, Quantization, RetrievalMode, Settings
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
@@ -220,12 +221,27 @@ class ServerChunkStore(ChunkStore):
         return json.loads((records[0].payload or {})["json"])
 
     def write_state(self, name: str, data: dict[str, Any]) -> None:
-        collection = self.physical + STATE_SUFFIX
         point = models.PointStruct(id=_state_id(name), vector={}, payload={"name": name, "json": json.dumps(data)})
+        collection = self._state_collection()
+        with self._lock:
+            self._client.upsert(collection, points=[point], wait=True)
+
+    def delete_state(self, name: str) -> None:
+        collection = self.physical + STATE_SUFFIX
+        with self._lock:
+            if self._client.collection_exists(collection):
+                selector = models.PointIdsList(points=[_state_id(name)])
+                self._client.delete(collection, points_selector=selector, wait=True)
+
+    def manifest_backend(self) -> ServerManifest:
+        return ServerManifest(self)
+
+    def _state_collection(self) -> str:
+        collection = self.physical + STATE_SUFFIX
         with self._lock:
             if not self._client.collection_exists(collection):
                 self._client.create_collection(collection, vectors_config={})
-            self._client.upsert(collection, points=[point], wait=True)
+        return collection
 
     def staging(self, dimension: int, bm25: Bm25Encoder) -> ServerChunkStore:
         # Shares this store's client: local mode allows one client per folder, and promote() adopts it.
@@ -302,7 +318,8 @@ def connect(settings: Settings, local_path: str | None = None) -> QdrantClient:
                 f"qdrant_url={url!r}: expected http(s)://host:port of a Qdrant server, 'local', ':memory:', "
                 "or empty for the embedded engine"
             )
-        client = QdrantClient(url=url, api_key=settings.qdrant_api_key or None, timeout=int(settings.qdrant_timeout))
+        api_key = settings.qdrant_api_key.get_secret_value() or None
+        client = QdrantClient(url=url, api_key=api_key, timeout=int(settings.qdrant_timeout))
         client.get_collections()  # fail here, naming the server, rather than in the first query
         return client
     except ConfigError:
@@ -355,3 +372,75 @@ def _filter(conditions: dict[str, list[Any]]) -> models.Filter | None:
         for key, values in conditions.items()
     ]
     return models.Filter(must=must)
+
+
+class ServerManifest:
+    """The manifest on a Qdrant server: one point per document in the state collection, so a commit sends
+    only what changed and every replica reads the same entries. A ``manifest.json`` state point written by an
+    older kb is imported once."""
+
+    KIND = "document"
+
+    def __init__(self, store: ServerChunkStore) -> None:
+        self._store = store
+
+    def load(self) -> tuple[dict[str, DocumentEntry], float]:
+        store = self._store
+        collection = store.physical + STATE_SUFFIX
+        documents: dict[str, DocumentEntry] = {}
+        with store.transaction():
+            if not store.client.collection_exists(collection):
+                return documents, 0.0
+            legacy = store.read_state(LEGACY_MANIFEST_FILE)
+            if legacy is not None:
+                self._import(legacy)
+            offset = None
+            selector = models.Filter(must=[models.FieldCondition(key="kind", match=models.MatchValue(value=self.KIND))])
+            while True:
+                records, offset = store.client.scroll(
+                    collection, scroll_filter=selector, limit=1024, offset=offset, with_payload=True
+                )
+                for record in records:
+                    payload = record.payload or {}
+                    doc_id = str(payload.get("doc_id", ""))
+                    documents[doc_id] = parse_entry(payload.get("entry"), f"collection {collection}", doc_id)
+                if offset is None:
+                    break
+            meta = store.read_state("manifest-meta") or {}
+        return documents, float(meta.get("updated_at", 0.0))
+
+    def apply(self, put: dict[str, DocumentEntry], delete: list[str], updated_at: float) -> None:
+        store = self._store
+        collection = store._state_collection()
+        points = [
+            models.PointStruct(
+                id=_entry_id(doc_id), vector={}, payload={"kind": self.KIND, "doc_id": doc_id, "entry": entry.as_dict()}
+            )
+            for doc_id, entry in put.items()
+        ]
+        with store.transaction():
+            for start in range(0, len(points), 512):
+                store.client.upsert(collection, points=points[start : start + 512], wait=True)
+            if delete:
+                ids = [_entry_id(d) for d in delete]
+                store.client.delete(collection, points_selector=models.PointIdsList(points=ids), wait=True)
+            store.write_state("manifest-meta", {"updated_at": updated_at})
+
+    def close(self) -> None:
+        """The store owns the client."""
+
+    def _import(self, legacy: dict[str, Any]) -> None:
+        documents = legacy.get("documents")
+        if not isinstance(documents, dict):
+            raise IndexNotFoundError(
+                f"{LEGACY_MANIFEST_FILE} in {self._store.physical}{STATE_SUFFIX}: field 'documents' is missing or not "
+                "an object; rebuild the index with kb reindex --full"
+            )
+        where = f"{LEGACY_MANIFEST_FILE} in the state collection"
+        entries = {d: parse_entry(e, where, d) for d, e in documents.items()}
+        self.apply(entries, [], float(legacy.get("updated_at", 0.0) or 0.0))
+        self._store.delete_state(LEGACY_MANIFEST_FILE)
+
+
+def _entry_id(doc_id: str) -> str:
+    return str(uuid.uuid5(_STATE_NAMESPACE, "document\0" + doc_id))

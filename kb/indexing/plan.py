@@ -1,0 +1,169 @@
+"""Planning a reindex of one source: what to add, change, rewrite, rename, delete — before anything is written.
+
+    plan = plan_source(source, manifest, settings, sync=True)
+    plan.summary()        # "3 added, 2 changed, 1 deleted, 412 unchanged"
+
+Only the planned source's documents are compared, so a plan never deletes another source's documents.
+A file is unchanged when its size and mtime equal the manifest's (the fast path, no read) or, when they
+differ, when its content hash does; with ``verify`` every file is hashed. Files that cannot be read, and
+every document under a folder that cannot be listed, are skips that keep their indexed version. Deleting
+more than ``max_delete_fraction`` of a source is refused unless asked for (an empty checkout is not an
+instruction to empty the index). Documents of an index built before sources existed (bare ids) that are
+in the folder are adopted: renamed to ``source:path`` with their vectors reused, nothing re-embedded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb.acl import AclPolicy
+from kb.errors import SourceError
+from kb.loading import Selection, SkippedFile, discover, hash_file, inspect_file
+from kb.manifest import DocumentEntry, Manifest
+from kb.settings import Settings
+from kb.sources import DocumentSource
+
+
+@dataclass
+class PlannedFile:
+    """A file to (re)index: where it is and what the plan saw (the worker re-reads and re-hashes it)."""
+
+    doc_id: str
+    path: Path
+    relative: str
+    content_hash: str
+    replaces: str | None = None  # the manifest id this version replaces (itself, or a legacy id it adopts)
+
+
+@dataclass
+class IndexPlan:
+    """What a reindex of ``source`` would do."""
+
+    source: DocumentSource
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)  # same content, payload written with other settings
+    adopted: dict[str, str] = field(default_factory=dict)  # new id → legacy id (index built before sources)
+    unchanged: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    acl_changed: dict[str, list[str]] = field(default_factory=dict)  # unchanged content, new groups
+    files: dict[str, PlannedFile] = field(default_factory=dict, repr=False)
+    policy: AclPolicy = field(default_factory=AclPolicy, repr=False)
+    refused_deletes: str = ""  # why the planned deletions will not be applied (mass-delete guard)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.changed)} changed, {len(self.deleted)} deleted, "
+            f"{self.unchanged} unchanged"
+            + (f", {len(self.acl_changed)} ACL changed" if self.acl_changed else "")
+            + (f", {len(self.refreshed)} rewritten" if self.refreshed else "")
+            + (f", {len(self.adopted)} adopted" if self.adopted else "")
+            + (f", {len(self.skipped)} skipped" if self.skipped else "")
+        )
+
+    @property
+    def writes(self) -> list[str]:
+        """Documents whose points are written: added, changed, rewritten and adopted, in that order."""
+        return self.added + self.changed + self.refreshed + list(self.adopted)
+
+
+def plan_source(
+    source: DocumentSource,
+    manifest: Manifest,
+    settings: Settings,
+    sync: bool,
+    verify: bool = False,
+    allow_mass_delete: bool = False,
+    adopt_from: str = "",
+) -> IndexPlan:
+    """Compare ``source``'s folder with its manifest entries; nothing is written.
+
+    Documents of source ``adopt_from`` (default ``""``: those indexed before sources existed) whose path is
+    in the folder are adopted: renamed into this source, their vectors reused."""
+    root = source.folder
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a folder (source {source.name!r}); pass the folder that holds the documents")
+    started = time.perf_counter()
+    selection = Selection.from_settings(settings, source.include, source.exclude, source.asciidoc_patterns or None)
+    plan = IndexPlan(source, policy=AclPolicy.for_rules_file(source.acl_rules_path, settings.acl_default, source.acl))
+    documents = manifest.snapshot()
+    mine = {d: e for d, e in documents.items() if e.source == source.name}
+    legacy = {(e.path or d): d for d, e in documents.items() if e.source == adopt_from and adopt_from != source.name}
+    fingerprint = source.fingerprint()
+    present: set[str] = set()
+    kept_prefixes: list[str] = []
+    for found in discover(root, selection):
+        if found.path is None:  # a folder that cannot be listed: keep what is indexed under it
+            plan.skipped.append(SkippedFile(source.doc_id(found.relative), found.error))
+            kept_prefixes.append(source.doc_id(found.relative))
+            continue
+        doc_id = source.doc_id(found.relative)
+        try:
+            info = inspect_file(found.path, selection.options, root)
+        except SourceError as exc:
+            plan.skipped.append(SkippedFile(doc_id, str(exc)))
+            continue
+        present.add(doc_id)
+        known = mine.get(doc_id)
+        old_id = doc_id
+        if known is None and found.relative in legacy:
+            old_id = legacy[found.relative]
+            known = documents[old_id]
+        same_stat = known is not None and known.size == info.size and known.mtime == info.mtime
+        if same_stat and not verify and old_id == doc_id:
+            content_hash = known.doc_hash  # fast path: the file was not touched since it was indexed
+        else:
+            try:
+                content_hash = hash_file(info)
+            except SourceError as exc:
+                plan.skipped.append(SkippedFile(doc_id, str(exc)))
+                continue
+        planned = PlannedFile(doc_id, found.path, found.relative, content_hash, old_id if known else None)
+        if known is None:
+            plan.added.append(doc_id)
+        elif old_id != doc_id:
+            plan.adopted[doc_id] = old_id
+        elif known.doc_hash != content_hash:
+            plan.changed.append(doc_id)
+        elif known.fingerprint != fingerprint:
+            plan.refreshed.append(doc_id)
+        else:
+            plan.unchanged += 1
+            groups = plan.policy.resolve(found.relative, known.own_acl)
+            if groups != known.acl:
+                plan.acl_changed[doc_id] = groups
+            continue
+        plan.files[doc_id] = planned
+    if sync:
+        kept = present | {s.doc_id for s in plan.skipped}
+        plan.deleted = sorted(
+            d for d in mine if d not in kept and not any(d.startswith(prefix) for prefix in kept_prefixes)
+        )
+        plan.refused_deletes = mass_delete_refusal(source, len(plan.deleted), len(mine), settings, allow_mass_delete)
+    plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def mass_delete_refusal(source: DocumentSource, deleting: int, indexed: int, settings: Settings, allowed: bool) -> str:
+    """Why deleting ``deleting`` of ``indexed`` documents is refused, or ``""`` when it may go ahead."""
+    limit = settings.max_delete_fraction
+    if allowed or deleting <= 1 or deleting <= limit * indexed:
+        return ""
+    return (
+        f"would delete {deleting} of the {indexed} documents of source {source.name!r} "
+        f"({deleting / indexed:.0%}), more than max_delete_fraction={limit:g}; is {source.path} the right, "
+        "complete folder (a failed checkout, an unmounted share)? Nothing was deleted. If the deletions are "
+        "meant, run again with --allow-mass-delete (Python: allow_mass_delete=True)."
+    )
+
+
+def entry_for(source: DocumentSource, relative: str, previous: DocumentEntry | None, **values: object) -> DocumentEntry:
+    """A manifest entry for a document of ``source`` (``values``: the DocumentEntry fields that changed)."""
+    base = previous.as_dict() if previous is not None else {}
+    return DocumentEntry(
+        **{**base, **values, "source": source.name, "path": relative, "fingerprint": source.fingerprint()}
+    )

@@ -1,0 +1,381 @@
+"""No document lost, none leaked (issue 18): one regression test per finding, each reproducing it on real
+indexes, real files (permissions enforced even as root, see tests/caps.py), the real HTTP server and CLI."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from llama_index.core import Document
+from llama_index.core.node_parser import MarkdownNodeParser
+from typer.testing import CliRunner
+
+from kb import ConfigError, IndexDamagedError, IndexLockedError, KnowledgeBase, Principal, Settings
+from kb.acl import PUBLIC
+from kb.cli import app
+from kb.errors import SourceError
+from kb.prompting import SYSTEM_PROMPT
+from tests.caps import permissions_enforced
+from tests.conftest import write
+from tests.fake_openai import FakeOpenAI, serve
+from tests.test_answering import llm_for
+from tests.test_api import ADMIN, HR, KEYS, READ, auth, served_app
+
+SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
+runner = CliRunner()
+
+
+def product_docs(root: Path, n: int = 8) -> Path:
+    docs = root / "docs"
+    for i in range(n):
+        write(docs, f"product/p{i}.md", f"# Product {i}\n\nProduct page {i} mentions zqproduct{i} and pricing.\n")
+    for i in range(4):
+        write(docs, f"ops/o{i}.md", f"# Ops {i}\n\nRunbook {i} for zqops{i} alerts.\n")
+    return docs
+
+
+# -- 1. an unreadable folder is a skip, never an empty folder ------------------------------------------------
+def test_unreadable_subfolder_is_skipped_with_a_reason_and_its_documents_stay(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        (docs / "product").chmod(0)
+        try:
+            with permissions_enforced():
+                plan = kb.reindex(docs, dry_run=True)
+                report = kb.reindex(docs)
+        finally:
+            (docs / "product").chmod(0o755)
+        assert plan.deleted == [] and report.deleted == []
+        assert [(s.doc_id, "cannot be listed" in s.reason) for s in report.skipped] == [("docs:product/", True)]
+        assert len(kb.manifest.documents) == 12
+        assert kb.search("zqproduct3", k=1, mode="bm25")[0].doc_id == "docs:product/p3.md"
+
+
+def test_unlistable_root_is_an_error_and_plans_no_deletion(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        docs.chmod(0o311)  # can enter, cannot list
+        try:
+            with permissions_enforced(), pytest.raises(SourceError, match="cannot list the folder"):
+                kb.reindex(docs, dry_run=True)
+        finally:
+            docs.chmod(0o755)
+        assert len(kb.manifest.documents) == 12
+
+
+# -- 2. mass-delete guard ---------------------------------------------------------------------------------
+def test_emptied_folder_is_refused_unless_mass_delete_is_allowed(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    index = tmp_path / "idx"
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        kb.reindex(docs)
+        shutil.rmtree(docs)
+        docs.mkdir()  # a checkout that failed: the folder exists, empty
+        report = kb.reindex(docs)
+        assert report.deleted == [] and report.stopped and len(report.not_deleted) == 12
+        assert "max_delete_fraction=0.5" in report.refused_deletes and "--allow-mass-delete" in report.refused_deletes
+        assert len(kb.manifest.documents) == 12 and kb.store.count() == 12
+    result = runner.invoke(app, ["reindex", str(docs), "--kb", str(index)])
+    assert result.exit_code == 3 and "deletions refused" in result.output
+    result = runner.invoke(app, ["reindex", str(docs), "--kb", str(index), "--allow-mass-delete", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["deleted"] == 12
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        assert kb.manifest.documents == {} and kb.store.count() == 0
+
+
+def test_ordinary_deletions_are_not_refused(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        for i in range(4):
+            (docs / "ops" / f"o{i}.md").unlink()
+        report = kb.reindex(docs)  # 4 of 12 (33%): under the fraction
+        assert len(report.deleted) == 4 and not report.stopped
+
+
+# -- 3. a lost store is detected and repaired ---------------------------------------------------------------
+def test_lost_shard_is_reported_and_repair_re_embeds_only_what_is_missing(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    index = tmp_path / "idx"
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        kb.reindex(docs)
+        # part of the shard lost: some documents' points are gone, the manifest still names them
+        kb.store.delete_documents(["docs:product/p1.md", "docs:ops/o2.md"])
+        kb.store.flush()
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        assert kb.damage.damaged and set(kb.damage.missing) == {"docs:product/p1.md", "docs:ops/o2.md"}
+        assert "kb reindex --all --repair" in kb.status().damage
+        assert kb.search("zqproduct3", k=1, mode="bm25")[0].doc_id == "docs:product/p3.md"  # reads still work
+        with pytest.raises(IndexDamagedError, match="--repair"):
+            kb.reindex(docs)
+        report = kb.reindex(docs, repair=True)
+        assert sorted(report.repaired) == ["docs:ops/o2.md", "docs:product/p1.md"]
+        assert report.chunks_written == 2 and report.unchanged == 10 and not kb.damage.damaged
+        assert kb.search("zqproduct1", k=1, mode="bm25")[0].doc_id == "docs:product/p1.md"
+    shutil.rmtree(index / "shard")  # the whole shard gone
+    result = runner.invoke(app, ["status", "--kb", str(index)])
+    assert result.exit_code == 0 and "missing 12 of their chunks" in result.output
+    result = runner.invoke(app, ["reindex", "--all", "--repair", "--kb", str(index), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["repaired"] == 12
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        assert not kb.damage.damaged and kb.store.count() == 12
+
+
+# -- 4. a malformed manifest is a clear error -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ({"updated_at": 1.0}, "field 'documents' is missing"),
+        ({"documents": {"a.md": {"doc_hash": "x", "mtime": 1.0, "size": 1, "source_format": "markdown",
+                                 "title": "A"}}}, "'a.md' is invalid: field 'chunks': Field required"),  # fmt: skip
+        ({"documents": {"a.md": {"doc_hash": "x", "chunks": "many", "mtime": 1.0, "size": 1,
+                                 "source_format": "markdown", "title": "A"}}}, "field 'chunks'"),  # fmt: skip
+    ],
+)
+def test_malformed_manifest_names_the_file_and_the_field(tmp_path: Path, manifest: dict, expected: str) -> None:
+    index = tmp_path / "idx"
+    with KnowledgeBase.open(index, **SMALL):
+        pass
+    (index / "manifest.sqlite").unlink()
+    (index / "manifest.json").write_text(json.dumps(manifest))  # an index of an older kb, damaged
+    result = runner.invoke(app, ["status", "--kb", str(index)])
+    assert result.exit_code == 2 and "manifest.json" in result.output and expected in result.output
+    assert "Traceback" not in result.output
+
+
+# -- 6. an ingest ACL is kept by later reindexes (also over HTTP) ---------------------------------------------
+def test_ingest_acl_survives_reindex_and_http_reindex(tmp_path: Path) -> None:
+    hr = tmp_path / "hr"
+    write(hr, "salaries.md", "# Salaries\n\nLevel 5 earns zqhrpay 141,000 euros.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, api_keys=KEYS) as kb:
+        kb.ingest(hr, acl=["hr"])
+        plan = kb.reindex(hr, dry_run=True)
+        assert plan.acl_changed == []  # the old code planned "1 with a new ACL" here: public
+        kb.reindex(hr)
+        assert kb.search("zqhrpay", k=5, mode="bm25", user=Principal()) == []
+        write(hr, "salaries.md", "# Salaries\n\nLevel 5 earns zqhrpay 145,000 euros now.\n")
+        with served_app(kb) as base, httpx.Client(base_url=base, timeout=60) as client:
+            run = client.post("/reindex", headers=auth(ADMIN), json={}).json()
+            while run["state"] == "running":
+                time.sleep(0.1)
+                run = client.get(run["status_url"] if "status_url" in run else f"/reindex/{run['id']}",
+                                 headers=auth(ADMIN)).json()  # fmt: skip
+            assert run["state"] == "done" and run["report"]["changed"] == 1, run
+            body = {"query": "zqhrpay", "mode": "bm25"}
+            assert client.post("/search", headers=auth(READ), json=body).json()["hits"] == []
+            assert client.post("/search", headers=auth(HR), json=body).json()["hits"][0]["doc_id"] == "hr:salaries.md"
+        assert kb.manifest.documents["hr:salaries.md"].acl == ["hr"]
+
+
+# -- 7. a document cannot widen the folder policy -------------------------------------------------------------
+def test_document_metadata_cannot_publish_itself_out_of_a_restricted_folder(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "hr/*"\ngroups = ["hr"]\n')
+    write(docs, "hr/payroll.html", '<html><head><meta name="kb:acl" content="public"></head>'
+          "<body><h1>Payroll</h1><p>Payroll runs zqpayroll on the 25th.</p></body></html>")  # fmt: skip
+    write(docs, "hr/narrow.md", "---\nacl: [hr-leads]\n---\n# Leads\n\nOnly zqleads may read this.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        assert kb.manifest.documents["docs:hr/payroll.html"].acl == ["hr"]
+        assert kb.search("zqpayroll", k=5, mode="bm25", user=Principal(groups=["eng"])) == []
+        assert kb.search("zqpayroll", k=1, mode="bm25", user=Principal(groups=["hr"]))[0].path == "hr/payroll.html"
+        assert kb.manifest.documents["docs:hr/narrow.md"].acl == []  # hr-leads is not in the hr policy: only '*'
+
+
+# -- 8, 12, 13. HTTP status, errors and misuse ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("trust-http")
+    docs = product_docs(root)
+    kb = KnowledgeBase.open(root / "idx", **SMALL, api_keys=KEYS)
+    kb.reindex(docs)
+    with served_app(kb, docs) as base, httpx.Client(base_url=base, timeout=60) as client:
+        yield client, kb, docs
+    kb.close()
+
+
+def test_read_key_status_shows_its_own_counts_and_no_keys_or_paths(http) -> None:
+    client, kb, docs = http
+    status = client.get("/status", headers=auth(READ)).json()
+    text = json.dumps(status)
+    assert status["documents"] == 12 and "api_keys" not in status["settings"]
+    assert str(kb.path) not in text and str(docs) not in text and "hr-app" not in text and "ops" != status.get("name")
+    admin = client.get("/status", headers=auth(ADMIN)).json()
+    assert admin["path"] == str(kb.path) and {k["name"] for k in admin["settings"]["api_keys"]} >= {"hr-app"}
+
+
+@pytest.mark.parametrize("value", ["\ud800", 2**63, -(2**63) - 1, [1, 2**64]])
+def test_unstorable_filter_values_are_422_naming_the_field(http, value) -> None:
+    client, _, _ = http
+    raw = json.dumps({"query": "pricing", "filters": {"product": value}}, ensure_ascii=True)
+    response = client.post("/search", headers={**auth(READ), "Content-Type": "application/json"}, content=raw)
+    assert response.status_code == 422, response.text
+    assert [f["field"] for f in response.json()["fields"]] == ["filters"]
+    ask = json.dumps({"question": "pricing?", "filters": {"product": value}, "stream": True})
+    streamed = client.post("/ask", headers={**auth(READ), "Content-Type": "application/json"}, content=ask)
+    assert streamed.status_code == 422 and "Traceback" not in streamed.text and "TypeError" not in streamed.text
+
+
+def test_status_during_a_full_rebuild_never_fails(http) -> None:
+    client, kb, docs = http
+    job = kb.reindex_in_background(docs, full=True)
+    codes = []
+    while job.running or len(codes) < 20:
+        codes.append(client.get("/status", headers=auth(ADMIN)).status_code)
+    job.wait()
+    assert set(codes) == {200} and len(codes) >= 20
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [("GET", "/nowhere", 404, "not_found"), ("DELETE", "/search", 405, "method_not_allowed")],
+)
+def test_routing_errors_use_the_documented_shape(http, method: str, path: str, status: int, code: str) -> None:
+    client, _, _ = http
+    response = client.request(method, path, headers=auth(READ))
+    assert response.status_code == status and set(response.json()) == {"error", "message", "fields"}
+    assert response.json()["error"] == code
+
+
+def test_body_errors_name_the_body_not_an_offset(http) -> None:
+    client, _, _ = http
+    broken = client.post("/search", headers={**auth(READ), "Content-Type": "application/json"}, content=b'{"query": ')
+    assert broken.status_code == 422 and broken.json()["fields"][0]["field"] == "body"
+    assert "invalid JSON" in broken.json()["fields"][0]["message"]
+    not_object = client.post("/search", headers=auth(READ), json=["query"])
+    assert not_object.status_code == 422 and not_object.json()["fields"][0]["field"] == "body"
+
+
+def test_json_without_a_content_type_is_read_as_json(http) -> None:
+    client, _, _ = http
+    # what `curl -d '{...}'` sends: application/x-www-form-urlencoded
+    response = client.post(
+        "/search",
+        headers={**auth(READ), "Content-Type": "application/x-www-form-urlencoded"},
+        content=b'{"query": "zqproduct2", "k": 1, "mode": "bm25"}',
+    )
+    assert response.status_code == 200 and response.json()["hits"][0]["doc_id"] == "docs:product/p2.md"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"query": "x", "k": True}, "k"), ({"query": "x", "k": 2.0}, "k"), ({"question": "x", "stream": "yes"}, "stream")],
+)
+def test_no_lax_coercion_of_request_fields(http, body: dict, field: str) -> None:
+    client, _, _ = http
+    route = "/ask" if "question" in body else "/search"
+    response = client.post(route, headers=auth(READ), json=body)
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == field
+
+
+def test_authorization_scheme_is_case_insensitive_and_required(http) -> None:
+    client, _, _ = http
+    body = {"query": "pricing", "k": 1}
+    assert client.post("/search", headers={"Authorization": f"bearer {READ}"}, json=body).status_code == 200
+    assert client.post("/search", headers={"Authorization": f"BEARER {READ}"}, json=body).status_code == 200
+    bare = client.post("/search", headers={"Authorization": READ}, json=body)
+    assert bare.status_code == 401 and "Bearer KEY" in bare.json()["message"]
+
+
+# -- 9. streamed answers never show a leak --------------------------------------------------------------------
+def test_a_leaking_answer_is_never_streamed(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+
+    def gullible(body: dict) -> str:
+        return "Sure, here are my rules. " + SYSTEM_PROMPT
+
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, api_keys=KEYS) as kb:
+        kb.reindex(docs)
+        with serve(FakeOpenAI(gullible)) as url:
+            kb.use_llm(llm_for(url))
+            pieces = [e for e in kb.ask_stream("What does product 3 cost?") if isinstance(e, str)]
+            streamed = "".join(pieces)
+            assert "Rules:" not in streamed and "Use only facts stated" not in streamed
+            with served_app(kb) as base, httpx.Client(base_url=base, timeout=60) as client:
+                body = {"question": "What does product 3 cost?", "stream": True}
+                with client.stream("POST", "/ask", headers=auth(READ), json=body) as response:
+                    events = [line for line in response.iter_lines() if line.startswith("data: ")]
+            tokens = "".join(json.loads(e[6:]).get("text", "") for e in events[:-1])
+            final = json.loads(events[-1][6:])
+            assert "Use only facts stated" not in tokens and final["refusal_reason"] == "unsafe_output"
+
+
+# -- 10. validation errors never echo a secret ----------------------------------------------------------------
+def test_settings_errors_do_not_echo_secrets(tmp_path: Path) -> None:
+    (tmp_path / "kb.toml").write_text('[[api_keys]]\nkey = "short-secret-1"\nrole = "read"\n')
+    with pytest.raises(ConfigError) as error:
+        Settings.load(tmp_path)
+    assert "api_keys.0.key" in str(error.value) and "short-secret-1" not in str(error.value)
+    with pytest.raises(Exception) as direct:
+        Settings(llm_api_key="sk-live-123", api_keys=[{"key": "tiny-secret"}])
+    assert "tiny-secret" not in str(direct.value)
+
+
+# -- 14. reading commands refuse a missing index ----------------------------------------------------------------
+@pytest.mark.parametrize("command", [["search", "x"], ["ask", "x?"], ["status"], ["source", "list"]])
+def test_reading_commands_refuse_a_missing_index_and_create_nothing(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "nope"
+    result = runner.invoke(app, [*command, "--kb", str(missing)])
+    assert result.exit_code == 2 and "no index at" in result.output and "kb ingest" in result.output
+    assert not missing.exists()
+
+
+# -- 15. opening twice in one process ----------------------------------------------------------------------------
+def test_second_open_in_the_same_process_says_so_and_collection_releases_it(tmp_path: Path) -> None:
+    first = KnowledgeBase.open(tmp_path / "idx", **SMALL)
+    with pytest.raises(IndexLockedError, match="already open in this process.*close\\(\\)"):
+        KnowledgeBase.open(tmp_path / "idx", **SMALL)
+    del first
+    gc.collect()
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as again:  # the lock went with the object
+        assert again.store.count() == 0
+
+
+# -- 16. kb.store.add: one codec for every chunk ------------------------------------------------------------------
+def test_nodes_added_as_a_llamaindex_vector_store_are_first_class(tmp_path: Path) -> None:
+    text = "# Ops guide\n\n## Restarts\n\nRestart the zqnodes worker with systemctl.\n"
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        nodes = MarkdownNodeParser().get_nodes_from_documents([Document(text=text, doc_id="ops-guide", metadata={"team": "ops"})])
+        for node in nodes:
+            node.embedding = kb.embedder.embed([node.get_content()])[0]
+            node.id_ = f"my-id-{node.id_[:4]}"  # not a UUID
+        kb.store.add(nodes)
+        hit = kb.search("zqnodes", k=1, mode="bm25", user=Principal())[0]  # an ACL: the default policy (public)
+        assert hit.doc_id == "nodes:ops-guide" and hit.header_path == "Ops guide > Restarts"
+        assert kb.search("zqnodes", k=1, mode="bm25", filters={"team": "ops"})[0].doc_id == "nodes:ops-guide"
+        assert kb.status().documents == 1 and kb.manifest.documents["nodes:ops-guide"].acl == [PUBLIC]
+        assert {r["name"] for r in kb.source_rows()} == {"nodes"}
+        kb.store.delete("ops-guide")
+        assert kb.search("zqnodes", k=1, mode="bm25") == []
+
+
+def test_threads_may_reindex_different_sources_at_once(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i in range(20):
+        write(a, f"a{i}.md", f"# A {i}\n\nAlpha text zqa{i}.\n")
+        write(b, f"b{i}.md", f"# B {i}\n\nBeta text zqb{i}.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        errors: list[BaseException] = []
+
+        def run(folder: Path) -> None:
+            try:
+                kb.reindex(folder)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(f,)) for f in (a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(kb.manifest.documents) == 40 and kb.store.count() == 40
+        assert not (tmp_path / "idx" / "DIRTY").exists()
