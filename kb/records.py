@@ -17,6 +17,7 @@ the same fields (a ``"A > B"`` header path string, ``ref_doc_id``, arbitrary met
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -161,7 +162,7 @@ class ChunkRecord:
             doc_hash=str(own.get("doc_hash") or "nodes"),
             chunk_index=int(own.get("chunk_index") or 0),
             title=str(own.get("title") or metadata.get("file_name") or path),
-            header_path=split_header_path(own.get("header_path")),
+            header_path=_with_own_heading(split_header_path(own.get("header_path")), node.get_content()),
             span=Span.from_list(list(span))
             if isinstance(span, (list, tuple)) and len(span) >= 4
             else Span(start, end, 0, 0),
@@ -176,12 +177,23 @@ class ChunkRecord:
 
 
 def split_header_path(value: Any) -> list[str]:
-    """A header path from a payload or foreign metadata: a list, or one ``"A > B > C"`` string."""
+    """A header path from a payload or foreign metadata: a list, one ``"A > B > C"`` string, or the
+    ``"/A/B/"`` of LlamaIndex's ``MarkdownNodeParser``."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(PATH_SEPARATOR.strip()) if part.strip()]
+        separator = PATH_SEPARATOR.strip() if PATH_SEPARATOR.strip() in value or not value.startswith("/") else "/"
+        return [part.strip() for part in value.split(separator) if part.strip()]
     if isinstance(value, (list, tuple)):
         return [str(part) for part in value]
     return []
+
+
+_MARKDOWN_HEADING = re.compile(r"\A#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def _with_own_heading(path: list[str], text: str) -> list[str]:
+    """MarkdownNodeParser's path names the parents; the node's own heading is the first line of its text."""
+    own = _MARKDOWN_HEADING.match(text.lstrip())
+    return [*path, own.group(1).strip()] if own and (not path or path[-1] != own.group(1).strip()) else path
 
 
 def foreign_point_id(node_id: str) -> str:

@@ -95,7 +95,10 @@ class DocumentSource(BaseModel):
     @field_validator("acl", mode="before")
     @classmethod
     def _valid_acl(cls, value: Any) -> Any:
-        return None if value is None else normalize_groups(value, "source acl")
+        try:
+            return None if value is None else normalize_groups(value, "acl")
+        except ConfigError as exc:  # a ValueError, so pydantic names the field (sources.0.acl) and the file
+            raise ValueError(str(exc)) from None
 
     @field_validator("url")
     @classmethod

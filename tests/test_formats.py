@@ -54,8 +54,9 @@ def pdf_bytes(outline: bool, pages: int = 3) -> bytes:
                 f"The gateway retries zqpage{n}s{sub} requests three times before it gives up. "
                 "Operators tune the limit in the configuration file and restart the service. " * 3
             )
-            pdf.multi_cell(0, 6, body)
-            pdf.multi_cell(0, 6, "This sentence ends with a hyphenated docu-\nment word for the joining test.")
+            pdf.multi_cell(0, 6, body, new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(0, 6, "This sentence ends with a hyphenated docu-\nment word for the joining test.",
+                           new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 
@@ -151,8 +152,8 @@ def _with_footnote(data: bytes, anchor: str, note: str) -> bytes:
 def test_docx_headings_lists_tables_outline_levels_and_footnotes() -> None:
     doc = parse_docx(docx_bytes())
     headings = [(b.level, b.title) for b in doc.blocks if b.kind is BlockKind.HEADING]
-    assert headings[:3] == [(1, "Billing specification"), (1, "Invoices"), (2, "Rates")]
-    assert (1, "Refunds") in headings and (1, "Footnotes") in headings
+    assert headings[:3] == [(1, "Billing specification"), (2, "Invoices"), (3, "Rates")]  # Title above Heading 1
+    assert (2, "Refunds") in headings and (2, "Footnotes") in headings
     kinds = {b.kind for b in doc.blocks}
     assert {BlockKind.LIST, BlockKind.TABLE} <= kinds
     table = next(b for b in doc.blocks if b.kind is BlockKind.TABLE)

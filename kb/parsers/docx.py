@@ -1,7 +1,8 @@
 """Word (.docx) → text and blocks, with python-docx.
 
-Headings come from heading styles (``Title``, ``Heading 1``…``Heading 9``, and styles based on them) or
-from an outline level set on the paragraph or its style; list paragraphs (numbered or bulleted) are grouped
+Headings come from heading styles (``Title`` above ``Heading 1``…``Heading 9``, and styles based on them)
+or from an outline level set on the paragraph or its style (level 0 = Heading 1); list paragraphs (numbered
+or bulleted) are grouped
 into one list block; tables become one block each (rows as ``cell | cell`` lines), kept whole by the chunker;
 footnotes are appended at the end under "Footnotes", their references kept in the text as ``[n]``.
 
@@ -73,7 +74,7 @@ def parse_docx(data: bytes, max_unpacked_bytes: int = 100_000_000) -> ParsedDocu
     footnotes = _footnotes(document)
     pieces = list(_body(document, footnotes))
     if footnotes:
-        pieces.append(_Piece(BlockKind.HEADING, "Footnotes", 1))
+        pieces.append(_Piece(BlockKind.HEADING, "Footnotes", 2))
         pieces.extend(_Piece(BlockKind.PARAGRAPH, f"[{n}] {text}") for n, text in footnotes.items() if text)
     parsed = _assemble(pieces)
     core_title = (document.core_properties.title or "").strip()
@@ -145,12 +146,12 @@ def _heading_level(paragraph: object) -> int:
             return 1
         match = _HEADING_STYLE.match(name)
         if match:
-            return int(match.group(1))
+            return int(match.group(1)) + 1
         level = _outline_level(candidate.element)
         if level is not None:
-            return level + 1
+            return level + 2
     level = _outline_level(paragraph._p)  # type: ignore[attr-defined]
-    return level + 1 if level is not None else 0
+    return level + 2 if level is not None else 0
 
 
 def _style_chain(style: object) -> list[object]:

@@ -156,11 +156,23 @@ def _signature(text: str) -> str:
     return _DIGITS.sub("#", " ".join(text.lower().split()))
 
 
+def _body_size(lines: list[_Line]) -> float:
+    """The font size most of the text is set in."""
+    weights: Counter[float] = Counter()
+    for line in lines:
+        if line.text.strip():
+            weights[line.size] += len(line.text)
+    return weights.most_common(1)[0][0] if weights else 0.0
+
+
 def _drop_running_lines(lines: list[_Line], pages: int) -> list[_Line]:
-    """Without lines that recur at the top or bottom of most pages, and bare page numbers there."""
+    """Without lines that recur at the top or bottom of most pages, and bare page numbers there.
+
+    Lines set larger than the body are never running lines: "Chapter 3: …" on every page is a heading."""
+    body = _body_size(lines)
     by_page: dict[int, list[int]] = {}
     for i, line in enumerate(lines):
-        if line.text.strip():
+        if line.text.strip() and line.size < body * HEADING_SIZE_RATIO:
             by_page.setdefault(line.page, []).append(i)
     edges: Counter[str] = Counter()
     edge_lines: dict[int, str] = {}
@@ -223,13 +235,9 @@ def _shows_title(have: str, wanted: str, line: str) -> bool:
 
 def _headings_by_font(lines: list[_Line]) -> None:
     """Headings from type: larger than the body (levels by size), or bold lines standing alone."""
-    weights: Counter[float] = Counter()
-    for line in lines:
-        if line.text.strip():
-            weights[line.size] += len(line.text)
-    if not weights:
+    body = _body_size(lines)
+    if not body:
         return
-    body = weights.most_common(1)[0][0]
     larger = sorted({line.size for line in lines if line.size >= body * HEADING_SIZE_RATIO}, reverse=True)
     levels = {size: n + 1 for n, size in enumerate(larger[:5])}
     for i, line in enumerate(lines):

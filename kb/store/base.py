@@ -11,7 +11,9 @@ and a manifest entry like any ingested document.
 
 from __future__ import annotations
 
+import inspect
 import re
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -210,13 +212,19 @@ class ChunkStore(BasePydanticVectorStore):
         with self.transaction():
             self.upsert(points)
             self.flush()
-            if self._on_foreign_add is not None:
-                self._on_foreign_add(records)
+            hook = self._on_foreign_add
+            if isinstance(hook, weakref.WeakMethod):
+                hook = hook()
+            if hook is not None:
+                hook(records)
         return [p.id for p in points]
 
     def on_foreign_add(self, hook: ForeignAddHook | None, acl: list[str] | None) -> None:
-        """Record nodes added through :meth:`add` (the knowledge base keeps its manifest with this)."""
-        self._on_foreign_add, self._foreign_acl = hook, acl
+        """Record nodes added through :meth:`add` (the knowledge base keeps its manifest with this).
+
+        A bound method is held weakly: the store must not keep its knowledge base alive."""
+        self._on_foreign_add = weakref.WeakMethod(hook) if inspect.ismethod(hook) else hook  # type: ignore[assignment]
+        self._foreign_acl = acl
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         from kb.sources import NODES_SOURCE
