@@ -10,7 +10,14 @@ Both sets ask the Python FAQ's own questions (the leaf sections of faq/*.rst.txt
   cross-references (``:func:``, ``:meth:``, ``:class:``, ``:mod:``, ``:ref:``, ``:term:`` …), resolved
   through Sphinx's ``objects.inv`` to the directive block or labelled section that defines them.
   Questions whose answer cross-references nothing resolvable are left out.
-Both get the questions of Git's FAQ (``gitfaq`` from Debian's git-doc) as unanswerable questions.
+Both get the questions of Git's FAQ (``gitfaq`` from Debian's git-doc) as unanswerable questions, except
+those the Python docs answer or that are ambiguous without git context (``NOT_UNANSWERABLE``; the check —
+BM25 and dense top hits of every question, read by a person — is recorded in evals/sets/unanswerable-check.md).
+
+Blanking leaves no trace of the question: its heading, the ``.. _label:`` anchors right above it (several
+are the question's own slug) and the ``.. index::`` entries of its section become spaces (offsets kept).
+Cross-references resolve through the ``objects.inv`` name to the directive whose *qualified* name it is
+(module, class nesting): ``meth:dict.copy`` is dict's ``copy`` block, not the first ``copy`` on the page.
 Each question is put in the ``tune`` split (≈30%, by hash of its id) or ``test``: tune settings on the
 first, report on the second. Package versions go to ``evals/sets/<set>.meta.json``.
 """
@@ -50,6 +57,16 @@ ROLE_DOMAINS = {
     "term": ("std:term",),
     "doc": ("std:doc",),
 }
+# gitfaq questions that are not unanswerable here (see evals/sets/unanswerable-check.md).
+NOT_UNANSWERABLE = {
+    "How do I configure a different editor?": "ambiguous: the Python docs cover editors and IDLE's configuration",
+    "How do I read a password or token from an environment variable?": "answered by os.environ and getpass",
+    "How do I use hooks to prevent users from making certain changes?": "ambiguous: Python's audit hooks",
+    "I'm on Windows and my text files are detected as binary.": "ambiguous: text and binary mode on Windows",
+    "I'm on Windows and git diff shows my files as having a `^M` at the end.": "ambiguous: newline translation",
+}
+LABEL = re.compile(r"^\.\. _[^:\n]+:[ \t]*$", re.MULTILINE)
+MODULE = re.compile(r"^[ \t]*\.\. (?:py:)?(?:current)?module:: (\S+)", re.MULTILINE)
 DIRECTIVE = re.compile(
     r"^([ \t]*)\.\. (?:py:)?(function|class|method|classmethod|staticmethod|attribute|data|exception|decorator"
     r"|decoratormethod|abstractmethod|coroutinefunction|coroutinemethod|property)::\s+([\w.]+)",
@@ -136,12 +153,48 @@ def faq_questions(page: str, text: str) -> list[FaqQuestion]:
 
 
 def blank_headings(text: str, questions: list[FaqQuestion]) -> str:
+    """The question headings, the labels right above them and the index entries of their sections, as spaces."""
     chars = list(text)
-    for q in questions:
-        for i in range(q.start, q.body_start):
+
+    def blank(start: int, end: int) -> None:
+        for i in range(start, end):
             if chars[i] != "\n":
                 chars[i] = " "
+
+    for q in questions:
+        blank(q.start, q.body_start)
+        for start, end in labels_above(text, q.start):
+            blank(start, end)
+        for start, end in index_entries(text, q.body_start, q.end):
+            blank(start, end)
     return "".join(chars)
+
+
+def labels_above(text: str, heading: int) -> list[tuple[int, int]]:
+    """``.. _label:`` lines directly above a heading (blank lines between them allowed)."""
+    out = []
+    lines_end = heading
+    while True:
+        before = text.rfind("\n", 0, max(lines_end - 1, 0))
+        line_start = before + 1 if before >= 0 else 0
+        line = text[line_start:lines_end].rstrip("\n")
+        if LABEL.fullmatch(line):
+            out.append((line_start, line_start + len(line)))
+        elif line.strip():
+            return out
+        if line_start == 0:
+            return out
+        lines_end = line_start
+
+
+def index_entries(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Every ``.. index::`` directive in ``text[start:end]``, with its indented entries."""
+    out = []
+    for match in re.finditer(r"^([ \t]*)\.\. index::", text[start:end], re.MULTILINE):
+        begin = start + match.start()
+        block_start, block_end = _indented_block(text, begin, len(match.group(1)))
+        out.append((block_start, min(block_end, end)))
+    return out
 
 
 def question_id(q: FaqQuestion) -> str:
@@ -166,7 +219,8 @@ def write_set(
     name: str, records: list[dict], unanswerable: list[str], version: str, git_version: str, corpus: Path, pages: int
 ) -> None:
     for i, question in enumerate(unanswerable):
-        records.append({"id": f"gitfaq-{i:02d}", "question": question, "answerable": False, "gold": []})
+        if question not in NOT_UNANSWERABLE:
+            records.append({"id": f"gitfaq-{i:02d}", "question": question, "answerable": False, "gold": []})
     for record in records:
         record["split"] = split_of(record["id"])
     SETS.mkdir(parents=True, exist_ok=True)
@@ -211,6 +265,7 @@ class XrefResolver:
         self.seen = 0
         self.unresolved = 0
         self._docs: dict[str, ParsedDocument] = {}
+        self._directives: dict[str, list[tuple[str, int, int]]] = {}
 
     def resolve_all(self, body: str) -> list[dict]:
         gold: dict[tuple[str, int, int], dict] = {}
@@ -243,6 +298,31 @@ class XrefResolver:
             self._docs[doc_id] = parse_rst((self.corpus / doc_id).read_text(encoding="utf-8"))
         return self._docs[doc_id]
 
+    def _qualified(self, doc_id: str) -> list[tuple[str, int, int]]:
+        """(qualified name, start, end) of every Python directive block of a page (module and class nesting)."""
+        if doc_id not in self._directives:
+            text = self._doc(doc_id).text
+            modules = [(m.start(), m.group(1)) for m in MODULE.finditer(text)]
+            blocks: list[tuple[str, int, int]] = []
+            classes: list[tuple[int, list[str]]] = []  # (indent, qualified names) of the enclosing classes
+            for match in DIRECTIVE.finditer(text):
+                indent, kind = len(match.group(1)), match.group(2)
+                while classes and classes[-1][0] >= indent:
+                    classes.pop()
+                module = next((name for at, name in reversed(modules) if at < match.start()), "")
+                parents = classes[-1][1] if classes else ["" if module == "None" else module]
+                names = [
+                    declared if not parent or declared.startswith(parent + ".") else f"{parent}.{declared}"
+                    for parent in parents
+                    for declared in [match.group(3), *_more_signatures(text, match.end(), indent)]
+                ]
+                start, end = _indented_block(text, match.start(), indent)
+                blocks += [(name, start, end) for name in names]
+                if kind in ("class", "exception"):
+                    classes.append((indent, names))
+            self._directives[doc_id] = blocks
+        return self._directives[doc_id]
+
     def _span(self, doc_id: str, domain: str, name: str, anchor: str) -> tuple[int, int] | None:
         doc = self._doc(doc_id)
         text = doc.text
@@ -257,11 +337,25 @@ class XrefResolver:
         if domain == "py:module":
             match = re.search(rf"^\.\. (?:py:)?module:: {re.escape(name)}\s*$", text, re.MULTILINE)
             return _section_after(doc, match.start(), enclosing=True) if match else None
-        for match in DIRECTIVE.finditer(text):
-            declared = match.group(3)
-            if name == declared or name.endswith("." + declared):
-                return _indented_block(text, match.start(), len(match.group(1)))
-        return None
+        blocks = self._qualified(doc_id)
+        target = anchor or name  # the objects.inv anchor is the fully qualified name
+        exact = [(start, end) for qualified, start, end in blocks if qualified == target]
+        if exact:
+            return exact[0]
+        # A page whose directives the walk cannot qualify (unusual markup): an unambiguous last-part match only.
+        tails = [(start, end) for qualified, start, end in blocks if qualified.split(".")[-1] == target.split(".")[-1]]
+        return tails[0] if len(tails) == 1 else None
+
+
+def _more_signatures(text: str, after: int, indent: int) -> list[str]:
+    """Names of the extra signature lines of a directive (``.. class:: set()`` then ``frozenset()``)."""
+    names = []
+    for line in text[after:].split("\n")[1:]:
+        match = re.match(r"^[ \t]+([\w.]+)\(", line)
+        if not line.strip() or match is None or len(line) - len(line.lstrip()) <= indent:
+            break
+        names.append(match.group(1))
+    return names
 
 
 def _target(raw: str) -> str:

@@ -574,6 +574,10 @@ def eval_command(
         int, typer.Option(help="Answer this many of those with the baseline too (slow: several LLM calls each).")
     ] = 0,
     split: Annotated[str, typer.Option(help="Questions to use: test, tune or all.")] = "test",
+    baseline_256: Annotated[
+        bool, typer.Option(help="Also run the stock recipe with SentenceSplitter(chunk_size=256), what MiniLM reads.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the answer sample and the bootstrap intervals.")] = 13,
     compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Diff two report folders (A B).")] = None,
 ) -> None:
     """Evaluate retrieval (and answers) on a question set, next to the stock LlamaIndex recipe."""
@@ -586,8 +590,9 @@ def eval_command(
         _fail("give a question set, or --compare A B")
     try:
         run_evaluation(
-            question_set, kb_path, report, corpus, baseline, answers, baseline_answers, split, console, err_console
-        )
+            question_set, kb_path, report, corpus, baseline, answers, baseline_answers, split, console, err_console,
+            baseline_256, seed,
+        )  # fmt: skip
     except KbError as exc:
         _fail(str(exc))
 

@@ -91,7 +91,8 @@ class HybridRetriever(BaseRetriever):
             with_vectors=with_relevance,
             readable=self.user.readable() if self.user is not None else None,
         )
-        hits = self._store.search(plan)
+        # Ties (equal fused scores are common with RRF) in a stable order: two runs rank the same.
+        hits = sorted(self._store.search(plan), key=lambda h: (-h.score, h.id))
         done = time.perf_counter()
         nodes = [NodeWithScore(node=node_from_payload(h.id, h.payload), score=h.score) for h in hits]
         relevance = [cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []

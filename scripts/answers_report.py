@@ -38,7 +38,7 @@ def main() -> None:
     for q in questions:
         answer = kb.ask(q["question"])
         gold = [GoldRef(g["doc_id"], g.get("header_path", "")) for g in q["gold"]]
-        on_gold = [resolver.hits(c.doc_id, c.span.start, c.span.end, gold) for c in answer.citations]
+        on_gold = [resolver.hits(c.path, c.span.start, c.span.end, gold) for c in answer.citations]
         if q["answerable"]:
             verdict = "supported" if any(on_gold) else ("refused" if answer.refused else "NOT supported")
         else:

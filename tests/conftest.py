@@ -17,6 +17,7 @@ from kb import KnowledgeBase, Settings
 from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
+FULL_PROFILE = os.environ.get("KB_TEST_PROFILE") == "full"  # CI: every case; `make test`: a fast sample
 SAMPLE_QUESTIONS = REPO / "evals" / "sets" / "sample.jsonl"
 
 

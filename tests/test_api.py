@@ -42,10 +42,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served_app(kb: KnowledgeBase, docs: Path | None = None) -> Iterator[str]:
-    """``create_app(kb, docs)`` served by uvicorn on a free loopback port; yields its base URL."""
+def served_app(kb: KnowledgeBase, docs: Path | None = None, keys: list[ApiKey] | None = None) -> Iterator[str]:
+    """``create_app(kb, docs)`` served by uvicorn on a free loopback port; yields its base URL. ``keys``, when
+    given, is the live list the app checks keys against (a test may add keys while it runs)."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(kb, docs), host="127.0.0.1", port=port, log_level="warning"))
+    api = create_app(kb, docs)
+    if keys is not None:
+        api.state.keys = keys
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

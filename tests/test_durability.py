@@ -15,7 +15,7 @@ import pytest
 import kb.indexing.indexer as indexer_module
 from kb import KnowledgeBase
 from kb.manifest import FolderState
-from tests.conftest import BACKENDS, write
+from tests.conftest import BACKENDS, FULL_PROFILE, write
 from tests.powercut import PowerCut, PowerLoss
 
 SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
@@ -142,15 +142,14 @@ def run_cut(base: tuple[Path, Path, Path], tmp: Path, backend: dict, at: int | N
 
 @pytest.mark.parametrize("backend_name", list(BACKENDS))
 def test_power_cut_at_every_write_point(
-    base_index, backend_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    base_index, backend_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(indexer_module, "EMBED_FLUSH_CHUNKS", 2)  # several batches: more interleavings
     backend = BACKENDS[backend_name]
     points = run_cut(base_index[backend_name], tmp_path / "full", backend, at=None)
     assert len(points) >= 12, points
     every = range(1, len(points) + 1)
-    # The fast profile cuts at every point on the embedded engine and at every third on the server stand-in
-    # (brute-force local mode, slower); the slow profile (`-m slow`) cuts at every point on both.
-    chosen = list(every) if backend_name == "edge" or request.config.getoption("-m") == "slow" else list(every)[::3]
+    # The full profile (CI) cuts at every write point; `make test` at every third, the last one included.
+    chosen = list(every) if FULL_PROFILE else sorted({*list(every)[::3], len(points)})
     for at in chosen:
         run_cut(base_index[backend_name], tmp_path / f"cut-{at}", backend, at)

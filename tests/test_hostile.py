@@ -85,6 +85,7 @@ def torture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "no-permission.md").chmod(0o644)
 
 
+@pytest.mark.slow
 def test_torture_folder_ingests_reports_each_bad_file_and_keeps_what_was_indexed(torture: Path, tmp_path: Path) -> None:
     good = tmp_path / "good"
     write(good, "runbook.md", "# Failover\n\nRun zqfailover promote on the replica.\n")
@@ -172,6 +173,7 @@ def test_fuzz_loaders_and_chunker_raise_only_source_errors_and_cover_in_order(na
 CHUNKER = HeadingChunker.for_model("all-MiniLM-L6-v2", max_tokens=64, min_tokens=8)
 
 
+@pytest.mark.slow
 def test_atheris_fuzz_of_loaders_and_chunker(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     seeds = tmp_path / "seeds"

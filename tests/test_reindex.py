@@ -153,11 +153,11 @@ def run_child(index: Path, docs: Path, point: str, n: int, *flags: str) -> subpr
     ("point", "n", "flags"),
     [
         ("upsert", 1, ()),  # new version written, manifest not switched
-        ("manifest_write", 1, ()),  # manifest switched, old version not yet deleted
-        ("delete_version", 1, ()),  # first old version deleted, others pending
+        pytest.param("manifest_write", 1, (), marks=pytest.mark.slow),  # manifest switched, old version not yet deleted
+        pytest.param("delete_version", 1, (), marks=pytest.mark.slow),  # first old version deleted, others pending
         ("upsert", 2, ()),  # between two batches
         ("swap", 1, ("--full",)),  # full rebuild: shard moved into place, manifest not yet
-        ("manifest_write", 1, ("--full",)),  # full rebuild: staging written, swap not started
+        pytest.param("manifest_write", 1, ("--full",), marks=pytest.mark.slow),  # full rebuild: staging written
     ],
 )
 def test_kill_9_at_any_point_leaves_each_document_old_or_new(
@@ -195,6 +195,7 @@ def indexed_v1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return docs, index
 
 
+@pytest.mark.slow
 def test_external_kill_during_a_long_reindex(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     names = [f"d{i}" for i in range(60)]

@@ -94,6 +94,10 @@ def untrained_cross_encoder(folder: Path) -> Path:
     return folder
 
 
+trains_a_model = pytest.mark.slow  # the tiny cross-encoder is trained for 90 s in the fixture
+
+
+@trains_a_model
 def test_reranking_orders_by_learned_relevance_and_keeps_top_k(
     reranker_kb: KnowledgeBase, sample_questions: list[dict], tmp_path: Path
 ) -> None:
@@ -119,6 +123,7 @@ def test_reranking_orders_by_learned_relevance_and_keeps_top_k(
     assert rate["trained"] >= 0.45 and rate["trained"] >= rate["untrained"] + 0.15, rate
 
 
+@trains_a_model
 def test_batching_does_not_change_scores(tiny_cross_encoder: Path) -> None:
     texts = [f"Rotate the API key number {i} with lumen keys roll." for i in range(37)]
     one = CrossEncoderReranker.load(tiny_cross_encoder, batch_size=1).score("how do I rotate a key?", texts)
@@ -126,6 +131,7 @@ def test_batching_does_not_change_scores(tiny_cross_encoder: Path) -> None:
     np.testing.assert_allclose(one, many, atol=1e-4)
 
 
+@trains_a_model
 def test_answers_are_reranked_and_the_floor_feeds_refusal(reranker_kb: KnowledgeBase) -> None:
     question = "How do I rotate an API key?"
     answer = reranker_kb.ask(question)
@@ -143,6 +149,7 @@ def test_answers_are_reranked_and_the_floor_feeds_refusal(reranker_kb: Knowledge
         reranker_kb.settings.reranker_floor = original
 
 
+@trains_a_model
 def test_search_rerank_option(reranker_kb: KnowledgeBase) -> None:
     hits = reranker_kb.search("What does error E4012 mean?", k=4, rerank=True)
     assert len(hits) == 4 and all(h.rerank_score is not None for h in hits)
@@ -150,6 +157,7 @@ def test_search_rerank_option(reranker_kb: KnowledgeBase) -> None:
     assert all(h.rerank_score is None for h in reranker_kb.search("What does error E4012 mean?", k=4))
 
 
+@trains_a_model
 def test_onnx_int8_agrees_with_torch(tiny_cross_encoder: Path, tmp_path: Path, sample_kb: KnowledgeBase) -> None:
     torch_reranker = CrossEncoderReranker.load(tiny_cross_encoder, backend="torch")
     onnx_reranker = CrossEncoderReranker.load(tiny_cross_encoder, backend=RerankerBackend.ONNX)
@@ -181,6 +189,7 @@ def test_offline_without_the_model_carries_on_and_says_so(tmp_path: Path, monkey
         assert kb.search("rotate keys", rerank=True)[0].rerank_score is None  # plain ranking, no crash
 
 
+@trains_a_model
 def test_reranker_from_a_local_folder_setting(tiny_cross_encoder: Path, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -193,6 +202,7 @@ def test_reranker_from_a_local_folder_setting(tiny_cross_encoder: Path, tmp_path
         assert kb.ask("When do backups run?").reranked
 
 
+@trains_a_model
 def test_postprocessor_on_plain_llamaindex_nodes(tiny_cross_encoder: Path) -> None:
     reranker = CrossEncoderReranker.load(tiny_cross_encoder, top_k=1)
     nodes = [
@@ -206,6 +216,7 @@ def test_postprocessor_on_plain_llamaindex_nodes(tiny_cross_encoder: Path) -> No
     assert kept[0].node.metadata["retrieval_score"] == [0.9, 0.1][best]
 
 
+@trains_a_model
 def test_blend_mixes_the_retrieval_order_in_and_the_model_card_sets_it(
     tiny_cross_encoder: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +253,7 @@ def test_blend_mixes_the_retrieval_order_in_and_the_model_card_sets_it(
         assert kb.reranker is not None and kb.status().reranker["blend"] == 0.25
 
 
+@trains_a_model
 def test_onnx_export_appears_atomically(
     tiny_cross_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,7 @@
-"""The shipping gate for an offline cross-encoder (issue 8, Part 2): on python-faq and python-faq-xref (test
-split) the reranked stage must beat the fused stage by ≥ 0.02 nDCG@10 with no drop in hit@3.
+"""The shipping gate for an offline cross-encoder: on python-faq and python-faq-xref the reranked stage must beat
+the fused stage by ≥ 0.02 nDCG@10 with no drop in hit@3. Decisions are taken on the **tune** split (``--split``,
+default tune): choosing among models or blends by their test figures would leak the test set into the choice;
+run once with ``--split test`` for the report of the model that was chosen.
 
     python -m evals.reranker.gate --model .bench/reranker/att2-residual --blend 0.5
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--blend", type=float, default=None, help="reranker_blend (default: the model's card)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: <model>/gate)")
+    parser.add_argument("--split", choices=("tune", "test"), default="tune", help="questions the gate reads")
     args = parser.parse_args()
     out = args.out or args.model / "gate"
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,7 @@ def main() -> None:
     kb = str(Path(sys.executable).with_name("kb"))
     jobs = {
         name: subprocess.Popen(
-            [kb, "eval", question_set, "--kb", index, "--no-baseline", "--report", str(out / name)],
+            [kb, "eval", question_set, "--kb", index, "--no-baseline", "--split", args.split, "--report", str(out / name)],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -70,6 +73,8 @@ def main() -> None:
     text = "\n".join(
         [
             f"# Gate: {args.model.name}",
+            "",
+            f"Split: {args.split}.",
             "",
             f"Reranker: {json.dumps(reranker)}",
             "",

@@ -1,6 +1,7 @@
 """The recipe a LlamaIndex user would assemble from its documentation, as the evaluation's baseline.
 
-``SimpleDirectoryReader`` → ``SentenceSplitter()`` (default sizes) → ``VectorStoreIndex`` on
+``SimpleDirectoryReader`` → ``SentenceSplitter()`` (default sizes; or ``chunk_size=256``, what MiniLM reads,
+for a fairer comparison that does not hand the generator text the embedder never read) → ``VectorStoreIndex`` on
 ``QdrantVectorStore`` (qdrant-client local mode) + ``BM25Retriever`` → ``QueryFusionRetriever`` in
 reciprocal-rank mode with ``num_queries=1``; answers with LlamaIndex's ``CitationQueryEngine``. It gets the
 same embedder and generator as kb. A reranker (``SentenceTransformerRerank``) would follow the fusion, but no
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,22 @@ from qdrant_client import QdrantClient
 from kb.embedding import SentenceTransformerEmbedder
 from kb.evaluation.runner import AnswerRecord, Retrieved
 
+_NODE_NAMESPACE = uuid.UUID("4b7b3c39-2f0e-4d93-9a4d-3c1b2a0f7e61")
+
 
 class LlamaIndexBaseline:
-    name = "llamaindex"
     stages = ("bm25", "dense", "fused")
 
-    def __init__(self, corpus: Path, embedder: SentenceTransformerEmbedder, llm: LLM | None, k: int = 10) -> None:
+    def __init__(
+        self,
+        corpus: Path,
+        embedder: SentenceTransformerEmbedder,
+        llm: LLM | None,
+        k: int = 10,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.name = "llamaindex" if chunk_size is None else f"llamaindex-{chunk_size}"
+        self.chunk_size = chunk_size
         self.corpus = corpus.resolve()
         self.embedder = embedder
         self.llm = llm
@@ -43,7 +55,11 @@ class LlamaIndexBaseline:
         ).load_data()
         self.timings["read"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        self.nodes: list[BaseNode] = SentenceSplitter().get_nodes_from_documents(documents)
+        splitter = SentenceSplitter() if chunk_size is None else SentenceSplitter(chunk_size=chunk_size)
+        self.nodes: list[BaseNode] = splitter.get_nodes_from_documents(documents)
+        for node in self.nodes:  # stable ids (the splitter draws random ones): results can be compared across runs
+            key = f"{node.metadata.get('file_path', node.ref_doc_id)}\0{node.start_char_idx}\0{node.end_char_idx}"
+            node.id_ = str(uuid.uuid5(_NODE_NAMESPACE, key))
         self.timings["chunk"] = time.perf_counter() - tick
         self._texts = {d.doc_id: d.text for d in documents}
         tick = time.perf_counter()
@@ -85,11 +101,15 @@ class LlamaIndexBaseline:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "recipe": "SimpleDirectoryReader + SentenceSplitter() + VectorStoreIndex(QdrantVectorStore local mode) "
+            "recipe": f"SimpleDirectoryReader + SentenceSplitter({self._splitter_args()}) "
+            "+ VectorStoreIndex(QdrantVectorStore local mode) "
             "+ BM25Retriever + QueryFusionRetriever(reciprocal_rerank, num_queries=1) + CitationQueryEngine",
             "nodes": len(self.nodes),
             "ingest_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
+
+    def _splitter_args(self) -> str:
+        return "" if self.chunk_size is None else f"chunk_size={self.chunk_size}"
 
     def _located(self, hit: NodeWithScore) -> Retrieved:
         node = hit.node
@@ -102,7 +122,7 @@ class LlamaIndexBaseline:
             text = self._texts.get(node.ref_doc_id or "", "")
             start = max(text.find(content[:200]), 0)
             end = start + len(content)
-        return Retrieved(rel, start, end, node.node_id)
+        return Retrieved(rel, start, end, node.node_id, node.get_content()[:200])
 
 
 def _source_number(hit: NodeWithScore) -> int:

@@ -31,6 +31,8 @@ def run_evaluation(
     split: str,
     console: Console,
     err_console: Console,
+    baseline_256: bool = True,
+    seed: int = 13,
 ) -> None:
     questions = load_questions(question_set)
     if split != "all":
@@ -41,16 +43,20 @@ def run_evaluation(
         raise KbError(
             f"corpus folder {corpus} not found: pass --corpus, or build it ({meta.get('builder', 'see evals/')})"
         )
-    rng = random.Random(13)
+    rng = random.Random(seed)
     answer_order = [q.id for q in rng.sample(questions, min(answers, len(questions)))]
     answer_ids = set(answer_order) or None
     baseline_ids = set(answer_order[:baseline_answers]) or None
     context: dict[str, Any] = {
         "question set": f"{question_set} ({len(questions)} questions, split {split})",
         "corpus": f"{corpus} — packages {meta.get('packages', 'n/a')}",
-        "command": f"kb eval {question_set} --kb {kb_path}"
+        "command": f"kb eval {question_set} --kb {kb_path} --split {split}"
         + (f" --answers {answers}" if answers else "")
-        + (f" --baseline-answers {baseline_answers}" if baseline_answers else ""),
+        + (f" --baseline-answers {baseline_answers}" if baseline_answers else "")
+        + ("" if with_baseline else " --no-baseline")
+        + ("" if baseline_256 or not with_baseline else " --no-baseline-256")
+        + (f" --seed {seed}" if seed != 13 else ""),
+        "split": f"{split} (settings are chosen on tune; reports are read on test)",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     resolver = GoldResolver(corpus)
@@ -63,8 +69,15 @@ def run_evaluation(
         if with_baseline:
             from kb.evaluation.baseline import LlamaIndexBaseline
 
-            err_console.print("building the LlamaIndex baseline (embeds its own chunks)…")
-            systems["llamaindex"] = LlamaIndexBaseline(corpus, kb.embedder, kb.llm if baseline_answers else None)
+            generator = kb.llm if baseline_answers else None
+            for chunk_size in (None, 256) if baseline_256 else (None,):
+                size = chunk_size or "default"
+                err_console.print(f"building the LlamaIndex baseline (chunk_size={size}; embeds its own chunks)…")
+                baseline = LlamaIndexBaseline(corpus, kb.embedder, generator, chunk_size=chunk_size)
+                systems[baseline.name] = baseline
+        def generates(name: str) -> bool:  # the default recipe answers; the 256 variant is for ranking
+            return kb.llm is not None and name == "llamaindex"
+
         results: dict[str, list[QuestionResult]] = {}
         for name, system in systems.items():
             context[f"{name} setup"] = system.describe()
@@ -74,12 +87,12 @@ def run_evaluation(
                     questions,
                     resolver,
                     # The baseline has no extractive mode: without a generator it answers nothing.
-                    answer_ids=answer_ids if name == "kb" else (baseline_ids if kb.llm is not None else None),
+                    answer_ids=answer_ids if name == "kb" else (baseline_ids if generates(name) else None),
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
     _print_table(console, {name: summarize(rows) for name, rows in results.items()})
     if report is not None:
-        write_report(report, f"Evaluation: {question_set.stem}", results, context)
+        write_report(report, f"Evaluation: {question_set.stem}", results, context, seed=seed)
         console.print(f"report written to {report}/report.md")
 
 

@@ -1,52 +1,85 @@
-"""Ranking and answer metrics, as plain functions over per-question judgements.
+"""Ranking and answer metrics, as plain functions over per-question judgements, and paired bootstrap intervals.
 
-A ranking is judged as ``gold_hits``: for each retrieved item, the index of the gold reference it overlaps
-(-1 for none). A gold section counts once however many of its chunks come back, so a chunk of an already
-found section neither adds to nDCG nor to recall.
+A ranking is judged as ``gold_hits``: for each retrieved item, the indices of the gold references it covers
+(an empty list for none). A gold counts once however many of its chunks come back, so a chunk of an
+already found gold neither adds to nDCG nor to recall; a chunk that covers two golds (nested golds, or two
+definitions in one chunk) credits both.
 
-    >>> ranking = [-1, 0, 0, 1]        # 2nd and 3rd items hit gold 0, the 4th hits gold 1
+    >>> ranking = [[], [0], [0], [1]]        # 2nd and 3rd items cover gold 0, the 4th covers gold 1
     >>> hit_at(ranking, 1), hit_at(ranking, 3), round(mrr_at(ranking, 10), 3), recall_at(ranking, 3, n_gold=2)
     (0.0, 1.0, 0.5, 0.5)
+    >>> round(ndcg_at([[0, 1]], 10, n_gold=2), 3)  # one chunk covering both golds at rank 1: the ideal
+    1.0
+
+Relevance itself (which golds a chunk covers) is decided in :mod:`kb.evaluation.gold`.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Sequence
 
 RANK_CUTOFFS = (1, 3, 5, 10)
+Judged = Sequence[Sequence[int]]
 
 
-def hit_at(gold_hits: Sequence[int], k: int) -> float:
-    return float(any(g >= 0 for g in gold_hits[:k]))
+def normalise(gold_hits: Sequence[int | Sequence[int]]) -> list[list[int]]:
+    """Judgements of either format: lists of gold indices, or the single index (-1: none) of older reports."""
+    return [([g] if g >= 0 else []) if isinstance(g, int) else list(g) for g in gold_hits]
 
 
-def mrr_at(gold_hits: Sequence[int], k: int = 10) -> float:
-    return next((1.0 / (i + 1) for i, g in enumerate(gold_hits[:k]) if g >= 0), 0.0)
+def hit_at(gold_hits: Judged, k: int) -> float:
+    return float(any(golds for golds in gold_hits[:k]))
 
 
-def recall_at(gold_hits: Sequence[int], k: int, n_gold: int) -> float:
-    return len({g for g in gold_hits[:k] if g >= 0}) / n_gold if n_gold else 0.0
+def mrr_at(gold_hits: Judged, k: int = 10) -> float:
+    return next((1.0 / (i + 1) for i, golds in enumerate(gold_hits[:k]) if golds), 0.0)
 
 
-def ndcg_at(gold_hits: Sequence[int], k: int, n_gold: int) -> float:
+def recall_at(gold_hits: Judged, k: int, n_gold: int) -> float:
+    return len({g for golds in gold_hits[:k] for g in golds}) / n_gold if n_gold else 0.0
+
+
+def ndcg_at(gold_hits: Judged, k: int, n_gold: int) -> float:
+    """Binary-gain nDCG over golds: an item's gain is the number of golds it finds first (at most the ideal)."""
     seen: set[int] = set()
     dcg = 0.0
-    for i, g in enumerate(gold_hits[:k]):
-        if g >= 0 and g not in seen:
-            seen.add(g)
-            dcg += 1.0 / math.log2(i + 2)
+    for i, golds in enumerate(gold_hits[:k]):
+        new = [g for g in golds if g not in seen]
+        seen.update(new)
+        dcg += len(new) / math.log2(i + 2)
     ideal = sum(1.0 / math.log2(i + 2) for i in range(min(n_gold, k)))
-    return dcg / ideal if ideal else 0.0
+    return min(1.0, dcg / ideal) if ideal else 0.0
 
 
-def ranking_metrics(gold_hits: Sequence[int], n_gold: int) -> dict[str, float]:
-    out = {f"hit@{k}": hit_at(gold_hits, k) for k in RANK_CUTOFFS}
-    out["mrr@10"] = mrr_at(gold_hits, 10)
-    out["ndcg@10"] = ndcg_at(gold_hits, 10, n_gold)
-    out.update({f"recall@{k}": recall_at(gold_hits, k, n_gold) for k in (5, 10)})
+def ranking_metrics(gold_hits: Sequence[int | Sequence[int]], n_gold: int) -> dict[str, float]:
+    judged = normalise(gold_hits)
+    out = {f"hit@{k}": hit_at(judged, k) for k in RANK_CUTOFFS}
+    out["mrr@10"] = mrr_at(judged, 10)
+    out["ndcg@10"] = ndcg_at(judged, 10, n_gold)
+    out.update({f"recall@{k}": recall_at(judged, k, n_gold) for k in (5, 10)})
     return out
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 13, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``a − b`` over paired questions and its percentile bootstrap interval (lo, hi).
+
+    The same questions are resampled for both systems, so the interval is that of the *difference*: when it
+    excludes 0 the difference is unlikely to be an accident of which questions the set happens to hold."""
+    if len(a) != len(b):
+        raise ValueError("paired samples must have the same length")
+    if not a:
+        return float("nan"), float("nan"), float("nan")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return sum(diffs) / n, means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
 
 
 def tokens(text: str) -> list[str]:
@@ -100,3 +133,4 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+

@@ -8,10 +8,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kb.evaluation.metrics import mean, percentile, ranking_metrics
+from kb.evaluation.metrics import mean, paired_bootstrap, percentile, ranking_metrics
 from kb.evaluation.runner import QuestionResult
 
 HEADLINE = ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "recall@5", "recall@10")
+COMPARED = ("ndcg@10", "hit@5", "hit@1", "mrr@10")
+STAGE_PAIRS = (("fused", "dense"), ("fused", "bm25"), ("dense", "bm25"), ("reranked", "fused"))
 
 
 def summarize(rows: list[QuestionResult]) -> dict[str, Any]:
@@ -54,11 +56,34 @@ def answer_metrics(rows: list[QuestionResult]) -> dict[str, float]:
     }
 
 
+def differences(systems: dict[str, list[QuestionResult]], seed: int = 13) -> list[dict[str, Any]]:
+    """Paired bootstrap intervals of every kb-vs-baseline difference (same stage) and kb stage-vs-stage one."""
+    per_q: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for name, rows in systems.items():
+        answerable = sorted((r for r in rows if r.answerable), key=lambda r: r.id)
+        for stage in rows[0].stages if rows else []:
+            values = [ranking_metrics(r.stages[stage]["gold_hits"], r.n_gold) for r in answerable]
+            per_q[(name, stage)] = {m: [v[m] for v in values] for m in COMPARED}
+    names = list(systems)
+    pairs: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    for other in names[1:]:
+        pairs += [((names[0], s), (other, s)) for s in ("bm25", "dense", "fused") if (other, s) in per_q]
+    kb = names[0]
+    pairs += [((kb, a), (kb, b)) for a, b in STAGE_PAIRS if (kb, a) in per_q and (kb, b) in per_q]
+    out = []
+    for left, right in pairs:
+        for metric in COMPARED:
+            diff, lo, hi = paired_bootstrap(per_q[left][metric], per_q[right][metric], seed=seed)
+            out.append({"a": "/".join(left), "b": "/".join(right), "metric": metric, "diff": diff, "lo": lo, "hi": hi})
+    return out
+
+
 def write_report(
     folder: Path,
     title: str,
     systems: dict[str, list[QuestionResult]],
     context: dict[str, Any],
+    seed: int = 13,
 ) -> str:
     """Write ``report.md``, ``results.jsonl``, ``summary.json`` and plots into ``folder``; return the markdown."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,14 +92,18 @@ def write_report(
             for row in rows:
                 handle.write(json.dumps({"system": system, **asdict(row)}, ensure_ascii=False) + "\n")
     summaries = {name: summarize(rows) for name, rows in systems.items()}
-    (folder / "summary.json").write_text(json.dumps({"context": context, "summary": summaries}, indent=1, default=str))
+    diffs = differences(systems, seed)
+    payload = {"context": context, "summary": summaries, "differences": diffs}
+    (folder / "summary.json").write_text(json.dumps(payload, indent=1, default=str))
     _plots(folder, systems)
-    text = render(title, summaries, context)
+    text = render(title, summaries, context, diffs)
     (folder / "report.md").write_text(text)
     return text
 
 
-def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, Any]) -> str:
+def render(
+    title: str, summaries: dict[str, dict[str, Any]], context: dict[str, Any], diffs: list[dict[str, Any]] | None = None
+) -> str:
     names = list(summaries)
     kb_name, base = names[0], (names[1] if len(names) > 1 else None)
     lines = [f"# {title}", ""]
@@ -83,7 +112,8 @@ def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, 
     lines += [
         "",
         f"Ranking metrics over the {summaries[kb_name]['answerable']} answerable questions "
-        f"({summaries[kb_name]['questions']} in all); a chunk is relevant when its span overlaps a gold section.",
+        f"({summaries[kb_name]['questions']} in all); a chunk is relevant to a gold it covers (at least half of the "
+        "chunk in the gold, or half of the gold in the chunk), and credits every gold it covers.",
         "",
     ]
     header = "| stage | metric | " + " | ".join(names) + (" | kb ÷ baseline |" if base else " |")
@@ -94,6 +124,19 @@ def render(title: str, summaries: dict[str, dict[str, Any]], context: dict[str, 
             cells = " | ".join("—" if v is None else f"{v:.3f}" for v in values)
             ratio = f" | {_ratio(values[0], values[1])}" if base else ""
             lines.append(f"| {stage} | {metric} | {cells}{ratio} |")
+    if diffs:
+        lines += [
+            "",
+            "Differences, paired over the same questions, with 95% bootstrap intervals (2,000 resamples); "
+            "**bold** where the interval excludes 0:",
+            "",
+            "| a | b | metric | a − b | 95% interval |",
+            "|---|---|---|---|---|",
+        ]
+        for d in diffs:
+            sure = d["lo"] > 0 or d["hi"] < 0
+            value = f"**{d['diff']:+.3f}**" if sure else f"{d['diff']:+.3f}"
+            lines.append(f"| {d['a']} | {d['b']} | {d['metric']} | {value} | [{d['lo']:+.3f}, {d['hi']:+.3f}] |")
     lines += _table_head("Latency per stage, ms (p50 / p95):", "stage", names)
     for stage in summaries[kb_name]["latency_ms"]:
         cells = " | ".join(_latency(summaries[n]["latency_ms"].get(stage)) for n in names)

@@ -2,7 +2,9 @@
 
 A *system* answers two calls: ``retrieve(stage, question, k)`` for each ranking stage it has (``bm25``,
 ``dense``, ``fused``, ``reranked``) and ``answer(question)``. Both kb and the baseline are judged the same way:
-a retrieved chunk is relevant when its character span overlaps a gold section of the same document.
+a retrieved chunk is relevant to every gold of the same document it covers (:func:`kb.evaluation.gold.covers`).
+Each result row keeps, per hit, its document, span, the golds it was credited to and its first 200 characters,
+so a ranking can be re-judged later without re-running it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ KB_STAGES: dict[str, RetrievalMode] = {
 
 @dataclass(frozen=True)
 class Retrieved:
-    doc_id: str
+    doc_id: str  # path inside the corpus folder (what gold references name)
     start: int
     end: int
     node_id: str
+    text: str = ""
 
 
 @dataclass
@@ -67,14 +70,14 @@ class KbSystem:
         # Gold references name paths inside the corpus folder: kb's source-relative path.
         if stage == "reranked":
             hits = self.kb.search(question, k=k, rerank=True)
-            return [Retrieved(h.path, h.span.start, h.span.end, h.node_id) for h in hits]
+            return [Retrieved(h.path, h.span.start, h.span.end, h.node_id, h.text) for h in hits]
         result = self.kb.retriever(k, mode=KB_STAGES[stage]).search(question)
         records = [(n.node.node_id, ChunkRecord.from_node(n.node)) for n in result.nodes]
-        return [Retrieved(r.path, r.span.start, r.span.end, node_id) for node_id, r in records]
+        return [Retrieved(r.path, r.span.start, r.span.end, node_id, r.text) for node_id, r in records]
 
     def answer(self, question: str) -> AnswerRecord:
         answer = self.kb.ask(question)
-        cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id) for c in answer.citations]
+        cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id, c.quote) for c in answer.citations]
         return AnswerRecord(answer.text, answer.refused, cited, answer.timings)
 
     def describe(self) -> dict[str, Any]:
@@ -119,17 +122,17 @@ class QuestionResult:
     answer: dict[str, Any] | None = None
 
 
-def judge(resolver: GoldResolver, question: Question, items: list[Retrieved]) -> list[int]:
-    """Index of the first gold reference each item overlaps, or -1."""
-    out = []
-    for item in items:
-        hit = -1
-        for i, ref in enumerate(question.gold):
-            if ref.doc_id == item.doc_id and resolver.hits(item.doc_id, item.start, item.end, [ref]):
-                hit = i
-                break
-        out.append(hit)
-    return out
+def judge(resolver: GoldResolver, question: Question, items: list[Retrieved]) -> list[list[int]]:
+    """For each item, the indices of every gold reference it covers (empty: not relevant)."""
+    return [resolver.credits(item.doc_id, item.start, item.end, question.gold) for item in items]
+
+
+def audit_rows(items: list[Retrieved], credited: list[list[int]]) -> list[dict[str, Any]]:
+    """What each hit was, for results.jsonl: enough to re-judge it without re-running the ranking."""
+    return [
+        {"doc_id": i.doc_id, "span": [i.start, i.end], "gold": golds, "text": i.text[:200]}
+        for i, golds in zip(items, credited, strict=True)
+    ]
 
 
 def run(
@@ -148,9 +151,11 @@ def run(
             tick = time.perf_counter()
             items = system.retrieve(stage, question.question, k)
             ms = (time.perf_counter() - tick) * 1e3
+            credited = judge(resolver, question, items)
             row.stages[stage] = {
                 "ids": [i.node_id for i in items],
-                "gold_hits": judge(resolver, question, items),
+                "gold_hits": credited,
+                "hits": audit_rows(items, credited),
                 "ms": ms,
             }
         if answer_ids is not None and question.id in answer_ids:
@@ -160,8 +165,9 @@ def run(
                 "text": record.text,
                 "refused": record.refused,
                 "cited": len(record.cited),
-                "cited_on_gold": sum(h >= 0 for h in cited_hits),
-                "supported": any(h >= 0 for h in cited_hits),
+                "cited_on_gold": sum(bool(h) for h in cited_hits),
+                "supported": any(cited_hits),
+                "citations": audit_rows(record.cited, cited_hits),
                 "token_f1": token_f1(record.text, question.answer) if question.answer and not record.refused else None,
                 "rouge_l": rouge_l(record.text, question.answer) if question.answer and not record.refused else None,
                 "timings": record.timings,

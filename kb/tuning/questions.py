@@ -150,11 +150,14 @@ class QuestionWriter:
         target: int,
         minutes: float | None = None,
         on_row: Callable[[QuestionRow, int, int], None] | None = None,
+        chunks: list[tuple[str, ChunkRecord]] | None = None,
     ) -> list[QuestionRow]:
-        """Work until ``target`` chunks are done or ``minutes`` pass; returns every row written so far."""
+        """Work until ``target`` chunks are done or ``minutes`` pass; returns every row written so far.
+
+        ``chunks`` is a plan made earlier (:meth:`plan`), so the index need not stay open meanwhile."""
         self.folder.mkdir(parents=True, exist_ok=True)
         done = {row.chunk_id for row in read_rows(self.path)}
-        todo = [(i, r) for i, r in self.plan(target) if i not in done]
+        todo = [(i, r) for i, r in (chunks if chunks is not None else self.plan(target)) if i not in done]
         deadline = time.monotonic() + minutes * 60 if minutes else None
         started, finished = time.monotonic(), 0
         with self.path.open("a", encoding="utf-8") as out:

@@ -1,0 +1,197 @@
+"""The evaluation harness itself (issue 21): metrics against a well-kept reference (ir-measures over
+pytrec_eval), relevance by coverage, every covered gold credited, the gold resolver on the named examples,
+blanking that leaves no trace of the question (on the real python3.11-doc FAQ, slow profile), paired
+bootstrap intervals, and audit rows in results.jsonl."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kb.evaluation.gold as gold_module
+import kb.evaluation.metrics as metrics_module
+from kb.evaluation.gold import GoldRef, GoldResolver, covers
+from kb.evaluation.metrics import hit_at, mrr_at, ndcg_at, paired_bootstrap, ranking_metrics, recall_at
+from kb.evaluation.questions import Question
+from kb.evaluation.runner import Retrieved, audit_rows, judge
+from tests.conftest import write
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_metric_and_gold_doctests_hold() -> None:
+    for module in (metrics_module, gold_module):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@given(
+    ranking=st.lists(st.integers(-1, 4), min_size=0, max_size=15),
+    n_gold=st.integers(1, 5),
+)
+@settings(max_examples=300, deadline=None)
+def test_metrics_equal_trec_eval_on_single_gold_items(ranking: list[int], n_gold: int) -> None:
+    """Where each item covers at most one gold, kb's metrics are the textbook ones: checked against
+    pytrec_eval (through ir-measures), items mapped to documents (a gold found again is a non-relevant duplicate)."""
+    ir_measures = pytest.importorskip("ir_measures")
+    from ir_measures import RR, R, Success, nDCG
+
+    ranking = [g if g < n_gold else -1 for g in ranking]
+    qrels = [ir_measures.Qrel("q", f"g{i}", 1) for i in range(n_gold)]
+    seen, run = set(), []
+    for rank, g in enumerate(ranking):
+        doc = f"g{g}" if g >= 0 and g not in seen else f"junk{rank}"
+        seen.add(g)
+        run.append(ir_measures.ScoredDoc("q", doc, float(len(ranking) - rank)))
+    reference = ir_measures.calc_aggregate([nDCG @ 10, RR @ 10, R @ 5, R @ 10, Success @ 1, Success @ 5], qrels, run) if run else {}
+    ours = ranking_metrics(ranking, n_gold)
+    if not run:
+        assert ours["ndcg@10"] == ours["mrr@10"] == ours["hit@1"] == 0.0
+        return
+    assert ours["ndcg@10"] == pytest.approx(reference[nDCG @ 10], abs=1e-9)
+    assert ours["mrr@10"] == pytest.approx(reference[RR @ 10], abs=1e-9)
+    assert ours["recall@5"] == pytest.approx(reference[R @ 5], abs=1e-9)
+    assert ours["recall@10"] == pytest.approx(reference[R @ 10], abs=1e-9)
+    assert ours["hit@1"] == reference[Success @ 1] and ours["hit@5"] == reference[Success @ 5]
+
+
+def test_a_chunk_covering_several_golds_credits_each_once() -> None:
+    assert ndcg_at([[0, 1]], 10, n_gold=2) == 1.0  # the ideal: both golds at rank 1
+    assert recall_at([[0, 1], [0]], 1, n_gold=3) == pytest.approx(2 / 3)
+    assert ndcg_at([[], [0], [0], [0]], 10, n_gold=1) == pytest.approx(1 / 1.584962500721156)  # repeats add nothing
+    assert hit_at([[], []], 2) == 0.0 and mrr_at([[], [2]], 10) == 0.5
+    assert ranking_metrics([-1, 0, 1], 2) == ranking_metrics([[], [0], [1]], 2)  # older reports still read
+
+
+def test_relevance_is_coverage_not_a_touch() -> None:
+    page = (0, 31_516)  # mod:shutil: the whole page
+    assert covers((1_200, 1_900), page)  # a chunk of the page
+    assert not covers((0, 4_000), (3_990, 4_200))  # a big chunk sharing ten characters with the answer
+    assert covers((0, 4_000), (1_000, 1_300))  # a big chunk that holds the whole answer
+    assert not covers((500, 600), (600, 900))  # touching ends
+
+
+def test_judge_credits_nested_and_neighbouring_golds(tmp_path: Path) -> None:
+    text = "# Copying\n\n" + "intro " * 300 + "\n\n## copyfile\n\n" + "copyfile copies " * 10 + "\n\n## copy2\n\n" + "copy2 " * 20
+    write(tmp_path, "shutil.md", text)
+    start_copyfile = text.index("## copyfile")
+    start_copy2 = text.index("## copy2")
+    question = Question(
+        "library-81c68378",
+        "How do I copy a file?",
+        True,
+        [
+            GoldRef("shutil.md", span=(0, len(text))),  # the page-sized mod:shutil
+            GoldRef("shutil.md", span=(start_copyfile, start_copy2)),  # func:shutil.copyfile
+            GoldRef("shutil.md", span=(start_copy2, len(text))),  # func:shutil.copy2
+        ],
+    )
+    resolver = GoldResolver(tmp_path)
+    items = [
+        Retrieved("shutil.md", start_copyfile, start_copy2, "a", "copyfile"),
+        Retrieved("shutil.md", start_copy2, len(text), "b", "copy2"),
+        Retrieved("other.md", 0, 10, "c", "elsewhere"),
+    ]
+    credited = judge(resolver, question, items)
+    assert credited == [[0, 1], [0, 2], []]
+    assert recall_at(credited, 2, n_gold=3) == 1.0  # the old judge capped this question at 1/3
+    rows = audit_rows(items, credited)
+    assert rows[0] == {"doc_id": "shutil.md", "span": [start_copyfile, start_copy2], "gold": [0, 1], "text": "copyfile"}
+
+
+def test_paired_bootstrap_is_seeded_and_brackets_the_mean() -> None:
+    rng = random.Random(1)
+    a = [rng.random() for _ in range(80)]
+    b = [x - 0.1 + rng.gauss(0, 0.05) for x in a]
+    first, second = paired_bootstrap(a, b, seed=7), paired_bootstrap(a, b, seed=7)
+    assert first == second  # the same seed, the same interval
+    diff, lo, hi = first
+    assert lo < diff < hi and lo > 0  # a real difference of 0.1 is told apart from 0
+    same = paired_bootstrap(a, a)
+    assert same == (0.0, 0.0, 0.0)
+
+
+def _builder():
+    sys.path.insert(0, str(REPO))
+    import evals.build_python_sets as builder
+
+    return builder
+
+
+@pytest.fixture(scope="module")
+def python_doc() -> Path:
+    from kb.evaluation.debian import fetch_debian_package
+
+    root, _ = fetch_debian_package("python3.11-doc", REPO / ".bench")
+    return root
+
+
+@pytest.mark.slow
+def test_method_references_resolve_through_the_inventory_anchor(python_doc: Path, tmp_path: Path) -> None:
+    builder = _builder()
+    sources = python_doc / builder.SOURCES
+    corpus = tmp_path / "corpus"
+    for page in ("library/stdtypes.rst.txt", "library/shutil.rst.txt", "library/copy.rst.txt"):
+        write(corpus, page, (sources / page).read_text())
+    resolver = builder.XrefResolver(corpus, builder.read_inventory(python_doc / "usr/share/doc/python3.11/html/objects.inv"))
+    text = (corpus / "library/stdtypes.rst.txt").read_text()
+    assert resolver.resolve("meth", "set.copy") is None  # not in the inventory: Sphinx files it as frozenset.copy
+    for role, name in (("meth", "dict.copy"), ("meth", "dict.pop"), ("meth", "frozenset.copy")):
+        ref = resolver.resolve(role, name)
+        assert ref is not None, name
+        block = text[ref["span"][0] : ref["span"][1]]
+        owner = text.rfind(".. class::", 0, ref["span"][0])
+        assert block.lstrip().startswith(f".. method:: {name.split('.')[1]}")
+        assert name.split(".")[0] in text[owner : text.index("\n\n", owner)], (name, text[owner : owner + 60])
+    copyfile = resolver.resolve("func", "shutil.copyfile")
+    module = resolver.resolve("mod", "shutil")
+    assert module["span"][0] <= copyfile["span"][0] < copyfile["span"][1] <= module["span"][1]  # nested: reachable
+
+
+@pytest.mark.slow
+def test_blanking_leaves_no_trace_of_the_question_in_its_page(python_doc: Path) -> None:
+    builder = _builder()
+    sources = python_doc / builder.SOURCES
+    leaks = []
+    for page in sorted(sources.glob("faq/*.rst.txt")):
+        text = page.read_text()
+        questions = builder.faq_questions(page.name, text)
+        blanked = builder.blank_headings(text, questions)
+        assert len(blanked) == len(text) and blanked.count("\n") == text.count("\n")  # offsets unchanged
+        for q in questions:
+            slug = re.sub(r"[^a-z0-9]+", "-", q.title.lower()).strip("-")
+            words = set(re.findall(r"[a-z]{3,}", q.title.lower())) - {"the", "and", "how", "can", "what", "why", "does"}
+            outside = blanked[: q.body_start] + blanked[q.end :]
+            if slug and slug in re.sub(r"[^a-z0-9]+", "-", outside.lower()):
+                leaks.append((page.name, q.title, "slug"))
+            for label in re.findall(r"^\.\. _([^:]+):", outside, re.MULTILINE):
+                if words and len(words & set(re.findall(r"[a-z]{3,}", label.lower()))) >= 0.6 * len(words):
+                    leaks.append((page.name, q.title, f"label {label}"))
+            if re.search(r"^\s*\.\. index::", blanked[q.body_start : q.end], re.MULTILINE):
+                leaks.append((page.name, q.title, "index entry"))
+    assert leaks == []
+
+
+def test_results_rows_can_be_rejudged(tmp_path: Path) -> None:
+    """results.jsonl keeps, per hit, what is needed to judge it again (doc, span, golds, text)."""
+    from kb.evaluation.report import write_report
+    from kb.evaluation.runner import QuestionResult
+
+    items = [Retrieved("a.md", 0, 100, "n1", "x" * 300)]
+    row = QuestionResult("q1", "Q?", True, "test", 1)
+    row.stages["fused"] = {"ids": ["n1"], "gold_hits": [[0]], "hits": audit_rows(items, [[0]]), "ms": 1.0}
+    row.stages["dense"] = {"ids": ["n1"], "gold_hits": [[]], "hits": audit_rows(items, [[]]), "ms": 1.0}
+    write_report(tmp_path, "t", {"kb": [row]}, {"command": "test"})
+    saved = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
+    assert saved["stages"]["fused"]["hits"][0] == {"doc_id": "a.md", "span": [0, 100], "gold": [0], "text": "x" * 200}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"a": "kb/fused", "b": "kb/dense", "metric": "ndcg@10"}.items() <= summary["differences"][0].items()
+    assert "95% interval" in (tmp_path / "report.md").read_text()
