@@ -23,7 +23,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
-from kb.embedding import SentenceTransformerEmbedder
+from kb.embedding import Embedder
 from kb.errors import ConfigError
 from kb.prompting import build_messages, leaks_prompt
 from kb.records import ChunkRecord
@@ -86,7 +86,7 @@ class AnswerEngine:
     def __init__(
         self,
         retriever: HybridRetriever,
-        embedder: SentenceTransformerEmbedder,
+        embedder: Embedder,
         settings: Settings,
         llm: LLM | None,
         reranker: CrossEncoderReranker | None = None,

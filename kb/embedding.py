@@ -31,17 +31,24 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What pins an embedder: its name, the sha256 of its weights, and its output dimension."""
+    """What pins an embedder: its name, the sha256 of its weights, its output dimension and what runs it."""
 
     name: str
     sha256: str
     dimension: int
+    backend: str = "torch"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…)"
+        return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…, {self.backend})"
+
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> ModelIdentity:
+        """The identity an index recorded (indexes built before the ONNX embedder were built with torch)."""
+        return cls(str(data.get("name")), str(data.get("sha256")), int(data.get("dimension") or 0),
+                   str(data.get("backend") or "torch"))  # fmt: skip
 
 
 def resolve_model_path(name: str, revision: str | None = None, setting: str = "embedder_model") -> Path:
@@ -77,10 +84,10 @@ def resolve_model_path(name: str, revision: str | None = None, setting: str = "e
             ) from exc
 
 
-def model_identity(name: str) -> ModelIdentity:
-    """Identity of the model called ``name``, read from its files (cheap: no model is loaded)."""
+def model_identity(name: str, backend: str = "torch") -> ModelIdentity:
+    """Identity of the model called ``name`` run by ``backend``, read from its files (no model is loaded)."""
     path = resolve_model_path(name)
-    return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path))
+    return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path), backend)
 
 
 class Embedder(Protocol):
@@ -160,6 +167,129 @@ class SentenceTransformerEmbedder(BaseEmbedding):
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return self._get_query_embedding(query)
+
+
+class OnnxEmbedder(BaseEmbedding):
+    """The same sentence-transformers model on ONNX Runtime: ``tokenizers`` + ``onnxruntime``, no torch at run time.
+
+    The model is exported once (with torch, :func:`kb.onnx_export.export_bert`) into kb's cache, fp32 with
+    BERT fusions or int8 (dynamic, per channel), then run with both cores (intra-op threads), texts sorted by
+    length into batches (padding costs as much as real tokens), mean pooling and L2 normalisation in numpy —
+    what the model's sentence-transformers modules (``1_Pooling``, ``2_Normalize``) say it does.
+    """
+
+    quantized: bool = False
+    threads: int = 0
+    _path: Path = PrivateAttr()
+    _session: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        model_name: str = "all-MiniLM-L6-v2",
+        embed_batch_size: int = 32,
+        quantized: bool = False,
+        threads: int = 0,
+        **data: Any,
+    ) -> None:
+        super().__init__(
+            model_name=model_name, embed_batch_size=embed_batch_size, quantized=quantized, threads=threads, **data
+        )
+        self._path = resolve_model_path(model_name)
+        import threading
+
+        self._lock = threading.Lock()
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "OnnxEmbedder"
+
+    @property
+    def model_path(self) -> Path:
+        return self._path
+
+    @property
+    def max_tokens(self) -> int:
+        return max_seq_length(self._path) - 2
+
+    @property
+    def onnx_path(self) -> Path:
+        from kb.llm.local import cache_dir
+
+        variant = "int8" if self.quantized else "fp32"
+        return cache_dir() / "onnx" / f"{_weights_sha256(self._path)[:16]}-embedder-{variant}.onnx"
+
+    def load(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                return
+            from tokenizers import Tokenizer
+
+            from kb.onnx_export import Head, OnnxQuantization, export_bert, onnx_session
+
+            path = self.onnx_path
+            if not path.exists():
+                quantization = OnnxQuantization.INT8 if self.quantized else OnnxQuantization.NONE
+                try:
+                    export_bert(self._path, path, Head.EMBEDDING, quantization)
+                except ImportError as exc:
+                    raise ModelNotAvailableError(
+                        f"the ONNX copy of {self.model_name} is not exported yet ({path}) and exporting it needs torch "
+                        f"({exc}); install torch once, or set embedder_backend = 'torch'"
+                    ) from exc
+            tokenizer = Tokenizer.from_file(str(self._path / "tokenizer.json"))
+            tokenizer.enable_truncation(max_length=max_seq_length(self._path))
+            tokenizer.no_padding()
+            self._tokenizer, self._session = tokenizer, onnx_session(path, self.threads)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_array(texts).tolist()
+
+    def embed_array(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        from kb.onnx_export import batch_feed, by_length
+
+        self.load()
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(texts)
+        inputs = {i.name for i in self._session.get_inputs()}
+        order = by_length(encodings)
+        out: Any = None
+        for start in range(0, len(order), self.embed_batch_size):
+            members = order[start : start + self.embed_batch_size]
+            feed = batch_feed(encodings, members, inputs)
+            (hidden,) = self._session.run(None, feed)
+            mask = feed["attention_mask"][:, :, None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            if out is None:
+                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[members] = pooled
+        return out
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self.embed(texts)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self.embed([text])[0]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self.embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def build_embedder(model: str, backend: str, batch_size: int = 32, threads: int = 0) -> Embedder:
+    """The embedder for ``backend`` (``onnx``, ``onnx-int8`` or ``torch``)."""
+    if backend == "torch":
+        return SentenceTransformerEmbedder(model, batch_size)
+    if backend in ("onnx", "onnx-int8"):
+        return OnnxEmbedder(model, batch_size, quantized=backend == "onnx-int8", threads=threads)
+    raise ValueError(f"embedder backend {backend!r}: expected onnx, onnx-int8 or torch")
 
 
 def _canonical_name(name: str) -> str:

@@ -26,7 +26,14 @@ from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
-from kb.embedding import ModelIdentity, SentenceTransformerEmbedder, max_seq_length, model_identity, resolve_model_path
+from kb.embedding import (
+    Embedder,
+    ModelIdentity,
+    build_embedder,
+    max_seq_length,
+    model_identity,
+    resolve_model_path,
+)
 from kb.errors import ConfigError, EmbedderMismatchError, IndexDamagedError, IndexLockedError, IndexNotFoundError
 from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
 from kb.indexing.plan import IndexPlan
@@ -36,7 +43,7 @@ from kb.manifest import INDEX_FILE, DocumentEntry, IndexInfo, Manifest
 from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker, load_reranker
 from kb.retrieval import HybridRetriever
-from kb.settings import FusionMethod, RetrievalMode, Settings
+from kb.settings import DEFAULT_EMBEDDER_BACKEND, EmbedderBackend, FusionMethod, RetrievalMode, Settings
 from kb.sources import NODES_SOURCE, DocumentSource, SourceKind, SourceRegistry
 from kb.sparse import Bm25Encoder
 from kb.store import open_store
@@ -125,7 +132,8 @@ class KnowledgeBase:
         self.damage = Damage()
         self._lock = lock
         self._incompatible = incompatible  # why only a full rebuild may touch this index, if so
-        self._embedder: SentenceTransformerEmbedder | None = None
+        self._embedder: Embedder | None = None
+        self.identity = model_identity(settings.embedder_model, _backend(settings, info))
         self._llm: LLM | None = None
         self._llm_built = False
         self._reranker: CrossEncoderReranker | None = None
@@ -189,6 +197,7 @@ class KnowledgeBase:
                 if IndexInfo.exists(store):
                     info = IndexInfo.read(store)
                     store.use_bm25(_bm25(info.bm25))
+                    identity = replace(identity, backend=_backend(settings, info))
                     try:
                         _check_compatible(folder, info, identity, settings)
                     except (EmbedderMismatchError, ConfigError) as exc:
@@ -196,9 +205,11 @@ class KnowledgeBase:
                             raise
                         incompatible = str(exc)
                 else:
+                    identity = replace(identity, backend=_backend(settings, None))
                     info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
                     info.write(store)
                 kb = cls(folder, settings, store, info, lock, incompatible)
+                kb.identity = identity
             except BaseException:
                 if store is not None:
                     store.close()
@@ -238,10 +249,15 @@ class KnowledgeBase:
 
     # -- parts ---------------------------------------------------------------------------------------
     @property
-    def embedder(self) -> SentenceTransformerEmbedder:
+    def embedder(self) -> Embedder:
+        """The embedder this index is built with (ONNX Runtime or torch; see ``embedder_backend``)."""
         if self._embedder is None:
-            self._embedder = SentenceTransformerEmbedder(self.settings.embedder_model, self.settings.embed_batch_size)
+            self._embedder = self._build_embedder(self.identity)
         return self._embedder
+
+    def _build_embedder(self, identity: ModelIdentity) -> Embedder:
+        s = self.settings
+        return build_embedder(s.embedder_model, identity.backend, s.embed_batch_size, s.embedder_threads)
 
     def chunker(self) -> HeadingChunker:
         counter = TokenCounter.for_model(self.embedder.model_path)
@@ -508,11 +524,12 @@ class KnowledgeBase:
             return self._source_locks.setdefault(name, threading.Lock())
 
     def _indexer(self, store: ChunkStore | None = None, manifest: Manifest | None = None,
-                 journal: Journal | None = None) -> Indexer:  # fmt: skip
-        counter = TokenCounter.for_model(self.embedder.model_path)
+                 journal: Journal | None = None, embedder: Embedder | None = None) -> Indexer:  # fmt: skip
+        embedder = embedder or self.embedder
+        counter = TokenCounter.for_model(embedder.model_path)
         return Indexer(
             store or self.store,
-            self.embedder,
+            embedder,
             counter,
             self.manifest if manifest is None else manifest,
             journal or self.journal,
@@ -547,14 +564,19 @@ class KnowledgeBase:
         self, targets: list[DocumentSource], dry_run: bool, progress: Progress | None, allow_mass_delete: bool
     ) -> IngestReport:
         """Every folder source into a new store; promoted only if it keeps what the old one held."""
-        identity = model_identity(self.settings.embedder_model)
+        backend = self.settings.embedder_backend
+        identity = model_identity(
+            self.settings.embedder_model,
+            self.identity.backend if backend is EmbedderBackend.AUTO else backend.value,
+        )
+        embedder = self.embedder if identity == self.identity else self._build_embedder(identity)
         sources = {s.name: s for s in self.registry.sources.values() if s.kind is SourceKind.FOLDER}
         sources.update({s.name: s for s in targets})
         store = self.store.staging(identity.dimension, _bm25(self.settings.bm25_identity()))
         manifest = Manifest(store.manifest_backend())
         journal = Journal(store, manifest)
-        indexer = self._indexer(store, manifest, journal)
-        same_model = identity.sha256 == self.info.embedder.get("sha256")
+        indexer = self._indexer(store, manifest, journal, embedder)
+        same_model = identity == ModelIdentity.recorded(self.info.embedder)
         if same_model:
             indexer.vector_cache = self.store  # same model: unchanged chunk texts keep their vectors
         report = IngestReport(dry_run=dry_run)
@@ -583,6 +605,7 @@ class KnowledgeBase:
                     self.manifest = Manifest(self.store.manifest_backend())
                     self.journal = Journal(self.store, self.manifest, self.path / LEGACY_DIRTY_FILE)
                     self.registry.save()
+                    self.identity, self._embedder = identity, embedder
                     self._incompatible = None
                     self.damage = Damage()
         except _DryRun:
@@ -836,14 +859,28 @@ def _check_chunk_cap(settings: Settings) -> None:
         )
 
 
+def _backend(settings: Settings, info: IndexInfo | None) -> str:
+    """The embedder backend to use: the setting, else what the index was built with, else the default."""
+    if settings.embedder_backend is not EmbedderBackend.AUTO:
+        return settings.embedder_backend.value
+    if info is not None:
+        return ModelIdentity.recorded(info.embedder).backend
+    return DEFAULT_EMBEDDER_BACKEND.value
+
+
 def _check_compatible(folder: Path, info: IndexInfo, identity: ModelIdentity, settings: Settings) -> None:
-    built = info.embedder
-    if built.get("sha256") != identity.sha256 or built.get("dimension") != identity.dimension:
+    built = ModelIdentity.recorded(info.embedder)
+    if built.sha256 != identity.sha256 or built.dimension != identity.dimension:
         raise EmbedderMismatchError(
-            f"{folder} was built with embedder {built.get('name')} ({built.get('dimension')}-d, weights sha256 "
-            f"{str(built.get('sha256'))[:12]}…) but the settings name {identity.describe()}. Vectors from different "
-            f'models cannot be compared: set embedder_model = "{built.get("name")}" (kb.toml or KB_EMBEDDER_MODEL), '
-            "or build a new index with the new model."
+            f"{folder} was built with embedder {built.describe()} but the settings name {identity.describe()}. "
+            f'Vectors from different models cannot be compared: set embedder_model = "{built.name}" (kb.toml or '
+            "KB_EMBEDDER_MODEL), or build a new index with the new model."
+        )
+    if built.backend != identity.backend:
+        raise EmbedderMismatchError(
+            f"{folder} was built with embedder backend {built.backend!r}, the settings say {identity.backend!r}: "
+            f"their vectors differ slightly, and an index does not mix them. Set embedder_backend = "
+            f'"{built.backend}" (or "auto"), or rebuild with: kb reindex --all --full --kb {folder}'
         )
     if info.bm25 != settings.bm25_identity():
         raise ConfigError(

@@ -22,10 +22,6 @@ without the stage (``Answer.reranked`` is then false and ``kb status`` says why)
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +31,12 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.errors import ConfigError, ModelNotAvailableError
+from kb.onnx_export import Head, OnnxQuantization, batch_feed, by_length, export_bert, onnx_session
 from kb.settings import RerankerBackend
 
 log = logging.getLogger(__name__)
 ONNX_FILE = "model-int8.onnx"
 CARD_FILE = "kb-reranker.json"
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class CrossEncoderReranker(BaseNodePostprocessor):
@@ -143,12 +139,9 @@ class _TorchScorer:
 
 class _OnnxScorer:
     def __init__(self, path: Path, onnx_path: Path) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_path)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.max_length = _max_length(path)
@@ -157,94 +150,20 @@ class _OnnxScorer:
         self.tokenizer.enable_truncation(max_length=max_length, strategy="only_second")
         self.tokenizer.no_padding()
         encodings = self.tokenizer.encode_batch([(query, t) for t in texts])
-        # Batches of similar length: a batch is padded to its longest pair and the padding costs as much as
-        # real tokens, so sorting by length first saves the work (as sentence-transformers' encode does).
-        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        order = by_length(encodings)  # the padding of a batch costs as much as real tokens
         out = np.empty(len(texts), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             members = order[start : start + batch_size]
-            width = max(len(encodings[i].ids) for i in members)
-            feed = {name: np.zeros((len(members), width), dtype=np.int64) for name in _ONNX_INPUTS}
-            for row, i in enumerate(members):
-                e = encodings[i]
-                feed["input_ids"][row, : len(e.ids)] = e.ids
-                feed["attention_mask"][row, : len(e.ids)] = 1
-                feed["token_type_ids"][row, : len(e.ids)] = e.type_ids
-            (logits,) = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
+            (logits,) = self.session.run(None, batch_feed(encodings, members, self.inputs))
             out[members] = logits.reshape(len(members), -1)[:, 0]
         return out
 
 
 def export_onnx(path: Path, target: Path | None = None) -> Path:
-    """Export the cross-encoder in ``path`` to ONNX and quantize it to int8 (once; reused afterwards).
+    """Export the cross-encoder in ``path`` to int8 ONNX (once; reused afterwards; see :mod:`kb.onnx_export`).
 
-    Written next to the model (``model-int8.onnx``), or into ``target`` when the model folder is read-only.
-    The work happens in a private temporary folder and the result is renamed into place, so processes that
-    load the same model at once (two ``kb eval`` runs, several API workers) never read a half-written file.
-    """
-    target = target or path / ONNX_FILE
-    if target.exists():
-        return target
-    started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=target.parent))
-    try:
-        _export_int8(path, work)
-        os.replace(work / ONNX_FILE, target)  # atomic; a concurrent exporter's identical file is replaced
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    log.info("exported %s to %s in %.1f s", path, target, time.perf_counter() - started)
-    return target
-
-
-def _export_int8(path: Path, work: Path) -> None:
-    """torch → ONNX → BERT fusions → int8 dynamic quantization, all inside ``work``."""
-    import torch
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-    dummy = {
-        "input_ids": torch.ones(2, 16, dtype=torch.long),
-        "attention_mask": torch.ones(2, 16, dtype=torch.long),
-        "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
-    }
-    float_path = work / "model.fp32.onnx"
-    axes = {0: "batch", 1: "tokens"}
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(float_path),
-            input_names=list(dummy),
-            output_names=["logits"],
-            dynamic_axes={**{name: axes for name in dummy}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    fused_path = work / "model.fused.onnx"
-    try:  # BERT fusions (attention, LayerNorm, GELU) before quantizing: fewer, larger int8 kernels
-        from onnxruntime.transformers import optimizer
-
-        config = model.config
-        fused = optimizer.optimize_model(
-            str(float_path),
-            model_type="bert",
-            num_heads=config.num_attention_heads,
-            hidden_size=config.hidden_size,
-        )
-        fused.save_model_to_file(str(fused_path))
-    except Exception as exc:  # an architecture the fusions do not know: quantize the plain export
-        log.info("no BERT fusions for %s (%s)", path, exc)
-        fused_path = float_path
-    # Fused contrib ops carry no inferred types: tell the quantizer the activations are float.
-    quantize_dynamic(
-        str(fused_path),
-        str(work / ONNX_FILE),
-        weight_type=QuantType.QInt8,
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
+    Written next to the model (``model-int8.onnx``), or into ``target`` when the model folder is read-only."""
+    return export_bert(path, target or path / ONNX_FILE, Head.CLASSIFICATION, OnnxQuantization.INT8)
 
 
 def load_reranker(

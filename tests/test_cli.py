@@ -110,8 +110,9 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
     }
     text = (report / "report.md").read_text()
     assert "| fused | ndcg@10 |" in text and "kb ÷ baseline" in text and "citation_precision" in text
+    assert "95% interval" in text and "| kb/fused | kb/dense | ndcg@10 |" in text
     rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
-    assert {r["system"] for r in rows} == {"kb", "llamaindex"} and len(rows) == 2 * 26
+    assert {r["system"] for r in rows} == {"kb", "llamaindex", "llamaindex-256"} and len(rows) == 3 * 26
     assert set(rows[0]["stages"]) == {"bm25", "dense", "fused"}
     compared = runner.invoke(app, ["eval", "--compare", str(report), str(report)])
     assert compared.exit_code == 0 and "0 better, 0 worse" in compared.output

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_index.core import SimpleDirectoryReader, StorageContext, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import CitationQueryEngine
@@ -26,7 +27,6 @@ from llama_index.retrievers.bm25 import BM25Retriever
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
-from kb.embedding import SentenceTransformerEmbedder
 from kb.evaluation.runner import AnswerRecord, Retrieved
 
 _NODE_NAMESPACE = uuid.UUID("4b7b3c39-2f0e-4d93-9a4d-3c1b2a0f7e61")
@@ -38,7 +38,7 @@ class LlamaIndexBaseline:
     def __init__(
         self,
         corpus: Path,
-        embedder: SentenceTransformerEmbedder,
+        embedder: BaseEmbedding,
         llm: LLM | None,
         k: int = 10,
         chunk_size: int | None = None,
