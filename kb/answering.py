@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -23,6 +23,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
+from kb.context import expand
 from kb.embedding import Embedder
 from kb.errors import ConfigError
 from kb.prompting import build_messages, leaks_prompt
@@ -30,6 +31,7 @@ from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridRetriever, cosine
 from kb.settings import Settings
+from kb.tokens import TokenCounter
 
 NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to answer this question."
 MODEL_REFUSAL = "I don't know: the sources found do not contain the answer."
@@ -90,32 +92,38 @@ class AnswerEngine:
         settings: Settings,
         llm: LLM | None,
         reranker: CrossEncoderReranker | None = None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.retriever = retriever
         self.embedder = embedder
         self.settings = settings
         self.llm = llm
         self.reranker = reranker
+        self.counter = counter  # counts what the generator reads; None: no small-to-big
 
     @property
     def backend(self) -> str:
         return "extractive" if self.llm is None else self.llm.metadata.model_name
 
-    def answer(self, question: str, on_token: Callable[[str], None] | None = None) -> Answer:
-        """Answer ``question``; ``on_token`` receives the generated text as it streams."""
-        for event in self.stream(question):
+    def answer(
+        self, question: str, on_token: Callable[[str], None] | None = None, also: Sequence[str] = ()
+    ) -> Answer:
+        """Answer ``question``; ``on_token`` receives the generated text as it streams; ``also``: other
+        phrasings of it retrieved for too (a follow-up as typed, next to its standalone rewrite)."""
+        for event in self.stream(question, also):
             if isinstance(event, Answer):
                 return event
             if on_token is not None:
                 on_token(event)
         raise AssertionError("stream ended without an answer")  # pragma: no cover
 
-    def stream(self, question: str) -> Iterator[AnswerEvent]:
+    def stream(self, question: str, also: Sequence[str] = ()) -> Iterator[AnswerEvent]:
         """Yield answer text as it is generated, then the final :class:`Answer`."""
         started = time.perf_counter()
         question = self.check(question)
+        phrasings = [question, *(self.check(q) for q in also if q.strip() and q.strip() != question)]
         k = self.settings.reranker_candidates if self.reranker else self.settings.answer_sources
-        result = self.retriever.search(question, k=k, with_relevance=True)
+        result = self.retriever.search_phrasings(phrasings, k=k, with_relevance=True)
         timings = dict(result.timings)
         nodes, relevance, best_rerank = result.nodes, result.relevance, 1.0
         tick = time.perf_counter()
@@ -132,6 +140,9 @@ class AnswerEngine:
             timings["total"] = (time.perf_counter() - started) * 1e3
             yield self._refusal(question, "no_relevant_sources", NO_SOURCES, sources, timings)
             return
+        tick = time.perf_counter()
+        sources = self._context(nodes, sources)
+        timings["context"] = (time.perf_counter() - tick) * 1e3
         tick = time.perf_counter()
         if self.llm is None:
             text = self._extract(question, sources)
@@ -158,6 +169,14 @@ class AnswerEngine:
         answer = self._finish(question, text, sources, timings)
         timings["total"] = (time.perf_counter() - started) * 1e3
         yield answer
+
+    def _context(self, nodes: list[NodeWithScore], sources: list[Source]) -> list[Source]:
+        """Small-to-big: each source grows to its section's neighbouring chunks within the token budget."""
+        budget = self.settings.answer_context_tokens
+        if budget <= 0 or self.counter is None:
+            return sources
+        records = [ChunkRecord.from_node(n.node) for n in nodes]
+        return expand(self.retriever.store, sources, self.counter, budget, records)
 
     def check(self, question: str) -> str:
         """The question as it will be asked (control characters blanked), or a ConfigError naming why not."""

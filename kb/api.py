@@ -71,6 +71,17 @@ class AskRequest(_Strict):
     stream: StrictBool = Field(False, description="Server-sent events: 'token' events, then one 'answer' event.")
 
 
+class ChatMessageModel(_Strict):
+    role: str = Field("user", pattern="^(user|assistant)$")
+    content: StrictStr = Field(min_length=1, max_length=100_000)
+
+
+class ChatRequest(_Strict):
+    messages: list[ChatMessageModel] = Field(min_length=1, max_length=50, description="The conversation, oldest first.")
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    stream: StrictBool = Field(False, description="Server-sent events, as for /ask.")
+
+
 class ReindexRequest(_Strict):
     source: StrictStr | None = Field(None, description="The source to reindex; none: every source.")
     full: StrictBool = Field(False, description="Rebuild everything into a new collection, switched in when done.")
@@ -228,17 +239,28 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
 
     @app.post("/ask", summary="A cited answer, or a refusal when the documents do not say.")
     def ask(body: AskRequest, key: Reader) -> Any:
-        filters = body.filters or None
-        if not body.stream:
-            with generating():
-                return kb.ask(body.question, filters=filters, user=principal(key)).as_dict()
+        return answer(body.question, body.filters or None, body.stream, key)
+
+    @app.post("/chat", summary="Answer the last question of a conversation (follow-ups are made standalone).")
+    def chat(body: ChatRequest, key: Reader) -> Any:
+        messages = [m.model_dump() for m in body.messages]
+        with generating():
+            question = kb.standalone_question(messages)
+        return answer(question, body.filters or None, body.stream, key, also=[messages[-1]["content"]])
+
+    def answer(
+        question: str, filters: dict[str, Any] | None, stream: bool, key: ApiKey, also: list[str] | None = None
+    ) -> Any:
         engine = kb.answer_engine(filters, principal(key))
-        engine.check(body.question)  # bad questions get a 400 before the stream starts
+        if not stream:
+            with generating():
+                return engine.answer(question, also=also or ()).as_dict()
+        engine.check(question)  # bad questions get a 400 before the stream starts
 
         def events() -> Iterator[str]:
             with generating():
                 try:
-                    for event in engine.stream(body.question):
+                    for event in engine.stream(question, also or ()):
                         if isinstance(event, Answer):
                             yield _sse("answer", event.as_dict())
                         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ from llama_index.core.llms import LLM
 
 from kb.acl import PUBLIC, AclDefault, Principal
 from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
+from kb.chat import rewrite, turns_of
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
@@ -305,7 +306,8 @@ class KnowledgeBase:
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
     ) -> AnswerEngine:
         retriever = self.retriever(self.settings.answer_sources, filters, user=user)
-        return AnswerEngine(retriever, self.embedder, self.settings, self.llm, self.reranker)
+        counter = TokenCounter.for_model(self.embedder.model_path)
+        return AnswerEngine(retriever, self.embedder, self.settings, self.llm, self.reranker, counter)
 
     def query_engine(
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
@@ -702,6 +704,30 @@ class KnowledgeBase:
     ) -> Iterator[AnswerEvent]:
         """Like :meth:`ask`, as a stream: text pieces as they are generated, then the :class:`Answer`."""
         return self.answer_engine(filters, user).stream(question)
+
+    def standalone_question(self, messages: Sequence[Any]) -> str:
+        """The conversation's last question, rewritten to stand alone (see :mod:`kb.chat`)."""
+        return rewrite(turns_of(messages), self.llm)
+
+    def chat(
+        self,
+        messages: Sequence[Any],
+        filters: dict[str, FilterValue] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        user: Principal | None = None,
+    ) -> Answer:
+        """Answer the last question of a conversation (``[{"role": "user"|"assistant", "content": ...}, ...]``):
+        a follow-up is rewritten into a standalone question (``answer.question``); retrieval fuses the
+        rankings of the rewrite and of the question as typed, so a wrong rewrite cannot lose what it named."""
+        turns = turns_of(messages)
+        question = rewrite(turns, self.llm)
+        return self.answer_engine(filters, user).answer(question, on_token, also=[turns[-1].content])
+
+    def chat_stream(
+        self, messages: Sequence[Any], filters: dict[str, FilterValue] | None = None, user: Principal | None = None
+    ) -> Iterator[AnswerEvent]:
+        turns = turns_of(messages)
+        return self.answer_engine(filters, user).stream(rewrite(turns, self.llm), also=[turns[-1].content])
 
     def source_rows(self) -> list[dict[str, Any]]:
         """Per source: its settings, documents, chunks, last reindex and what it skipped (``kb source list``)."""

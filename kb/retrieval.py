@@ -21,6 +21,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.acl import Principal
 from kb.embedding import Embedder
+from kb.fusion import rrf
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from, node_from_payload
 
@@ -68,6 +69,10 @@ class HybridRetriever(BaseRetriever):
         self.mode = RetrievalMode(mode or settings.retrieval_mode)
         self.fusion = FusionMethod(fusion or settings.fusion)
 
+    @property
+    def store(self) -> ChunkStore:
+        return self._store
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.search(query_bundle.query_str).nodes
 
@@ -90,6 +95,10 @@ class HybridRetriever(BaseRetriever):
             prefetch_limit=max(self._settings.prefetch_limit, k or self.similarity_top_k),
             with_vectors=with_relevance,
             readable=self.user.readable() if self.user is not None else None,
+            text=query,
+            normalization=self._settings.fusion_normalization,
+            exact_boost=self._settings.exact_token_boost,
+            context_weight=self._settings.context_weight,
         )
         # Ties (equal fused scores are common with RRF) in a stable order: two runs rank the same.
         hits = sorted(self._store.search(plan), key=lambda h: (-h.score, h.id))
@@ -98,6 +107,36 @@ class HybridRetriever(BaseRetriever):
         relevance = [cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []
         timings = {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3}
         return RetrievalResult(nodes, timings, relevance)
+
+    def search_phrasings(
+        self, queries: list[str], k: int | None = None, with_relevance: bool = False
+    ) -> RetrievalResult:
+        """Retrieve for each phrasing of one question and fuse the rankings (see :func:`fuse_results`)."""
+        if len(queries) == 1:
+            return self.search(queries[0], k, with_relevance)
+        depth = k or self.similarity_top_k
+        results = [self.search(q, max(depth, 20), with_relevance) for q in queries]
+        return fuse_results(results, depth, self._settings.rrf_k)
+
+
+def fuse_results(results: list[RetrievalResult], k: int, rrf_k: int) -> RetrievalResult:
+    """One ranking from the rankings of several phrasings of a question (equal-weight RRF): a chunk that
+    ranks well for both the follow-up as typed and its rewrite comes first. Relevance is the best cosine."""
+    by_id: dict[str, tuple[NodeWithScore, float]] = {}
+    for result in results:
+        relevance = result.relevance or [0.0] * len(result.nodes)
+        for node, rel in zip(result.nodes, relevance, strict=True):
+            known = by_id.get(node.node.node_id)
+            by_id[node.node.node_id] = (node, max(rel, known[1] if known else rel))
+    lists = {str(i): [(n.node.node_id, n.score or 0.0) for n in r.nodes] for i, r in enumerate(results)}
+    fused = rrf(lists, {name: 1.0 for name in lists}, rrf_k)[:k]
+    nodes = [NodeWithScore(node=by_id[point][0].node, score=score) for point, score in fused]
+    timings: dict[str, float] = {}
+    for result in results:
+        for stage, ms in result.timings.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+    with_relevance = any(r.relevance for r in results)
+    return RetrievalResult(nodes, timings, [by_id[p][1] for p, _ in fused] if with_relevance else [])
 
 
 def cosine(query: list[float], vector: list[float] | None) -> float:

@@ -37,12 +37,15 @@ class FusionMethod(StrEnum):
     """How Qdrant fuses the dense and BM25 prefetches.
 
     ``rrf`` is reciprocal-rank fusion with equal weights, ``weighted`` is RRF with the leg weights from
-    the settings, ``dbsf`` is Qdrant's distribution-based score fusion.
+    the settings, ``dbsf`` is Qdrant's distribution-based score fusion (all three computed inside Qdrant);
+    ``convex`` is a weighted sum of each leg's normalised scores computed by kb over both legs' candidates
+    (filters and ACL still inside both store queries), with exact-token weights and page context.
     """
 
     RRF = "rrf"
     WEIGHTED = "weighted"
     DBSF = "dbsf"
+    CONVEX = "convex"
 
 
 class RerankerBackend(StrEnum):
@@ -188,6 +191,15 @@ class Settings(BaseSettings):
     bm25_weight: float = Field(1.0, ge=0.0)
     rrf_k: int = Field(10, ge=1, description="RRF constant; 10 won on the tune split of both Python sets.")
     prefetch_limit: int = Field(50, ge=1, description="Candidates each leg hands to fusion.")
+    fusion_normalization: str = Field(
+        "minmax", pattern="^(minmax|zscore|dbsf)$", description="convex fusion: how each leg's scores are scaled."
+    )
+    exact_token_boost: float = Field(
+        1.0, ge=0.0, le=20.0, description="convex fusion: BM25 weight × this when the query names an exact token."
+    )
+    context_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="convex fusion: share of a chunk's score that comes from its document."
+    )
     indexed_fields: list[str] = Field(
         default_factory=lambda: ["product", "kind", "tags", "team"],
         description="Front-matter fields that get a payload index for fast filters.",
@@ -228,7 +240,14 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(320, ge=16, le=8192)
     llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
     llm_context_window: int = Field(4096, ge=512)
-    answer_sources: int = Field(5, ge=1, le=20, description="Chunks handed to the generator.")
+    answer_sources: int = Field(4, ge=1, le=20, description="Retrieved chunks handed to the generator.")
+    answer_context_tokens: int = Field(
+        900,
+        ge=0,
+        le=8000,
+        description="Small-to-big: the sources grow to their sections' neighbouring chunks up to this many tokens "
+        "in all (0: the retrieved chunks only).",
+    )
     refusal_floor: float = Field(
         0.30, description="Refuse without calling the generator when no source is at least this similar (cosine)."
     )

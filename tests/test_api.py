@@ -183,6 +183,32 @@ def test_streaming_sends_tokens_then_the_cited_answer(client: httpx.Client) -> N
     assert answer["citations"] and "".join(d["text"] for k, d in events if k == "token").strip()
 
 
+def test_chat_answers_a_follow_up_and_refuses_bad_conversations_with_4xx(client: httpx.Client) -> None:
+    messages = [
+        {"role": "user", "content": "How do I manually fail over the ledger database?"},
+        {"role": "assistant", "content": "Promote the replica."},
+        {"role": "user", "content": "And how do I undo it?"},
+    ]
+    answer = client.post("/chat", headers=auth(READ), json={"messages": messages}).json()
+    assert "ledger" in answer["question"] and answer["citations"]
+    assert answer["sources"][0]["doc_id"].endswith("database-failover.md")
+    streamed = client.post("/chat", headers=auth(READ), json={"messages": messages, "stream": True})
+    assert streamed.status_code == 200 and "event: answer" in streamed.text
+    assert client.post("/chat", json={"messages": messages}).status_code == 401
+    for bad, status in (
+        ({"messages": []}, 422),
+        ({"messages": [{"role": "system", "content": "x"}]}, 422),
+        ({"messages": [{"role": "user", "content": ""}]}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, 400),
+    ):
+        response = client.post("/chat", headers=auth(READ), json=bad)
+        assert response.status_code == status, (bad, response.text)
+        assert set(response.json()) >= {"error", "message"}
+    hr_only = [{"role": "user", "content": "What do level 5 engineers earn?"}, {"role": "user", "content": "and level 6?"}]
+    public = client.post("/chat", headers=auth(READ), json={"messages": hr_only}).json()
+    assert all(c["doc_id"] != "docs:hr/salaries.md" for c in public["citations"]) and "141,000" not in public["text"]
+
+
 def test_reindex_needs_admin_runs_in_background_and_reports(
     client: httpx.Client, served: tuple[str, Path, KnowledgeBase]
 ) -> None:

@@ -32,15 +32,16 @@ from llama_index.core.vector_stores.types import (
 from pydantic import PrivateAttr
 
 from kb.errors import ConfigError
+from kb.fusion import Normalization, convex, query_weights, with_page_context
 from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder, SparseVector
+from kb.store.plan import Leg, QueryPlan, compile_plan
 
 if TYPE_CHECKING:
     from kb.manifest import ManifestBackend
 
-DENSE = "dense"
-BM25 = "bm25"
+DENSE, BM25 = "dense", "bm25"  # the vectors' names (kb.store.plan uses the same)
 TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index", "source", "path"})
 ACL_FIELD = "acl"
 KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash", "acl", "source")
@@ -67,7 +68,10 @@ class ScoredChunk:
 
 @dataclass
 class HybridQuery:
-    """One query plan; both legs see the same ``conditions`` (payload key → accepted values)."""
+    """A query as the retriever asks it; :func:`kb.store.plan.compile_plan` turns it into legs and filters.
+
+    Both legs see the same ``conditions`` (payload key → accepted values) and the caller's ``readable`` ACL.
+    ``convex`` fusion (and page context) happen in kb (:mod:`kb.fusion`) over both legs' scored candidates."""
 
     limit: int
     dense: list[float] | None = None
@@ -80,6 +84,10 @@ class HybridQuery:
     prefetch_limit: int = 50
     with_vectors: bool = False
     readable: list[str] | None = None  # ACL values the caller may read; None = everything
+    text: str = ""  # the query's words (kb-side fusion reads them: exact tokens shift weight to BM25)
+    normalization: str = "minmax"
+    exact_boost: float = 1.0
+    context_weight: float = 0.0
 
     def where(self) -> dict[str, list[Any]]:
         """Conditions every leg applies before its limit: the caller's filters and what it may read."""
@@ -91,8 +99,6 @@ class HybridQuery:
         """BM25 IDF statistics over readable chunks only: term rarity in forbidden documents must not show."""
         return None if self.readable is None else {ACL_FIELD: list(self.readable) or ["\x00nothing"]}
 
-    def fusion_weights(self) -> list[float] | None:
-        return list(self.weights) if self.fusion is FusionMethod.WEIGHTED else None
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}")
@@ -168,6 +174,21 @@ def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
 
 
 ForeignAddHook = Callable[[list[tuple[str, ChunkRecord]]], None]
+
+
+def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]]) -> list[ScoredChunk]:
+    """Convex fusion of the legs' normalised scores, with exact-token weights and page context."""
+    by_id = {hit.id: hit for hits in legs.values() for hit in hits}
+    weights = query_weights(query.text, query.weights[0], query.weights[1], query.exact_boost)
+    scored = {name: [(h.id, h.score) for h in hits] for name, hits in legs.items()}
+    fused = convex(scored, weights, Normalization(query.normalization))
+    fused = with_page_context(fused, lambda point: str(by_id[point].payload.get("doc_id", "")), query.context_weight)
+    out = []
+    for point, score in fused[: query.limit]:
+        hit = by_id[point]
+        dense = next((h.dense for h in legs.get(DENSE, []) if h.id == point and h.dense is not None), hit.dense)
+        out.append(ScoredChunk(point, score, hit.payload, dense))
+    return out
 
 
 class ChunkStore(BasePydanticVectorStore):
@@ -274,8 +295,25 @@ class ChunkStore(BasePydanticVectorStore):
     def delete_version(self, doc_id: str, doc_hash: str) -> None:
         """Delete the chunks of one version of one document (never another document with equal content)."""
 
+    def search(self, query: HybridQuery) -> list[ScoredChunk]:
+        """Run ``query``: one leg, one Qdrant query fused in the store, or both legs fused by kb."""
+        plan = compile_plan(query)
+        if not plan.legs:
+            return []
+        if len(plan.legs) == 1:
+            return self._query_leg(plan.legs[0], plan.where, plan.with_vectors)
+        if plan.fused_in_store:
+            return self._query_fused(plan)
+        legs = {leg.name: self._query_leg(leg, plan.where, plan.with_vectors) for leg in plan.legs}
+        return fuse_in_kb(query, legs)
+
     @abstractmethod
-    def search(self, plan: HybridQuery) -> list[ScoredChunk]: ...
+    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
+        """The ``leg.limit`` nearest chunks of one vector, filtered by ``where`` before the limit."""
+
+    @abstractmethod
+    def _query_fused(self, plan: QueryPlan) -> list[ScoredChunk]:
+        """Both legs as prefetches of one query, fused by Qdrant (RRF, weighted RRF or DBSF)."""
 
     def vectors_by_text_hash(self, text_hashes: list[str]) -> dict[str, list[float]]:
         """Stored dense vectors of chunks whose embedded text has one of these hashes (the embedding cache)."""

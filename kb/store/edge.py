@@ -49,7 +49,7 @@ from kb.manifest import (
     SqliteManifest,
     fsync_folder,
 )
-from kb.settings import FusionMethod, RetrievalMode
+from kb.settings import FusionMethod
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
     ACL_FIELD,
@@ -57,11 +57,11 @@ from kb.store.base import (
     DENSE,
     KEYWORD_INDEXES,
     ChunkStore,
-    HybridQuery,
     ScoredChunk,
     StoredPoint,
     dense_vector,
 )
+from kb.store.plan import Leg, QueryPlan
 
 
 class EdgeChunkStore(ChunkStore):
@@ -111,46 +111,44 @@ class EdgeChunkStore(ChunkStore):
     def transaction(self) -> threading.RLock:
         return self._lock
 
-    def search(self, plan: HybridQuery) -> list[ScoredChunk]:
-        where = _filter(plan.where())
-        corpus = plan.idf_corpus()
-        params = SearchParams(idf=IdfParams(corpus=_filter(corpus))) if corpus is not None else None
-        legs: list[tuple[str, Any]] = []
-        if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
-            legs.append((DENSE, plan.dense))
-        if plan.mode is not RetrievalMode.DENSE and plan.sparse is not None and plan.sparse.indices:
-            legs.append((BM25, EdgeSparse(plan.sparse.indices, plan.sparse.values)))
-        if not legs:
-            return []
-        vectors = [DENSE] if plan.with_vectors else False
-        if len(legs) == 1:
-            request = QueryRequest(
-                limit=plan.limit,
-                query=Query.Nearest(legs[0][1], using=legs[0][0]),
-                filter=where,
-                params=params if legs[0][0] == BM25 else None,
-                with_payload=True,
-                with_vector=vectors,
-            )
-        else:
-            weights = plan.fusion_weights()
-            fusion = Fusion.Dbsf() if plan.fusion is FusionMethod.DBSF else Fusion.Rrf(k=plan.rrf_k, weights=weights)
-            request = QueryRequest(
-                limit=plan.limit,
-                prefetches=[
-                    Prefetch(
-                        limit=plan.prefetch_limit,
-                        query=Query.Nearest(vector, using=name),
-                        filter=where,
-                        params=params if name == BM25 else None,
-                    )
-                    for name, vector in legs
-                ],
-                query=fusion,
-                filter=where,
-                with_payload=True,
-                with_vector=vectors,
-            )
+    # -- the query plan, in the embedded engine's request types --------------------------------------------
+    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
+        request = QueryRequest(
+            limit=leg.limit,
+            query=Query.Nearest(_vector(leg), using=leg.name),
+            filter=_filter(where),
+            params=_params(leg),
+            with_payload=True,
+            with_vector=[DENSE] if with_vectors else False,
+        )
+        return self._run(request)
+
+    def _query_fused(self, plan: QueryPlan) -> list[ScoredChunk]:
+        where = _filter(plan.where)
+        fusion = (
+            Fusion.Dbsf()
+            if plan.fusion is FusionMethod.DBSF
+            else Fusion.Rrf(k=plan.rrf_k, weights=plan.fusion_weights())
+        )
+        request = QueryRequest(
+            limit=plan.limit,
+            prefetches=[
+                Prefetch(
+                    limit=leg.limit,
+                    query=Query.Nearest(_vector(leg), using=leg.name),
+                    filter=where,
+                    params=_params(leg),
+                )
+                for leg in plan.legs
+            ],
+            query=fusion,
+            filter=where,
+            with_payload=True,
+            with_vector=[DENSE] if plan.with_vectors else False,
+        )
+        return self._run(request)
+
+    def _run(self, request: QueryRequest) -> list[ScoredChunk]:
         with self._lock:
             hits = self._shard.query(request)
         return [ScoredChunk(str(h.id), float(h.score), dict(h.payload or {}), dense_vector(h.vector)) for h in hits]
@@ -304,6 +302,19 @@ def _open_shard(path: Path, dimension: int) -> EdgeShard:
                 "Close that process, or send it the work (see 'Reindexing' in the README)."
             ) from exc
         raise
+
+
+def _vector(leg: Leg) -> Any:
+    if leg.name == BM25:
+        return EdgeSparse(leg.vector.indices, leg.vector.values)  # type: ignore[union-attr]
+    return leg.vector
+
+
+def _params(leg: Leg) -> SearchParams | None:
+    """BM25's IDF over the readable chunks only (``leg.idf_corpus``); nothing for dense legs."""
+    if leg.idf_corpus is None:
+        return None
+    return SearchParams(idf=IdfParams(corpus=_filter(leg.idf_corpus)))
 
 
 def _filter(conditions: dict[str, list[Any]]) -> Filter | None:

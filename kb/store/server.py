@@ -23,7 +23,7 @@ from qdrant_client import QdrantClient, models
 
 from kb.errors import ConfigError, IndexNotFoundError
 from kb.manifest import LEGACY_MANIFEST_FILE, DocumentEntry, parse_entry
-from kb.settings import FusionMethod, Quantization, RetrievalMode, Settings
+from kb.settings import FusionMethod, Quantization, Settings
 from kb.sparse import Bm25Encoder
 from kb.store.base import (
     ACL_FIELD,
@@ -31,11 +31,11 @@ from kb.store.base import (
     DENSE,
     KEYWORD_INDEXES,
     ChunkStore,
-    HybridQuery,
     ScoredChunk,
     StoredPoint,
     dense_vector,
 )
+from kb.store.plan import Leg, QueryPlan
 
 STATE_SUFFIX = "-state"
 _STATE_NAMESPACE = uuid.UUID("0b8c3f0e-5d0a-4a57-9d7e-6c3e2b1f9a11")
@@ -117,58 +117,44 @@ class ServerChunkStore(ChunkStore):
         return self._lock
 
     # -- reads --------------------------------------------------------------------------------------
-    def search(self, plan: HybridQuery) -> list[ScoredChunk]:
-        where = _filter(plan.where())
-        corpus = plan.idf_corpus()
-        params = models.SearchParams(idf=models.IdfCorpusParams(corpus=_filter(corpus))) if corpus is not None else None
-        legs: list[tuple[str, Any]] = []
-        if plan.mode is not RetrievalMode.BM25 and plan.dense is not None:
-            legs.append((DENSE, plan.dense))
-        if plan.mode is not RetrievalMode.DENSE and plan.sparse is not None and plan.sparse.indices:
-            legs.append((BM25, models.SparseVector(indices=plan.sparse.indices, values=plan.sparse.values)))
-        if not legs:
-            return []
-        vectors = [DENSE] if plan.with_vectors else False
+    # -- the query plan, in qdrant-client's request types -----------------------------------------------
+    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
         with self._lock:
-            if len(legs) == 1:
-                response = self._client.query_points(
-                    self.physical,
-                    query=legs[0][1],
-                    using=legs[0][0],
-                    query_filter=where,
-                    search_params=params if legs[0][0] == BM25 else None,
-                    limit=plan.limit,
-                    with_payload=True,
-                    with_vectors=vectors,
-                )
-            else:
-                fusion: Any = (
-                    models.FusionQuery(fusion=models.Fusion.DBSF)
-                    if plan.fusion is FusionMethod.DBSF
-                    else models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.fusion_weights()))
-                )
-                response = self._client.query_points(
-                    self.physical,
-                    prefetch=[
-                        models.Prefetch(
-                            query=vector,
-                            using=name,
-                            filter=where,
-                            params=params if name == BM25 else None,
-                            limit=plan.prefetch_limit,
-                        )
-                        for name, vector in legs
-                    ],
-                    query=fusion,
-                    query_filter=where,
-                    limit=plan.limit,
-                    with_payload=True,
-                    with_vectors=vectors,
-                )
-        return [
-            ScoredChunk(str(p.id), float(p.score), dict(p.payload or {}), dense_vector(p.vector))
-            for p in response.points
-        ]
+            response = self._client.query_points(
+                self.physical,
+                query=_vector(leg),
+                using=leg.name,
+                query_filter=_filter(where),
+                search_params=_params(leg),
+                limit=leg.limit,
+                with_payload=True,
+                with_vectors=[DENSE] if with_vectors else False,
+            )
+        return _scored(response)
+
+    def _query_fused(self, plan: QueryPlan) -> list[ScoredChunk]:
+        where = _filter(plan.where)
+        fusion: Any = (
+            models.FusionQuery(fusion=models.Fusion.DBSF)
+            if plan.fusion is FusionMethod.DBSF
+            else models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.fusion_weights()))
+        )
+        with self._lock:
+            response = self._client.query_points(
+                self.physical,
+                prefetch=[
+                    models.Prefetch(
+                        query=_vector(leg), using=leg.name, filter=where, params=_params(leg), limit=leg.limit
+                    )
+                    for leg in plan.legs
+                ],
+                query=fusion,
+                query_filter=where,
+                limit=plan.limit,
+                with_payload=True,
+                with_vectors=[DENSE] if plan.with_vectors else False,
+            )
+        return _scored(response)
 
     def count(self, conditions: dict[str, list[Any]] | None = None) -> int:
         with self._lock:
@@ -359,6 +345,25 @@ def _new_physical(alias: str) -> str:
 
 def _state_id(name: str) -> str:
     return str(uuid.uuid5(_STATE_NAMESPACE, name))
+
+
+def _vector(leg: Leg) -> Any:
+    if leg.name == BM25:
+        return models.SparseVector(indices=leg.vector.indices, values=leg.vector.values)  # type: ignore[union-attr]
+    return leg.vector
+
+
+def _params(leg: Leg) -> models.SearchParams | None:
+    """BM25's IDF over the readable chunks only (``leg.idf_corpus``); nothing for dense legs."""
+    if leg.idf_corpus is None:
+        return None
+    return models.SearchParams(idf=models.IdfCorpusParams(corpus=_filter(leg.idf_corpus)))
+
+
+def _scored(response: Any) -> list[ScoredChunk]:
+    return [
+        ScoredChunk(str(p.id), float(p.score), dict(p.payload or {}), dense_vector(p.vector)) for p in response.points
+    ]
 
 
 def _filter(conditions: dict[str, list[Any]]) -> models.Filter | None:

@@ -1,0 +1,147 @@
+"""Fusion in kb (convex combination of normalised leg scores, exact-token weights, page context) as plain
+functions, and through both real store backends: the same query plan, the same order on the embedded engine
+and on qdrant-client, and the ACL applied inside both legs so a forbidden chunk never enters the fusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb import KnowledgeBase, Principal
+from kb.fusion import Normalization, convex, exact_tokens, normalise, query_weights, rrf, with_page_context
+from kb.settings import FusionMethod
+from kb.store.base import HybridQuery
+from kb.store.plan import BM25, DENSE, compile_plan
+from tests.conftest import write
+
+
+def test_convex_keeps_score_gaps_that_rank_fusion_throws_away() -> None:
+    # Dense is confident about "a" (0.71 vs 0.52); BM25 ranks "b" first by a hair. RRF only sees ranks and
+    # calls it a tie broken by weights; the convex combination sees that "a" is far ahead in dense.
+    dense = [("a", 0.71), ("b", 0.52), ("c", 0.50)]
+    bm25 = [("b", 9.1), ("a", 9.0), ("c", 2.0)]
+    fused = convex({"dense": dense, "bm25": bm25}, {"dense": 0.5, "bm25": 0.5}, Normalization.MINMAX)
+    assert [p for p, _ in fused] == ["a", "b", "c"]
+    tied = rrf({"dense": dense, "bm25": bm25}, {"dense": 1.0, "bm25": 1.0}, 10)
+    assert tied[0][1] == pytest.approx(tied[1][1])  # RRF cannot tell them apart
+
+
+def test_a_candidate_one_leg_missed_gets_that_legs_floor_not_a_bonus() -> None:
+    dense = [("a", 0.9), ("b", 0.5)]
+    bm25 = [("c", 5.0), ("b", 1.0)]
+    fused = dict(convex({"dense": dense, "bm25": bm25}, {"dense": 0.6, "bm25": 0.4}, Normalization.MINMAX))
+    assert fused["a"] == pytest.approx(0.6 * 1.0 + 0.4 * 0.0)
+    assert fused["c"] == pytest.approx(0.6 * 0.0 + 0.4 * 1.0)
+    assert fused["b"] == pytest.approx(0.0)  # last in both
+
+
+@pytest.mark.parametrize("method", list(Normalization))
+def test_normalisations_are_monotone_and_bounded(method: Normalization) -> None:
+    scores = np.array([3.0, 1.0, 2.5, -1.0, 0.0])
+    scaled = normalise(scores, method)
+    assert list(np.argsort(-scaled, kind="stable")) == list(np.argsort(-scores, kind="stable"))
+    if method is not Normalization.ZSCORE:
+        assert scaled.min() >= 0.0 and scaled.max() <= 1.0
+    assert np.all(np.isfinite(normalise(np.array([2.0, 2.0]), method)))  # one distinct score: no division by 0
+
+
+@pytest.mark.parametrize(
+    "query,tokens",
+    [
+        ("What is max_wal_senders?", ["max_wal_senders"]),
+        ("what does E4012 mean", ["E4012"]),
+        ("how do I use --no-cache", ["--no-cache"]),
+        ("default of billing.retry_limit", ["billing.retry_limit"]),
+        ('the phrase "could not serialize access"', ['"could not serialize access"']),
+        ("std::vec::Vec capacity", ["std::vec::Vec"]),
+        ("SQLSTATE 40P01 deadlock", ["40P01"]),
+    ],
+)
+def test_exact_tokens_are_recognised(query: str, tokens: list[str]) -> None:
+    assert exact_tokens(query) == tokens
+
+
+@pytest.mark.parametrize(
+    "query", ["How do I roll back a bad deployment?", "Why is Python slow?", "What is a lambda? Can I nest them?"]
+)
+def test_natural_language_has_no_exact_tokens_so_weights_stay(query: str) -> None:
+    assert exact_tokens(query) == []
+    assert query_weights(query, 0.7, 0.3, 3.0) == pytest.approx({"dense": 0.7, "bm25": 0.3})
+
+
+def test_an_exact_token_shifts_weight_to_bm25() -> None:
+    weights = query_weights("max_wal_senders default", 0.7, 0.3, 3.0)
+    assert weights["bm25"] == pytest.approx(0.9 / 1.6) and sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_page_context_lifts_a_chunk_of_a_strong_page_and_zero_changes_nothing() -> None:
+    fused = [("x1", 0.80), ("y1", 0.62), ("y2", 0.61), ("y3", 0.60), ("x2", 0.10)]
+    page = {"x1": "x", "x2": "x", "y1": "y", "y2": "y", "y3": "y"}
+    assert with_page_context(fused, page.__getitem__, 0.0) == fused
+    mixed = with_page_context(fused, page.__getitem__, 0.6)
+    assert mixed[0][0] == "y1"  # page y is on topic throughout; page x has one good chunk
+    assert {p for p, _ in mixed} == set(page)
+
+
+def test_the_plan_drops_a_leg_without_a_query_vector_and_fuses_in_store_only_for_qdrant_fusions() -> None:
+    from kb.settings import RetrievalMode
+    from kb.sparse import SparseVector
+
+    sparse = SparseVector(indices=[1], values=[1.0])
+    both = HybridQuery(limit=5, dense=[0.1] * 4, sparse=sparse, fusion=FusionMethod.RRF, readable=["eng"])
+    plan = compile_plan(both)
+    assert [leg.name for leg in plan.legs] == [DENSE, BM25] and plan.fused_in_store
+    assert plan.where["acl"] == ["eng"] and plan.legs[1].idf_corpus == {"acl": ["eng"]}
+    assert not compile_plan(HybridQuery(limit=5, dense=[0.1] * 4, sparse=sparse, fusion=FusionMethod.CONVEX)).fused_in_store
+    empty = HybridQuery(limit=5, dense=[0.1] * 4, sparse=SparseVector(indices=[], values=[]), mode=RetrievalMode.HYBRID)
+    only = compile_plan(empty)
+    assert [leg.name for leg in only.legs] == [DENSE] and only.legs[0].limit == 5  # stop-words only: dense alone
+
+
+DOCS = {
+    "ops/wal.md": "# WAL settings\n\n## max_wal_senders\n\nmax_wal_senders sets how many standby servers may stream "
+    "the write-ahead log at once. The default is 10.\n\n## wal_keep_size\n\nwal_keep_size keeps old WAL segments "
+    "so a slow standby can catch up.\n",
+    "ops/replication.md": "# Replication\n\nStandby servers stream the write-ahead log from the primary. Tune the "
+    "number of senders when you add replicas.\n",
+    "secret/plan.md": "---\nacl: [exec]\n---\n# Replication plan 2027\n\nWe will add zqreplica standby servers "
+    "streaming the write-ahead log from three regions.\n",
+}
+
+
+@pytest.fixture
+def convex_kb(tmp_path: Path, backend: dict):
+    docs = tmp_path / "docs"
+    for rel, text in DOCS.items():
+        write(docs, rel, text)
+    with KnowledgeBase.open(
+        tmp_path / "idx", fusion="convex", exact_token_boost=3.0, context_weight=0.2, chunk_max_tokens=48, **backend
+    ) as kb:
+        kb.reindex(docs)
+        yield kb
+
+
+def test_convex_fusion_on_a_real_store_ranks_the_exact_key_first_and_keeps_the_acl(convex_kb: KnowledgeBase) -> None:
+    hits = convex_kb.search("what is max_wal_senders", k=3)
+    assert "max_wal_senders sets" in hits[0].text
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    question = "standby servers streaming the write-ahead log from regions"
+    assert convex_kb.search(question, k=1, user=Principal(groups=["exec"]))[0].doc_id == "docs:secret/plan.md"
+    for user in (Principal(groups=["eng"]), Principal()):
+        hits = convex_kb.search(question, k=10, user=user)
+        assert hits and all(h.doc_id != "docs:secret/plan.md" for h in hits)
+        assert convex_kb.search("zqreplica", k=10, user=user, mode="bm25") == []
+
+
+def test_both_backends_send_the_same_plan_and_rank_the_same(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    for rel, text in DOCS.items():
+        write(docs, rel, text)
+    orders = []
+    for name, extra in (("edge", {}), ("client", {"qdrant_url": "local"})):
+        with KnowledgeBase.open(tmp_path / name, fusion="convex", chunk_max_tokens=48, **extra) as kb:
+            kb.reindex(docs)
+            orders.append([(h.node_id, round(h.score, 5)) for h in kb.search("how many standby servers", k=6)])
+    assert orders[0] == orders[1] and len(orders[0]) >= 3
