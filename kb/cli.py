@@ -270,22 +270,50 @@ def ask(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
     groups: AsOption = None,
+    chat: Annotated[
+        bool,
+        typer.Option("--chat", help="Then read follow-up questions from stdin (one per line; empty line ends)."),
+    ] = False,
 ) -> None:
     """Answer QUESTION from the knowledge base, citing the sections used (streams as it generates)."""
     where = _parse_pairs(filters, "--filter")
     user = Principal(groups=groups) if groups is not None else None
     with _open(kb_path) as kb:
-        try:
-            if as_json:
-                answer = kb.ask(question, filters=where or None, user=user)
-                print(json.dumps(answer.as_dict(), indent=2, ensure_ascii=False))
+        messages: list[dict[str, str]] = []
+        while True:
+            messages.append({"role": "user", "content": question})
+            try:
+                if as_json:
+                    answer = kb.chat(messages, filters=where or None, user=user)
+                    print(json.dumps(answer.as_dict(), ensure_ascii=False, indent=None if chat else 2), flush=True)
+                else:
+                    streamed: list[str] = []
+                    answer = kb.chat(messages, filters=where or None, on_token=streamed_to(streamed), user=user)
+                    console.print()
+                    if answer.question != question.strip():
+                        console.print(f"(asked as: {answer.question})", style="dim", highlight=False, markup=False)
+                    _print_answer(answer, streamed="".join(streamed))
+            except KbError as exc:
+                _fail(str(exc))
+            if not chat:
                 return
-            streamed: list[str] = []
-            answer = kb.ask(question, filters=where or None, on_token=lambda piece: _stream(piece, streamed), user=user)
-        except KbError as exc:
-            _fail(str(exc))
-        console.print()
-        _print_answer(answer, streamed="".join(streamed))
+            messages.append({"role": "assistant", "content": answer.text})
+            follow_up = _read_follow_up(as_json)
+            if not follow_up:
+                return
+            question = follow_up
+
+
+def _read_follow_up(quiet: bool) -> str:
+    """The next follow-up question from stdin; "" at the end of input or on an empty line."""
+    if not quiet:
+        console.print("[bold]>[/] ", end="")
+    line = sys.stdin.readline()
+    return line.strip()
+
+
+def streamed_to(sink: list[str]) -> Callable[[str], None]:
+    return lambda piece: _stream(piece, sink)
 
 
 def _stream(piece: str, sink: list[str]) -> None:

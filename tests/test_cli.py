@@ -70,6 +70,24 @@ def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch
     assert result.exit_code == 0 and "I don't know" in result.output and "no_relevant_sources" in result.output
 
 
+def test_ask_chat_reads_follow_ups_and_retrieves_with_the_conversation(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
+    docs = tmp_path / "docs"
+    write(docs, "retries.md", "# Retries\n\n## Error E4012\n\nE4012 means the card issuer declined the retry.\n\n"
+          "## Fixing E4012\n\nLower retry pressure with exponential backoff to fix E4012.\n")  # fmt: skip
+    write(docs, "garden.md", "# Garden\n\nWater the tomatoes and fix the fence in spring.\n")
+    index = tmp_path / "idx"
+    assert runner.invoke(app, ["ingest", str(docs), "--kb", str(index)]).exit_code == 0
+    result = runner.invoke(
+        app, ["ask", "What does error E4012 mean?", "--kb", str(index), "--chat", "--json"], input="How do I fix it?\n\n"
+    )
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads(line) for line in result.stdout.splitlines() if line.strip())
+    assert first["question"] == "What does error E4012 mean?"
+    assert "E4012" in second["question"] and second["citations"][0]["doc_id"] == "docs:retries.md"
+    assert "backoff" in second["text"]
+
+
 def test_reindex_dry_run_then_apply(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     write(docs, "a.md", "# A\n\nFirst document about alpha retries.\n")
