@@ -19,13 +19,15 @@ from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import Response
-from llama_index.core.llms import LLM
+from llama_index.core.llms import LLM, ChatMessage
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
 from kb.context import expand
 from kb.embedding import Embedder
 from kb.errors import ConfigError
+from kb.grounding import unsupported
+from kb.llm.base import ChatBackend
 from kb.prompting import build_messages, leaks_prompt
 from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
@@ -144,13 +146,16 @@ class AnswerEngine:
         sources = self._context(nodes, sources)
         timings["context"] = (time.perf_counter() - tick) * 1e3
         tick = time.perf_counter()
+        prompt_tokens = 0
         if self.llm is None:
             text = self._extract(question, sources)
             timings["first_token"] = (time.perf_counter() - started) * 1e3
             yield text
         else:
             guard = LeakGuard()
-            for response in self.llm.stream_chat(build_messages(question, sources)):
+            messages = build_messages(question, sources)
+            prompt_tokens = self._prompt_tokens(messages)
+            for response in self.llm.stream_chat(messages):
                 delta = response.delta or ""
                 if delta:
                     if "first_token" not in timings:
@@ -167,8 +172,17 @@ class AnswerEngine:
             text = guard.text
         timings["generate"] = (time.perf_counter() - tick) * 1e3
         answer = self._finish(question, text, sources, timings)
+        answer.prompt_tokens = prompt_tokens
         timings["total"] = (time.perf_counter() - started) * 1e3
         yield answer
+
+    def _prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        """The prompt's length in the generator's tokens (the embedder's word pieces when it cannot say)."""
+        text = "\n".join(m.content or "" for m in messages)
+        counted = self.llm.count_tokens(text) if isinstance(self.llm, ChatBackend) else None
+        if counted is None and self.counter is not None:
+            counted = self.counter.count([text])[0]
+        return counted or 0
 
     def _context(self, nodes: list[NodeWithScore], sources: list[Source]) -> list[Source]:
         """Small-to-big: each source grows to its section's neighbouring chunks within the token budget."""
@@ -208,6 +222,7 @@ class AnswerEngine:
             timings,
             citations=citations,
             uncited_sentences=uncited,
+            unsupported_sentences=unsupported(text, sources),
             inferred_citations=inferred,
         )
 

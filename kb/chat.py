@@ -22,6 +22,7 @@ from typing import Any
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
 
 from kb.errors import ConfigError
+from kb.tokens import STOPWORDS
 
 REWRITE_PROMPT = (
     "You rewrite the last question of a conversation so that it can be understood without the conversation. "
@@ -34,15 +35,6 @@ _REFERS_BACK = re.compile(
 )
 _STARTS_AS_FOLLOW_UP = re.compile(
     r"^\s*(and|or|but|also|so|then|what about|how about|what if|why not)\b", re.IGNORECASE
-)
-_STOPWORDS = frozenset(
-    {
-        "a", "an", "the", "and", "or", "but", "if", "then", "so", "of", "to", "in", "on", "at", "for", "by", "with",
-        "from", "as", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "how", "what", "why",
-        "when", "where", "which", "who", "whom", "whose", "can", "could", "should", "would", "will", "shall", "may",
-        "might", "must", "i", "you", "we", "my", "your", "our", "it", "its", "this", "that", "these", "those", "there",
-        "here", "about", "into", "over", "under", "again", "please", "tell", "me", "show",
-    }
 )
 MAX_HISTORY = 6  # turns the rewrite reads
 
@@ -79,7 +71,7 @@ def is_follow_up(question: str) -> bool:
 def content_words(text: str) -> list[str]:
     seen: dict[str, None] = {}
     for word in re.findall(r"[\w.\-/]+", text):
-        if word.lower() not in _STOPWORDS and len(word) > 1:
+        if word.lower() not in STOPWORDS and len(word) > 1:
             seen.setdefault(word, None)
     return list(seen)
 

@@ -110,11 +110,13 @@ class Answer:
     refused: bool = False
     refusal_reason: str = ""  # "no_relevant_sources" (score floor) or "model" (the generator said so)
     uncited_sentences: list[str] = field(default_factory=list)
+    unsupported_sentences: list[str] = field(default_factory=list)  # claims no cited source's words back up
     inferred_citations: list[int] = field(default_factory=list)  # markers kb added, not the generator
     sources: list[Source] = field(default_factory=list)
     reranked: bool = False
     backend: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0  # what the generator read (its own tokens where it can count them; 0: extractive)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

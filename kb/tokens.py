@@ -7,6 +7,16 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+# Function words: neither a question's subject (kb.chat) nor a claim an answer makes (kb.grounding).
+_STOPWORD_TEXT = """
+a an the and or but if then so of to in on at for by with from as is are was were be been being do does did how
+what why when where which who whom whose can could should would will shall may might must i you we my your our
+it its this that these those there here about into over under again please tell me show they not no yes also
+just only than too very their us them he she his her has have had having such each any all some more most other
+same own
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
 
 class TokenCounter:
     """Counts and locates word pieces of a Hugging Face fast tokenizer (no special tokens).

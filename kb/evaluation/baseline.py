@@ -28,6 +28,7 @@ from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
 from kb.evaluation.runner import AnswerRecord, Retrieved
+from kb.grounding import Numbered
 
 _NODE_NAMESPACE = uuid.UUID("4b7b3c39-2f0e-4d93-9a4d-3c1b2a0f7e61")
 
@@ -97,7 +98,8 @@ class LlamaIndexBaseline:
         refused = "don't know" in text.lower() or "do not know" in text.lower()
         # CitationQueryEngine re-splits sources into numbered "Source n:" nodes; map each back to its file span.
         cited = [self._located(n) for n in response.source_nodes if f"[{_source_number(n)}]" in text]
-        return AnswerRecord(text, refused, cited, {"total": total})
+        sources = [Numbered(_source_number(n), n.node.get_content()) for n in response.source_nodes]
+        return AnswerRecord(text, refused, cited, {"total": total}, sources)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -40,6 +40,9 @@ def answer_metrics(rows: list[QuestionResult]) -> dict[str, float]:
     f1 = [r.answer["token_f1"] for r in ans if r.answer and r.answer["token_f1"] is not None]
     rouge = [r.answer["rouge_l"] for r in ans if r.answer and r.answer["rouge_l"] is not None]
     totals = [r.answer["timings"].get("total", 0.0) for r in rows if r.answer]
+    firsts = [r.answer["timings"]["first_token"] for r in rows if r.answer and "first_token" in r.answer["timings"]]
+    given = [r for r in rows if r.answer and not r.answer["refused"]]
+    prompts = [r.answer["prompt_tokens"] for r in given if r.answer.get("prompt_tokens")]
     return {
         "sample": len(rows),
         "citation_precision": sum(r.answer["cited_on_gold"] for r in ans if r.answer) / cited
@@ -51,6 +54,10 @@ def answer_metrics(rows: list[QuestionResult]) -> dict[str, float]:
         "refusal_recall": mean([float(bool(r.answer and r.answer["refused"])) for r in unans]),
         "token_f1": mean(f1),
         "rouge_l": mean(rouge),
+        # answers with a sentence no cited source supports (kb.grounding), among those not refused
+        "unsupported_answers": mean([float(bool(r.answer.get("unsupported"))) for r in given]),
+        "prompt_tokens_p50": percentile(prompts, 0.5) if prompts else float("nan"),
+        "first_token_ms_p50": percentile(firsts, 0.5) if firsts else float("nan"),
         "answer_ms_p50": percentile(totals, 0.5),
         "answer_ms_p95": percentile(totals, 0.95),
     }

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from kb.evaluation.gold import GoldResolver
 from kb.evaluation.metrics import rouge_l, token_f1
 from kb.evaluation.questions import Question
+from kb.grounding import Numbered, support
 from kb.knowledge_base import KnowledgeBase
 from kb.records import ChunkRecord
 from kb.settings import RetrievalMode
@@ -43,6 +44,8 @@ class AnswerRecord:
     refused: bool
     cited: list[Retrieved]
     timings: dict[str, float]
+    sources: list[Numbered] = field(default_factory=list)  # what the generator read, by citation number
+    prompt_tokens: int | None = None
 
 
 class System(Protocol):
@@ -78,7 +81,8 @@ class KbSystem:
     def answer(self, question: str) -> AnswerRecord:
         answer = self.kb.ask(question)
         cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id, c.quote) for c in answer.citations]
-        return AnswerRecord(answer.text, answer.refused, cited, answer.timings)
+        sources = [Numbered(s.number, s.text) for s in answer.sources]
+        return AnswerRecord(answer.text, answer.refused, cited, answer.timings, sources, answer.prompt_tokens)
 
     def describe(self) -> dict[str, Any]:
         s = self.kb.settings
@@ -161,6 +165,7 @@ def run(
         if answer_ids is not None and question.id in answer_ids:
             record = system.answer(question.question)
             cited_hits = judge(resolver, question, record.cited)
+            checks = [] if record.refused else support(record.text, record.sources)
             row.answer = {
                 "text": record.text,
                 "refused": record.refused,
@@ -171,6 +176,9 @@ def run(
                 "token_f1": token_f1(record.text, question.answer) if question.answer and not record.refused else None,
                 "rouge_l": rouge_l(record.text, question.answer) if question.answer and not record.refused else None,
                 "timings": record.timings,
+                "claims": sum(c.is_claim for c in checks),
+                "unsupported": [c.sentence for c in checks if not c.supported],
+                "prompt_tokens": record.prompt_tokens,
             }
         results.append(row)
         if progress:

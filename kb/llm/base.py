@@ -34,6 +34,10 @@ class ChatBackend(CustomLLM):
     def stream_text(self, messages: list[dict[str, str]]) -> Iterator[str]:
         """Yield pieces of the assistant's reply to ``messages`` (``{"role", "content"}`` dicts)."""
 
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` in the model's own vocabulary, where the backend can tell (None: unknown)."""
+        return None
+
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(

@@ -109,6 +109,9 @@ class LlamaCppLLM(ChatBackend):
             )
         return self._llama
 
+    def count_tokens(self, text: str) -> int | None:
+        return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def stream_text(self, messages: list[dict[str, str]]) -> Iterator[str]:
         llama = self._model()
         with self._lock:  # one llama.cpp context: one generation at a time

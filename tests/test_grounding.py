@@ -1,0 +1,45 @@
+"""The groundedness check (kb.grounding): a sentence is supported when its facts (numbers, flags, keys) are in a
+source it cites and most of its words are; list items and trailing markers are split as a reader reads them."""
+
+from __future__ import annotations
+
+import pytest
+
+from kb.grounding import Numbered, sentences, support, unsupported
+
+SOURCES = [
+    Numbered(1, "E4012 means the card issuer declined a retry attempt. Keep `billing.retry_limit` at 4 or below."),
+    Numbered(2, "Run `lumen deploy freeze billing-svc` to stop deploys until the owning team has a reviewed fix."),
+]
+
+
+def test_sentences_keep_their_markers_and_split_list_items() -> None:
+    text = "To stop deploys: [2]\n1. Freeze the service. [2]\n2. Keep billing.retry_limit at 4 [1].  Done."
+    assert sentences(text) == [
+        ("To stop deploys:", (2,)),
+        ("Freeze the service.", (2,)),
+        ("Keep billing.retry_limit at 4.", (1,)),
+        ("Done.", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("E4012 means the card issuer declined the retry attempt [1].", True),
+        ("Keep billing.retry_limit at 4 or below [1].", True),
+        ("Keep billing.retry_limit at 7 or below [1].", False),  # a wrong number is not supported
+        ("Keep billing.retry_limit at 4 or below [2].", False),  # right fact, cites a source that does not say it
+        ("Use lumen deploy --force to skip the review [2].", False),  # a flag no source has
+        ("Customers should contact their bank about regional outages [1].", False),  # words of no source
+        ("Follow these steps: [2]", True),  # makes no claim
+        ("Stop deploys with lumen deploy freeze billing-svc [1][2].", True),  # the union of what it cites
+    ],
+)
+def test_support(text: str, ok: bool) -> None:
+    assert (unsupported(text, SOURCES) == []) is ok, support(text, SOURCES)
+
+
+def test_an_uncited_sentence_is_checked_against_every_source() -> None:
+    assert unsupported("The owning team must review the fix before deploys resume.", SOURCES) == []
+    assert unsupported("The owning team pays a fine of 300 euros.", SOURCES) != []
