@@ -22,6 +22,7 @@ from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM, ChatMessage
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from kb.answerability import signals_for
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
 from kb.context import expand
 from kb.embedding import Embedder
@@ -137,7 +138,10 @@ class AnswerEngine:
         timings["rerank"] = (time.perf_counter() - tick) * 1e3
         sources = _sources(nodes, relevance)
         best = max((s.relevance for s in sources), default=0.0)
-        if best < self.settings.refusal_floor or best_rerank < self.settings.reranker_floor:
+        tick = time.perf_counter()
+        answerable = self._answerable(question)
+        timings["gate"] = (time.perf_counter() - tick) * 1e3
+        if best < self.settings.refusal_floor or best_rerank < self.settings.reranker_floor or not answerable:
             timings["generate"] = 0.0
             timings["total"] = (time.perf_counter() - started) * 1e3
             yield self._refusal(question, "no_relevant_sources", NO_SOURCES, sources, timings)
@@ -175,6 +179,13 @@ class AnswerEngine:
         answer.prompt_tokens = prompt_tokens
         timings["total"] = (time.perf_counter() - started) * 1e3
         yield answer
+
+    def _answerable(self, question: str) -> bool:
+        """The answerability gate's verdict from both legs' signals (True when no gate is set)."""
+        gate = self.settings.answerability_gate
+        if gate is None:
+            return True
+        return gate.probability(signals_for(self.retriever, question)) >= gate.threshold
 
     def _prompt_tokens(self, messages: list[ChatMessage]) -> int:
         """The prompt's length in the generator's tokens (the embedder's word pieces when it cannot say)."""

@@ -29,6 +29,11 @@ from kb.tokens import STOPWORDS
 RECALL = 0.6
 MIN_WORDS = 3
 _FILLER = "following follow steps step use using used set get make sure see note example"  # how-to filler
+_ABSENCE = re.compile(
+    r"\b(sources?|documents?|documentation|context)\b[^.]*\b(do|does|did)\s*(not|n't)\s+"
+    r"(say|mention|cover|contain|state|specify|describe|explain|include|provide)",
+    re.IGNORECASE,
+)
 _MARKER = re.compile(r"\[(\d+)\]")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _LIST_ITEM = re.compile(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+")
@@ -63,6 +68,8 @@ class SentenceSupport:
 
     @property
     def is_claim(self) -> bool:
+        if _ABSENCE.search(self.sentence):
+            return False  # "The sources do not say how to export them": a limit of the answer, not a claim
         return self.words >= MIN_WORDS or bool(self.missing_facts)
 
     @property

@@ -22,6 +22,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from kb.acl import Principal
 from kb.embedding import Embedder
 from kb.fusion import rrf
+from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode, Settings
 from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from, node_from_payload
 
@@ -108,6 +109,24 @@ class HybridRetriever(BaseRetriever):
         timings = {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3}
         return RetrievalResult(nodes, timings, relevance)
 
+    def legs(self, query: str, k: int = 10) -> LegScores:
+        """Each leg's top ``k`` as (document id, score) — dense scores are cosines — for answerability signals
+        (one query embedding; both legs filtered and ACL-scoped like :meth:`search`)."""
+        dense = self._embedder.embed([query])[0]
+        sparse = self._store.bm25.embed_query(query)
+        common = dict(
+            limit=k, conditions=conditions_from(self.filters), prefetch_limit=k,
+            readable=self.user.readable() if self.user is not None else None, text=query,
+        )  # fmt: skip
+        legs, texts = {}, []
+        for mode in (RetrievalMode.DENSE, RetrievalMode.BM25):
+            plan = HybridQuery(dense=dense, sparse=sparse, mode=mode, **common)
+            hits = sorted(self._store.search(plan), key=lambda h: (-h.score, h.id))
+            legs[mode] = [(str(h.payload.get("doc_id", "")), float(h.score)) for h in hits]
+            texts += [ChunkRecord.from_payload(h.payload).text for h in hits]
+        terms = len(sparse.indices) if sparse is not None else 0
+        return LegScores(legs[RetrievalMode.DENSE], legs[RetrievalMode.BM25], terms, texts)
+
     def search_phrasings(
         self, queries: list[str], k: int | None = None, with_relevance: bool = False
     ) -> RetrievalResult:
@@ -117,6 +136,14 @@ class HybridRetriever(BaseRetriever):
         depth = k or self.similarity_top_k
         results = [self.search(q, max(depth, 20), with_relevance) for q in queries]
         return fuse_results(results, depth, self._settings.rrf_k)
+
+
+@dataclass
+class LegScores:
+    dense: list[tuple[str, float]]
+    bm25: list[tuple[str, float]]
+    query_terms: int
+    texts: list[str] = field(default_factory=list)  # the chunks both legs found
 
 
 def fuse_results(results: list[RetrievalResult], k: int, rrf_k: int) -> RetrievalResult:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kb.acl import AclDefault
+from kb.answerability import AnswerabilityGate
 from kb.errors import ConfigError
 from kb.sources import DocumentSource
 
@@ -251,6 +252,11 @@ class Settings(BaseSettings):
     refusal_floor: float = Field(
         0.30, description="Refuse without calling the generator when no source is at least this similar (cosine)."
     )
+    answerability_gate: AnswerabilityGate | None = Field(
+        None,
+        description="Refuse without calling the generator when P(answerable) from retrieval signals is below the "
+        "gate's threshold (kb.answerability; fitted by evals/tune_refusal.py). None: the cosine floor only.",
+    )
     extractive_sentences: int = Field(3, ge=1, le=10)
     max_question_chars: int = Field(2000, ge=10)
 
@@ -302,6 +308,7 @@ class Settings(BaseSettings):
                     file_values = tomllib.loads(toml_path.read_text(encoding="utf-8"))
                 except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                     raise ConfigError(f"{toml_path}: not valid TOML ({exc}). Fix or remove the file.") from exc
+            file_values = _relative_to_index(file_values, Path(index_path))
         try:
             return _build(cls, file_values, overrides)
         except ValidationError as exc:
@@ -328,6 +335,15 @@ class Settings(BaseSettings):
     def bm25_identity(self) -> dict[str, Any]:
         """The settings that change the BM25 vectors; an index records them."""
         return {"k": self.bm25_k, "b": self.bm25_b, "avg_len": self.bm25_avg_len, "language": self.bm25_language}
+
+
+def _relative_to_index(values: dict[str, Any], index: Path) -> dict[str, Any]:
+    """A model folder that kb.toml names by a relative path is relative to the index folder (as sources' paths
+    are): ``kb tune`` installs ``reranker_model = "tune/reranker-…"``, and the index folder may move."""
+    model = values.get("reranker_model")
+    if isinstance(model, str) and model and not Path(model).expanduser().is_absolute() and (index / model).is_dir():
+        return {**values, "reranker_model": str((index / model).resolve())}
+    return values
 
 
 def _build(cls: type[Settings], file_values: dict[str, Any], overrides: dict[str, Any]) -> Settings:

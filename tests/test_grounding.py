@@ -33,6 +33,7 @@ def test_sentences_keep_their_markers_and_split_list_items() -> None:
         ("Use lumen deploy --force to skip the review [2].", False),  # a flag no source has
         ("Customers should contact their bank about regional outages [1].", False),  # words of no source
         ("Follow these steps: [2]", True),  # makes no claim
+        ("The sources do not say how to export the logs.", True),  # a limit of the answer, not a claim
         ("Stop deploys with lumen deploy freeze billing-svc [1][2].", True),  # the union of what it cites
     ],
 )
