@@ -7,8 +7,11 @@
     kb = KnowledgeBase.open("indexes/handbook")
     uvicorn.run(create_app(kb, docs="docs/"), host="127.0.0.1", port=8000)
 
-Every route but ``/health`` needs an API key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) from
-``settings.api_keys``: ``read`` keys ask, search and read the status, ``admin`` keys also reindex.
+``GET /`` is a web page over these endpoints (ask, read the cited sources, search, status and reindex), and
+``/docs`` the OpenAPI page, both served from the package (no CDN; see :mod:`kb.web`).
+
+Every route but ``/health`` and the pages needs an API key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``)
+from ``settings.api_keys``: ``read`` keys ask, search and read the status, ``admin`` keys also reindex.
 Errors are JSON: ``{"error": CODE, "message": TEXT, "fields": [{"field": PATH, "message": TEXT}]}``.
 """
 
@@ -26,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
@@ -37,8 +40,11 @@ from kb.acl import Principal
 from kb.citations import Answer
 from kb.errors import ConfigError, KbError
 from kb.knowledge_base import KnowledgeBase, ReindexJob
+from kb.records import ChunkRecord
 from kb.settings import ApiKey, RetrievalMode, Role
 from kb.store.base import check_filter_values
+from kb.web import mount_web
+from kb.web.view import DEFAULT_AROUND, MAX_AROUND, document_view, facet_values, readable_scope
 
 log = logging.getLogger(__name__)
 FilterValue = StrictStr | StrictInt | StrictBool | list[StrictStr] | list[StrictInt] | list[StrictBool]
@@ -171,6 +177,8 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
         title="kb",
         version="1",
         description="Answers grounded in your documents, with citations. Send the key as 'Authorization: Bearer KEY'.",
+        docs_url=None,  # kb.web serves /docs from vendored Swagger UI assets: FastAPI's loads them from a CDN
+        redoc_url=None,
     )
     app.add_middleware(_AssumeJson)
     app.state.keys = list(kb.settings.api_keys)
@@ -215,8 +223,9 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
     @app.get("/status", summary="Documents and chunks the key may read; admin keys also see store, sources, settings.")
     def status(key: Reader) -> dict[str, Any]:
         readable = principal(key).readable()
+        me = {"name": key.name, "role": key.role.value, "groups": list(key.groups)}  # what the page may offer
         if key.role is Role.ADMIN and readable is None:
-            return asdict(kb.status())
+            return {**asdict(kb.status()), "caller": me}
         documents = kb.manifest.snapshot()  # replaced, never mutated, by a running reindex
         state = kb.status()
         visible = [e for e in documents.values() if readable is None or set(e.acl or ()) & set(readable)]
@@ -229,6 +238,7 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
             "reranker": {"active": state.reranker["active"]},
             "updated_at": state.updated_at,
             "settings": kb.settings.public_dump(full=False),
+            "caller": me,
         }
 
     @app.post("/search", summary="The k chunks that best match the query, among documents the key may read.")
@@ -273,6 +283,46 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    facets_cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    @app.get("/facets", summary="Filter choices: the values of the indexed front-matter fields the key may read.")
+    def facets(key: Reader) -> dict[str, Any]:
+        readable = principal(key).readable()
+        fields = list(kb.settings.indexed_fields)
+        # One pass over the readable chunks per index version and reader groups, not per page load.
+        cache_key = (tuple(readable) if readable is not None else None, kb.manifest.updated_at, tuple(fields))
+        if cache_key not in facets_cache:
+            if len(facets_cache) > 64:
+                facets_cache.clear()
+            chunks = (ChunkRecord.from_payload(p.payload) for p in kb.store.scroll(readable_scope(readable)))
+            facets_cache[cache_key] = facet_values(chunks, fields)
+        return {"fields": facets_cache[cache_key]}
+
+    @app.get(
+        "/documents/{doc_id:path}",
+        summary="A document's text around a cited chunk, as readable blocks (what the web page's source view shows).",
+    )
+    def document(
+        doc_id: str,
+        key: Reader,
+        chunk: Annotated[str | None, Query(max_length=200, description="Point id of the cited chunk.")] = None,
+        start: Annotated[int | None, Query(ge=0, le=2**53, description="Cited span: first char offset.")] = None,
+        end: Annotated[int | None, Query(ge=0, le=2**53, description="Cited span: end char offset.")] = None,
+        around: Annotated[int, Query(ge=0, le=MAX_AROUND, description="Chunks shown on each side.")] = DEFAULT_AROUND,
+    ) -> dict[str, Any]:
+        if (start is None) != (end is None) or (start is not None and end is not None and end < start):
+            raise ApiError(422, "invalid_request", "start and end: give both, with start <= end",
+                           [{"field": "query.end", "message": "expected start <= end, both or neither"}])  # fmt: skip
+        entry = kb.manifest.snapshot().get(doc_id)
+        cited = (start, end) if start is not None and end is not None else None
+        view = document_view(
+            kb.store, doc_id, principal(key).readable(), chunk, cited, around, entry.doc_hash if entry else ""
+        )
+        if view is None:  # the same answer for a forbidden document as for a missing one
+            what = f"chunk {chunk!r} of document {doc_id!r}" if chunk else f"document {doc_id!r}"
+            raise ApiError(404, "not_found", f"no {what} that this key may read")
+        return view
+
     @app.post("/reindex", status_code=202, summary="Mirror a source (or every source) in the background (admin).")
     def reindex(body: ReindexRequest, _: Admin) -> dict[str, Any]:
         if body.source is None and not kb.sources:
@@ -301,6 +351,7 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
         return run.as_dict()
 
     app.state.docs_source = docs_source
+    mount_web(app)
     return app
 
 
