@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ just only than too very their us them he she his her has have had having such ea
 same own
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
 
 
 class TokenCounter:
@@ -31,12 +33,21 @@ class TokenCounter:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
+        # WordPiece tokenizers (MiniLM's) drop whitespace, so a run of it counts as one space: counting the
+        # collapsed text gives the same numbers and is far cheaper on indentation-heavy files (a 2,000-level
+        # nested reST list is 4 MB of spaces). Probed, not assumed: SentencePiece models keep their spaces.
+        self._whitespace_free = self._ids("a \n\t  b") == self._ids("a b")
+
+    def _ids(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     @classmethod
     def for_model(cls, model_path: Path) -> TokenCounter:
         return _cached_counter(str(model_path))
 
     def count(self, texts: list[str]) -> list[int]:
+        if self._whitespace_free:
+            texts = [_WHITESPACE_RUN.sub(" ", text) for text in texts]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [len(e.ids) for e in encodings]
 

@@ -6,6 +6,7 @@ its document; hostile questions get a clear error or a normal answer."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -180,8 +181,19 @@ def test_atheris_fuzz_of_loaders_and_chunker(tmp_path: Path) -> None:
     seeds.mkdir()
     for i, path in enumerate(sorted((REPO / "kb" / "sample_kb").rglob("*.*"))):
         (seeds / f"s{i}").write_bytes(bytes([i % 4]) + path.read_bytes()[:4000])
+    # Linux carries a process's peak RSS across exec, so the fuzzer starts out "using" what this pytest process
+    # peaked at (gigabytes once torch is loaded) and libFuzzer's default 2 GB limit fires at once. Its budget
+    # is 2 GB on top of that inheritance, not a blind 2 GB.
+    rss_limit_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + 2048
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fuzz_atheris.py"), "-runs=20000", "-max_len=4096", str(seeds)],
+        [
+            sys.executable,
+            str(REPO / "tests" / "fuzz_atheris.py"),
+            "-runs=20000",
+            "-max_len=4096",
+            f"-rss_limit_mb={rss_limit_mb}",
+            str(seeds),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
