@@ -27,6 +27,10 @@ class IndexLockedError(KbError):
     """Another process holds the index open for writing."""
 
 
+class LeaseLostError(IndexLockedError):
+    """A writer no longer holds the server collection's writer lease (it could not renew it, or another took it)."""
+
+
 class SourceError(KbError):
     """A source file cannot be read as a document (the reason is kept for the ingest summary)."""
 

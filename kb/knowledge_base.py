@@ -14,7 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,7 @@ class KnowledgeBase:
         settings: Settings | None = None,
         for_rebuild: bool = False,
         create: bool = True,
+        client: Any | None = None,
         **overrides: Any,
     ) -> KnowledgeBase:
         """Open the index at ``path``, creating it when the folder holds none (unless ``create=False``).
@@ -193,7 +194,8 @@ class KnowledgeBase:
             lock = IndexLock(folder).acquire()
             store: ChunkStore | None = None
             try:
-                store = open_store(folder, settings, identity.dimension, _bm25(settings.bm25_identity()))
+                # client: a QdrantClient the caller owns (replicas sharing one connection); selects the server backend
+                store = open_store(folder, settings, identity.dimension, _bm25(settings.bm25_identity()), client)
                 incompatible = None
                 if IndexInfo.exists(store):
                     info = IndexInfo.read(store)
@@ -520,10 +522,14 @@ class KnowledgeBase:
     def _apply(self, plan: IndexPlan, progress: Progress | None = None, indexer: Indexer | None = None) -> IngestReport:
         return (indexer or self._indexer()).apply(plan, progress)
 
-    def _writing_source(self, name: str) -> threading.Lock:
-        """One writer per source in this process (another source may be reindexed meanwhile)."""
+    @contextmanager
+    def _writing_source(self, name: str) -> Iterator[None]:
+        """One writer per source in this process (another source may be reindexed meanwhile); on a Qdrant server
+        also the collection's writer lease, from planning to the last write (see Journal.holding)."""
         with self._locks_guard:
-            return self._source_locks.setdefault(name, threading.Lock())
+            lock = self._source_locks.setdefault(name, threading.Lock())
+        with lock, self.journal.holding():
+            yield
 
     def _indexer(self, store: ChunkStore | None = None, manifest: Manifest | None = None,
                  journal: Journal | None = None, embedder: Embedder | None = None) -> Indexer:  # fmt: skip

@@ -112,6 +112,13 @@ class Manifest:
                 documents.pop(doc_id, None)
             self.documents, self.updated_at = documents, updated_at
 
+    def reload(self) -> None:
+        """Read the entries again (a writer taking a server's lease: another host may have committed since)."""
+        if self._backend is None:
+            return
+        with self._lock:
+            self.documents, self.updated_at = self._backend.load()
+
     def snapshot(self) -> dict[str, DocumentEntry]:
         """The entries as of now (``documents`` is replaced, never mutated, on commit: safe to iterate)."""
         return self.documents

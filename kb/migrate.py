@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kb.errors import ConfigError
 from kb.manifest import INDEX_FILE, IndexInfo, Manifest
@@ -21,7 +22,10 @@ from kb.settings import Settings
 from kb.sources import SOURCES_STATE
 from kb.store import collection_name
 from kb.store.base import ChunkStore
-from kb.store.server import ServerChunkStore, collection_options, connect
+from kb.store.server import ServerChunkStore, ServerPolicy, collection_options, connect
+
+if TYPE_CHECKING:
+    from kb.knowledge_base import KnowledgeBase
 
 
 @dataclass
@@ -43,6 +47,7 @@ def migrate(
     api_key: str = "",
     replace: bool = False,
     batch: int = 256,
+    client: Any | None = None,
 ) -> MigrationReport:
     """Copy the embedded index at ``source`` into ``collection`` (default: the folder's name) at ``url``.
 
@@ -50,7 +55,10 @@ def migrate(
     e.g. the ``qdrant-local`` folder of an index configured with ``qdrant_url = "local"``).
 
     Refuses a target collection that already holds points unless ``replace``; the copy is verified
-    (point count and every document version) before it goes live.
+    (point count and every document version) before it goes live. The target's writer lease is held from the
+    first look at it to the switch, so no reindex on another host writes meanwhile; replicas reading the
+    collection follow the switch (the replaced collection is dropped after ``qdrant_grace_seconds``).
+    ``client``: a ``QdrantClient`` to use instead of connecting to ``url`` (not closed here).
     """
     from kb.knowledge_base import KnowledgeBase
 
@@ -67,46 +75,56 @@ def migrate(
         report = MigrationReport(str(folder), url, name)
         dimension = int(kb.info.embedder["dimension"])
         bm25 = kb.store.bm25
-        client = connect(target_settings, local_path)
-        target = ServerChunkStore(client, name, dimension, bm25, collection_options(target_settings))
+        owned = client is None
+        connection = connect(target_settings, local_path) if client is None else client
+        target = ServerChunkStore(connection, name, dimension, bm25, collection_options(target_settings),
+                                  owns_client=owned, policy=ServerPolicy.of(target_settings))  # fmt: skip
         try:
-            existing = target.count()
-            if existing and not replace:
-                raise ConfigError(
-                    f"collection {name!r} at {url} already holds {existing:,} points; pass --replace to "
-                    "swap it for this index (atomic: readers see the old or the new one), or pick --collection"
-                )
-            staging = target.staging(dimension, bm25)
-            try:
-                report.points = _copy(kb.store, staging, batch)
-                for state in (INDEX_FILE, SOURCES_STATE):
-                    data = kb.store.read_state(state)
-                    if data is not None:
-                        staging.write_state(state, data)
-                copied = Manifest(staging.manifest_backend())
-                copied.commit(put=kb.manifest.snapshot())
-                if copied.snapshot() != kb.manifest.snapshot():
-                    raise ConfigError(
-                        f"the manifest copied into {name!r} differs from the source's; the target was left unchanged"
-                    )
-                staging.ensure_payload_indexes(kb.settings.indexed_fields)
-                report.mismatches = _compare(kb.store, staging)
-                if report.mismatches:
-                    raise ConfigError(
-                        f"copy into {name!r} does not match the source ({len(report.mismatches)} differences, first: "
-                        f"{report.mismatches[0]}); the target was left unchanged"
-                    )
-            except BaseException:
-                target.discard(staging)
-                raise
-            with target.transaction():
-                target.promote(staging)
-            report.verified = True
-            report.documents = len(kb.manifest.documents)
+            with target.lease.hold():  # no writer on another host from the first look to the switch
+                _copy_and_switch(kb, target, report, url, replace, batch)
         finally:
             target.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _copy_and_switch(
+    kb: KnowledgeBase, target: ServerChunkStore, report: MigrationReport, url: str, replace: bool, batch: int
+) -> None:
+    name = report.collection
+    existing = target.count()
+    if existing and not replace:
+        raise ConfigError(
+            f"collection {name!r} at {url} already holds {existing:,} points; pass --replace to "
+            "swap it for this index (atomic: readers see the old or the new one), or pick --collection"
+        )
+    staging = target.staging(int(kb.info.embedder["dimension"]), kb.store.bm25)
+    try:
+        report.points = _copy(kb.store, staging, batch)
+        for state in (INDEX_FILE, SOURCES_STATE):
+            data = kb.store.read_state(state)
+            if data is not None:
+                staging.write_state(state, data)
+        copied = Manifest(staging.manifest_backend())
+        copied.commit(put=kb.manifest.snapshot())
+        if copied.snapshot() != kb.manifest.snapshot():
+            raise ConfigError(
+                f"the manifest copied into {name!r} differs from the source's; the target was left unchanged"
+            )
+        staging.ensure_payload_indexes(kb.settings.indexed_fields)
+        report.mismatches = _compare(kb.store, staging)
+        if report.mismatches:
+            raise ConfigError(
+                f"copy into {name!r} does not match the source ({len(report.mismatches)} differences, first: "
+                f"{report.mismatches[0]}); the target was left unchanged"
+            )
+    except BaseException:
+        target.discard(staging)
+        raise
+    with target.transaction():
+        target.promote(staging)
+    report.verified = True
+    report.documents = len(kb.manifest.documents)
 
 
 def _copy(source: ChunkStore, target: ChunkStore, batch: int) -> int:

@@ -11,11 +11,18 @@ Every write follows one order, each step durable before the next starts:
 After a crash or a power cut at any point, the next open finds ``DIRTY`` and :func:`sweep` deletes every
 (document, version) the manifest does not name and drops manifest entries whose points are incomplete
 (their files are re-read by the next reindex): each document is in its old or its new version.
+
+On a Qdrant server several processes share the collection, so a write operation first takes the store's writer
+lease (:meth:`Journal.holding`; the embedded engine has its file lock instead) and re-reads the manifest another
+host may have changed, and ``DIRTY`` means a crash only when no live writer holds the lease: a replica that opens
+while another host is writing leaves that writer's journal alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +34,7 @@ from kb.manifest import Manifest
 from kb.store.base import ChunkStore
 
 DIRTY = "DIRTY"
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -40,20 +48,37 @@ class Journal:
         self._failed = False
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._lock:
-            if self._writers == 0:
-                self.store.write_state(DIRTY, {"since": time.time(), "pid": os.getpid()})
-            self._writers += 1
-        try:
+    def holding(self) -> Iterator[None]:
+        """The store's writer lease for a whole write operation, planning included (waits or fails naming the
+        holder). See :meth:`_taken` for what taking it does first."""
+        with self.store.lease.hold(on_acquired=self._taken):
             yield
-        except BaseException:
+
+    def _taken(self) -> None:
+        """This process just took the server's writer lease: re-read the manifest (another host may have written
+        since), and finish what a previous holder left half-done (its ``DIRTY``: it crashed, or lost the lease)."""
+        self.manifest.reload()
+        if self.store.read_state(DIRTY) is not None:
+            self._sweep_and_clear()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self.holding():
             with self._lock:
-                self._failed = True
+                if self._writers == 0:
+                    entry = {"since": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
+                             "writer": self.store.lease.token}  # fmt: skip
+                    self.store.write_state(DIRTY, entry)
+                self._writers += 1
+            try:
+                yield
+            except BaseException:
+                with self._lock:
+                    self._failed = True
+                    self._finish()
+                raise
+            with self._lock:
                 self._finish()
-            raise
-        with self._lock:
-            self._finish()
 
     def _finish(self) -> None:
         self._writers -= 1
@@ -70,7 +95,16 @@ class Journal:
         return legacy or self.store.read_state(DIRTY) is not None
 
     def recover(self) -> int:
-        """After a crash: sweep, then clear the journal. Returns the points deleted."""
+        """After a crash: sweep, then clear the journal. Returns the points deleted.
+
+        Nothing happens while another process holds the writer lease: its ``DIRTY`` is work in progress."""
+        with self.store.lease.try_hold(on_acquired=self.manifest.reload) as held:
+            if not held:
+                log.info("%s: another writer is at work; its journal is left to it", self.store.describe())
+                return 0
+            return self._sweep_and_clear() if self.dirty() else 0  # (that writer may have finished meanwhile)
+
+    def _sweep_and_clear(self) -> int:
         with self._lock:
             deleted = sweep(self.store, self.manifest)
             self.store.flush()
@@ -85,20 +119,21 @@ def sweep(store: ChunkStore, manifest: Manifest) -> int:
 
     Also drops manifest entries whose points are missing or incomplete, so the next reindex re-adds them.
     """
-    versions = store.versions()
     documents = manifest.snapshot()
     deleted = 0
-    for (doc_id, doc_hash), count in versions.items():
-        entry = documents.get(doc_id)
-        if entry is None or entry.doc_hash != doc_hash:
-            store.delete_version(doc_id, doc_hash)
-            deleted += count
-    broken = [d for d, e in documents.items() if versions.get((d, e.doc_hash), 0) != e.chunks]
-    for doc_id in broken:
-        store.delete_version(doc_id, documents[doc_id].doc_hash)
-    store.flush()
-    if broken:
-        manifest.commit(delete=broken)
+    with store.settling(documents):  # server: one batch, published when the store agrees with the manifest
+        versions = store.versions()
+        for (doc_id, doc_hash), count in versions.items():
+            entry = documents.get(doc_id)
+            if entry is None or entry.doc_hash != doc_hash:
+                store.delete_version(doc_id, doc_hash)
+                deleted += count
+        broken = [d for d, e in documents.items() if versions.get((d, e.doc_hash), 0) != e.chunks]
+        for doc_id in broken:
+            store.delete_version(doc_id, documents[doc_id].doc_hash)
+        store.flush()
+        if broken:
+            manifest.commit(delete=broken)
     return deleted
 
 
@@ -124,7 +159,12 @@ class Damage:
 
 
 def check_store(store: ChunkStore, manifest: Manifest) -> Damage:
-    """Compare the manifest with the store: a count first (cheap), per document only when they differ."""
+    """Compare the manifest with the store: a count first (cheap), per document only when they differ.
+
+    While another process holds the server's writer lease the two legitimately differ (it is mid-write, and this
+    process's manifest predates it): no verdict then, the next open checks again."""
+    if store.lease.held_elsewhere() is not None:
+        return Damage()
     documents = manifest.snapshot()
     expected = sum(e.chunks for e in documents.values())
     have = store.count()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from kb.manifest import SHARD_DIR
 from kb.settings import Settings
@@ -13,17 +14,24 @@ from kb.store.base import ChunkStore
 LOCAL_MODE_DIR = "qdrant-local"
 
 
-def open_store(folder: Path, settings: Settings, dimension: int, bm25: Bm25Encoder) -> ChunkStore:
-    """The store of the index at ``folder``: the embedded engine, or the collection on a Qdrant server."""
-    if not settings.qdrant_url:
+def open_store(
+    folder: Path, settings: Settings, dimension: int, bm25: Bm25Encoder, client: Any | None = None
+) -> ChunkStore:
+    """The store of the index at ``folder``: the embedded engine, or the collection on a Qdrant server.
+
+    ``client`` (a ``QdrantClient``, whatever ``qdrant_url`` says) selects the server backend over a connection
+    the caller owns and may share: several stores on one client are replicas of one cluster."""
+    if client is None and not settings.qdrant_url:
         from kb.store.edge import EdgeChunkStore, recover_swap
 
         recover_swap(folder)
         return EdgeChunkStore(folder / SHARD_DIR, dimension, bm25)
-    from kb.store.server import ServerChunkStore, collection_options, connect
+    from kb.store.server import ServerChunkStore, ServerPolicy, collection_options, connect
 
-    client = connect(settings, str(folder / LOCAL_MODE_DIR))
-    return ServerChunkStore(client, collection_name(folder, settings), dimension, bm25, collection_options(settings))
+    owned = client is None
+    client = connect(settings, str(folder / LOCAL_MODE_DIR)) if client is None else client
+    return ServerChunkStore(client, collection_name(folder, settings), dimension, bm25, collection_options(settings),
+                            owns_client=owned, policy=ServerPolicy.of(settings))  # fmt: skip
 
 
 def collection_name(folder: Path, settings: Settings) -> str:

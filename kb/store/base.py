@@ -16,7 +16,7 @@ import re
 import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,11 @@ from kb.fusion import Normalization, convex, query_weights, with_page_context
 from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder, SparseVector
+from kb.store.lease import NO_LEASE, WriterLease
 from kb.store.plan import Leg, QueryPlan, compile_plan
 
 if TYPE_CHECKING:
-    from kb.manifest import ManifestBackend
+    from kb.manifest import DocumentEntry, ManifestBackend
 
 DENSE, BM25 = "dense", "bm25"  # the vectors' names (kb.store.plan uses the same)
 TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index", "source", "path"})
@@ -336,7 +337,18 @@ class ChunkStore(BasePydanticVectorStore):
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
-        """Hold off this process's other store calls until the block ends (queries see before or after)."""
+        """One write batch (upsert → manifest → delete), ordered against this process's other writes; queries
+        see the state before it or after it (embedded engine: they wait; server: the batch publishes at once)."""
+
+    @property
+    def lease(self) -> WriterLease:
+        """The writer lease (server backend: one writer per collection across hosts); the embedded engine needs
+        none (its file lock keeps one writer process)."""
+        return NO_LEASE
+
+    def settling(self, documents: dict[str, DocumentEntry]) -> AbstractContextManager[None]:
+        """Wraps a sweep of unfinished writes against the manifest's ``documents`` (server: one batch)."""
+        return nullcontext()
 
     @abstractmethod
     def flush(self) -> None: ...
@@ -403,7 +415,8 @@ class ChunkStore(BasePydanticVectorStore):
 
     @abstractmethod
     def promote(self, staging: ChunkStore) -> None:
-        """Serve ``staging`` (complete, state written) from this object and drop the old points.
+        """Serve ``staging`` (complete, state written) from this object; the old points are dropped (server:
+        after the grace period, for replicas still reading them).
 
         Call inside :meth:`transaction` so this process's queries see the old or the new index."""
 
