@@ -533,8 +533,11 @@ def serve(
     allow_anonymous: Annotated[
         bool, typer.Option(help="Without api_keys, let anyone read (never reindex). For local trials only.")
     ] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="Meanwhile run kb tune at the lowest CPU priority (see kb tune --help).")
+    ] = False,
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs): /ask, /search, /reindex, /status, /health."""
+    """Serve the web page at / and the HTTP API (OpenAPI at /docs): /ask, /chat, /search, /reindex, /status."""
     import uvicorn
 
     from kb.api import create_app
@@ -546,6 +549,11 @@ def serve(
                 f'{kb_path}/kb.toml or set KB_API_KEYS=\'[{{"key": "...", "role": "admin"}}]\'; '
                 "or pass --allow-anonymous for a local trial"
             )
+        if tune:
+            from kb.tuning.pipeline import start_background
+
+            start_background(kb)  # in this process: the index is held here; an install swaps the reranker
+            err_console.print(f"kb tune runs in the background (nice 19): kb tune --kb {kb_path} --status")
         uvicorn.run(create_app(kb, docs, allow_anonymous), host=host, port=port, log_level="info")
 
 
@@ -623,6 +631,148 @@ def eval_command(
         )  # fmt: skip
     except KbError as exc:
         _fail(str(exc))
+
+
+# -- kb tune: adapt the reranker to the index's own documents (kb/tuning) ---------------------------------
+
+
+@app.command("tune")
+def tune_command(
+    kb_path: KbOption = DEFAULT_INDEX,
+    status_only: Annotated[bool, typer.Option("--status", help="Progress and ETA of the current/last run.")] = False,
+    report_only: Annotated[bool, typer.Option("--report", help="Print the last run's report (Markdown).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="--status/--report as JSON.")] = False,
+    questions: Annotated[int, typer.Option(help="Questions to write, train and gate on.")] = 1000,
+    minutes: Annotated[float | None, typer.Option(help="Budget of this run; it ends with a verdict.")] = None,
+    layers: Annotated[int, typer.Option(help="Keep the first N of MiniLM's 6 layers (3: faster reranking).")] = 6,
+    steps: Annotated[int | None, typer.Option(help="Cap on the training steps.")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the training questions.")] = 2.0,
+    batch: Annotated[int, typer.Option(help="Questions per training step.")] = 8,
+    group: Annotated[int, typer.Option(help="Passages per question: the positive + N-1 mined negatives.")] = 8,
+    heldout: Annotated[float, typer.Option(help="Share of the chunks held out for the gate.")] = 0.2,
+    min_heldout: Annotated[int, typer.Option(help="Fewer held-out questions: no verdict.")] = 20,
+    min_gain: Annotated[float, typer.Option(help="nDCG@10 the reranker must add to fused to be installed.")] = 0.03,
+    max_hit3_drop: Annotated[float, typer.Option(help="hit@3 the reranker may lose against fused.")] = 0.0,
+    install: Annotated[bool, typer.Option(help="Install the model when the gate passes.")] = True,
+    checkpoint_seconds: Annotated[float, typer.Option(help="Training checkpoint interval (0: every step).")] = 60.0,
+    llm_model_path: Annotated[str, typer.Option(help="GGUF that writes questions (default: the index's LLM).")] = "",
+    threads: Annotated[int, typer.Option(help="Training threads (0: every core).")] = 0,
+    device: Annotated[str, typer.Option(help="Training device: auto (a CUDA GPU if any), cpu, cuda.")] = "auto",
+    llm_threads: Annotated[int, typer.Option(help="llama.cpp threads (0: its default).")] = 0,
+    llm_max_tokens: Annotated[int, typer.Option(help="Tokens the LLM may write per chunk (two questions).")] = 96,
+    work: Annotated[Path | None, typer.Option(help="Work folder (default: INDEX/tune).")] = None,
+    questions_dir: Annotated[Path | None, typer.Option(help="Folder of questions.jsonl (default: --work).")] = None,
+    background: Annotated[bool, typer.Option(help="Run detached at the lowest CPU priority (nice 19).")] = False,
+    config_file: Annotated[Path | None, typer.Option(hidden=True, help="TuneConfig as JSON (--background).")] = None,
+) -> None:
+    """Adapt the reranker to this index's documents, offline: questions → hard negatives → train → gate → install.
+
+    Resumable (run it again after a kill), --status shows progress with an ETA, --report what it learned."""
+    from kb.tuning.pipeline import TuneConfig, Tuner, load_report, render_markdown
+
+    folder = work or kb_path / "tune"
+    if config_file is not None:
+        config = TuneConfig.from_dict(json.loads(config_file.read_text()))
+    else:
+        try:
+            config = TuneConfig(
+                questions=questions, minutes=minutes, layers=layers, max_steps=steps, epochs=epochs, batch=batch,
+                group=group, heldout=heldout, min_heldout=min_heldout, min_gain=min_gain, max_hit3_drop=max_hit3_drop,
+                install=install, checkpoint_seconds=checkpoint_seconds, llm_model_path=llm_model_path,
+                threads=threads, llm_threads=llm_threads, llm_max_tokens=llm_max_tokens, device=device,
+            )  # fmt: skip
+        except KbError as exc:
+            _fail(str(exc))
+    tuner = Tuner(kb_path, config, folder=folder, questions_dir=questions_dir)
+    if status_only:
+        _print_tune_status(tuner.status(), as_json)
+        return
+    if report_only:
+        report = load_report(kb_path, folder)
+        if report is None:
+            _fail(f"no kb tune report in {folder} yet: run kb tune --kb {kb_path}")
+        print(json.dumps(report.as_dict(), indent=2) if as_json else render_markdown(report))
+        return
+    if background:
+        _tune_in_background(kb_path, folder, questions_dir, config)
+        return
+    try:
+        report = _with_tune_progress(
+            lambda on_event: Tuner(kb_path, config, folder=folder, questions_dir=questions_dir, on_event=on_event).run()
+        )
+    except KbError as exc:
+        _fail(str(exc))
+    print(render_markdown(report))
+
+
+def _with_tune_progress(work: Callable[[Callable[[str, int, int, str], None]], Any]) -> Any:
+    """Bars with an ETA per stage on a terminal; otherwise (a log file) a line per stage every 15 s."""
+    from rich.progress import TimeRemainingColumn
+
+    interactive = err_console.is_terminal
+    bar = RichProgress(
+        TextColumn("[bold]{task.fields[stage]:9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}", style="dim"),
+        console=err_console, disable=not interactive,
+    )  # fmt: skip
+    tasks: dict[str, Any] = {}
+    printed: dict[str, float] = {}
+
+    def on_event(stage: str, done: int, total: int, message: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(message, total=total, stage=stage)
+        bar.update(tasks[stage], completed=done, total=total, description=message[-60:])
+        if not interactive and (time.monotonic() - printed.get(stage, 0.0) > 15 or done >= total):
+            printed[stage] = time.monotonic()
+            err_console.print(f"{time.strftime('%H:%M:%S')} {stage} {done}/{total} {message}", highlight=False)
+
+    with bar:
+        return work(on_event)
+
+
+def _tune_in_background(kb_path: Path, folder: Path, questions_dir: Path | None, config: Any) -> None:
+    import subprocess
+    from dataclasses import asdict as as_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "background-config.json"
+    config_file.write_text(json.dumps(as_dict(config)))
+    command = [sys.executable, "-m", "kb.cli", "tune", "--kb", str(kb_path), "--work", str(folder),
+               "--config-file", str(config_file)]  # fmt: skip
+    if questions_dir is not None:
+        command += ["--questions-dir", str(questions_dir)]
+    with (folder / "tune.log").open("a") as log:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                 preexec_fn=lambda: os.nice(19))  # fmt: skip
+    console.print(f"kb tune runs in the background: pid {child.pid}, nice 19, log {folder / 'tune.log'}. "
+                  f"Follow it with: kb tune --kb {kb_path} --status", highlight=False)  # fmt: skip
+
+
+def _print_tune_status(state: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(state, indent=2))
+        return
+    running = "running" if state["running"] else ("finished" if state["finished"] else "not running")
+    table = Table(show_header=False, box=None)
+    table.add_row("tune", f"{state['folder']} ({running}; stage {state['stage']}"
+                  + (f", pid {state['pid']}, nice {state['nice']}" if state["running"] else "") + ")")  # fmt: skip
+    q = state["questions"]
+    eta = f", ETA {q['eta_minutes']} min" if q.get("eta_minutes") else ""
+    table.add_row("questions", f"{q['written']} of {q['target']} ({q['chunks_tried']} chunks tried{eta})")
+    if state.get("negatives"):
+        table.add_row("negatives", f"{state['negatives']['done']} of {state['negatives']['total']} questions mined")
+    t = state["train"]
+    if t.get("steps"):
+        per = f", {t['seconds_per_step']} s/step, ETA {t['eta_minutes']} min" if t.get("seconds_per_step") else ""
+        saved = f"checkpoint at {t['checkpointed']}"
+        table.add_row("train", f"step {t['step']} of {t['steps']} ({saved}), loss {t['loss']}{per}")
+    if state.get("gate"):
+        g = state["gate"]
+        table.add_row("gate", f"{'pass' if g['passed'] else 'fail'}, blend {g['blend']}: {g['reason']}")
+    table.add_row("installed", state["installed"] or "no tuned reranker in kb.toml")
+    if state.get("updated_at"):
+        table.add_row("updated", _when(state["updated_at"]))
+    console.print(table)
 
 
 def main() -> None:

@@ -106,6 +106,12 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         relevance = _sigmoid(logits)
         return [(int(i), float(relevance[i])) for i in np.argsort(-order, kind="stable")[:k]]
 
+    def logits(self, query: str, texts: list[str]) -> np.ndarray:
+        """The model's raw logits for each text (what :func:`blend_scores` z-scores; ``kb tune``'s gate reads them)."""
+        if not texts:
+            return np.zeros(0, dtype=np.float64)
+        return self._logits(query, texts)
+
     def _logits(self, query: str, texts: list[str]) -> np.ndarray:
         return self._scorer.logits(query, texts, self.batch_size, self.max_length).astype(np.float64)
 

@@ -40,6 +40,8 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kb.reranking import blend_scores, zscore
+from kb.tuning.negatives import HELDOUT, split_of
+from kb.tuning.train import Group, ListwiseTrainer, TrainConfig, base_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "evals" / "reranker" / "data" / "questions.jsonl"
@@ -62,8 +64,11 @@ def load_rows() -> list[dict]:
     return rows
 
 
+DEV_SHARE = 26 / 256  # ≈10% of passages; the split of attempts 1 and 2 (first sha256 byte < 26)
+
+
 def is_dev(text: str) -> bool:
-    return hashlib.sha256(text.encode()).digest()[0] < 26  # ≈10% of passages
+    return split_of(text, DEV_SHARE) == HELDOUT  # kb tune's split by chunk hash, at attempt 2's share
 
 
 def weighted_rrf(legs: list[tuple[np.ndarray, float]], k: int) -> np.ndarray:
@@ -193,11 +198,6 @@ def evaluate_dev(model, tokenizer, dev: list[dict], max_length: int) -> dict[str
 
 
 def main() -> None:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from kb.embedding import resolve_model_path
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=CACHE / "minilm-ce")
     parser.add_argument("--layers", type=int, default=6, help="keep the first N of MiniLM's 6 layers")
@@ -211,71 +211,42 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
     rows = load_rows()[: args.limit or None]
     train, dev = mine(rows, args.group, rng)
     print(f"{len(rows)} questions: {len(train)} train groups of {args.group}, {len(dev)} dev", flush=True)
 
-    minilm = resolve_model_path("all-MiniLM-L6-v2")
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm))
-    config = BertConfig.from_pretrained(str(minilm), num_labels=1, num_hidden_layers=args.layers)
-    model = BertForSequenceClassification.from_pretrained(str(minilm), config=config)
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
-    # The head starts from nothing, the encoder from good weights: the head learns 20× faster.
-    optimizer = torch.optim.AdamW(
-        [{"params": body, "lr": args.lr}, {"params": head, "lr": args.lr * 20}], weight_decay=0.01
-    )
-    steps = max(1, int(args.epochs * len(train) / args.batch))
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
-    before = evaluate_dev(model, tokenizer, dev, args.max_length)
+    # The training loop is kb tune's (kb/tuning/train.py): listwise loss, head at 20× the encoder's rate,
+    # warm-up then linear decay, resumable checkpoints next to the model.
+    config = TrainConfig(layers=args.layers, batch=args.batch, epochs=args.epochs, lr=args.lr,
+                         max_length=args.max_length, residual=args.residual, seed=args.seed)  # fmt: skip
+    groups = [Group(g["question"], [g["positive"], *g["negatives"]], g["fused_z"]) for g in train]
+    data_sha = hashlib.sha256(DATA.read_bytes()).hexdigest()
+    trainer = ListwiseTrainer(groups, config, args.out / ".train", f"{data_sha}:{vars(args)}")
+    untrained, tokenizer = base_model(args.layers)
+    before = evaluate_dev(untrained, tokenizer, dev, args.max_length)
     print(f"dev before training: {before}", flush=True)
-    model.train()
-    started = time.perf_counter()
-    losses: list[float] = []
-    for step in range(steps):
-        if step % max(1, len(train) // args.batch) == 0:
-            rng.shuffle(train)
-        offset = (step * args.batch) % max(1, len(train) - args.batch + 1)
-        batch = train[offset : offset + args.batch]
-        questions = [g["question"] for g in batch for _ in range(args.group)]
-        passages = [t for g in batch for t in [g["positive"], *g["negatives"]]]
-        enc = tokenizer(
-            questions, passages, truncation="only_second", max_length=args.max_length, padding=True, return_tensors="pt"
-        )
-        logits = model(**enc).logits.view(len(batch), args.group)
-        if args.residual:
-            standard = (logits - logits.mean(1, keepdim=True)) / (logits.std(1, keepdim=True) + 1e-6)
-            logits = 3.0 * (standard + args.residual * torch.tensor([g["fused_z"] for g in batch]))
-        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        if (step + 1) % 25 == 0:
-            print(
-                f"step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} {time.perf_counter() - started:.0f}s",
-                flush=True,
-            )
-    seconds = round(time.perf_counter() - started)
-    after = evaluate_dev(model, tokenizer, dev, args.max_length)
+
+    def report(state) -> None:
+        if state.step % 25 == 0:
+            loss = np.mean(state.losses[-25:])
+            print(f"step {state.step}/{state.steps} loss {loss:.3f} {state.seconds:.0f}s", flush=True)
+
+    state = trainer.run(on_step=report)
+    seconds = round(state.seconds)
+    trainer.model.to("cpu")  # evaluated and saved on the CPU, wherever it trained
+    after = evaluate_dev(trainer.model, trainer.tokenizer, dev, args.max_length)
     print(f"dev after training: {after}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    model.save_pretrained(str(args.out))
-    tokenizer.save_pretrained(str(args.out))
+    trainer.model.eval()
+    trainer.model.save_pretrained(str(args.out))
+    trainer.tokenizer.save_pretrained(str(args.out))
     record = {
         "questions": len(rows),
         "train_groups": len(train),
         "dev_questions": len(dev),
         "group": args.group,
         "batch": args.batch,
-        "steps": steps,
+        "steps": state.steps,
         "layers": args.layers,
         "epochs": args.epochs,
         "lr": args.lr,
@@ -283,7 +254,7 @@ def main() -> None:
         "residual": args.residual,
         "seconds": seconds,
         "data": str(DATA.relative_to(REPO)),
-        "data_sha256": hashlib.sha256(DATA.read_bytes()).hexdigest(),
+        "data_sha256": data_sha,
         "dev_mrr10_before": before,
         "dev_mrr10_after": after,
     }

@@ -151,22 +151,27 @@ class QuestionWriter:
         minutes: float | None = None,
         on_row: Callable[[QuestionRow, int, int], None] | None = None,
         chunks: list[tuple[str, ChunkRecord]] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[QuestionRow]:
-        """Work until ``target`` chunks are done or ``minutes`` pass; returns every row written so far.
+        """Work until ``target`` chunks are done, ``minutes`` pass or ``stop()`` (asked after each chunk) says
+        so; returns every row written so far.
 
         ``chunks`` is a plan made earlier (:meth:`plan`), so the index need not stay open meanwhile."""
+        from kb.tuning.files import LineWriter
+
         self.folder.mkdir(parents=True, exist_ok=True)
         done = {row.chunk_id for row in read_rows(self.path)}
         todo = [(i, r) for i, r in (chunks if chunks is not None else self.plan(target)) if i not in done]
         deadline = time.monotonic() + minutes * 60 if minutes else None
         started, finished = time.monotonic(), 0
-        with self.path.open("a", encoding="utf-8") as out:
+        with LineWriter(self.path) as out:  # one flushed line per chunk; a line a kill cut off is skipped
             for number, (point_id, record) in enumerate(todo):
                 if deadline is not None and time.monotonic() > deadline:
                     break
+                if stop is not None and stop():
+                    break
                 row = self.ask(point_id, record, STYLE_PAIRS[(len(done) + number) % len(STYLE_PAIRS)])
-                out.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-                out.flush()
+                out.write(asdict(row))
                 finished += 1
                 self._progress(target, len(done) + finished, time.monotonic() - started, finished)
                 if on_row is not None:
@@ -175,9 +180,7 @@ class QuestionWriter:
 
     def ask(self, point_id: str, record: ChunkRecord, styles: tuple[str, str]) -> QuestionRow:
         where = " > ".join(part for part in [record.title, *record.header_path[-2:]] if part) or record.path
-        prompt = PROMPT.format(
-            where=where, text=record.text, first=STYLES[styles[0]], second=STYLES[styles[1]]
-        )
+        prompt = PROMPT.format(where=where, text=record.text, first=STYLES[styles[0]], second=STYLES[styles[1]])
         tick = time.perf_counter()
         reply = self.llm.chat([ChatMessage(role="user", content=prompt)]).message.content or ""
         row = QuestionRow(
