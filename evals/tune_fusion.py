@@ -35,11 +35,12 @@ from kb.records import ChunkRecord
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "evals" / "reports" / "fusion-tuning.md"
+INDEXES = os.environ.get("KB_TUNE_INDEXES", "indexes")  # a folder of copies lets it run beside kb eval
 SETS = {
-    "python-faq": ("evals/sets/python-faq.jsonl", "indexes/python-faq", ".bench/corpora/python-faq"),
-    "python-faq-xref": ("evals/sets/python-faq-xref.jsonl", "indexes/python-docs-nofaq", ".bench/corpora/python-docs-nofaq"),
-    "sample": ("evals/sets/sample.jsonl", "indexes/sample", "kb/sample_kb"),
-    "postgres-exact": ("evals/sets/postgres-exact.jsonl", "indexes/postgres", ".bench/postgresql-doc-15/usr/share/doc/postgresql-doc-15/html"),
+    "python-faq": ("evals/sets/python-faq.jsonl", INDEXES + "/python-faq", ".bench/corpora/python-faq"),
+    "python-faq-xref": ("evals/sets/python-faq-xref.jsonl", INDEXES + "/python-docs-nofaq", ".bench/corpora/python-docs-nofaq"),
+    "sample": ("evals/sets/sample.jsonl", INDEXES + "/sample", "kb/sample_kb"),
+    "postgres-exact": ("evals/sets/postgres-exact.jsonl", INDEXES + "/postgres", ".bench/postgresql-doc-15/usr/share/doc/postgresql-doc-15/html"),
 }  # fmt: skip
 DEPTH = 100  # candidates per leg read once per question; fusions use the first PREFETCH of them
 PREFETCH = 50
@@ -112,6 +113,10 @@ def candidates() -> dict[str, Fusion]:
     for norm in Normalization:
         for alpha in (0.5, 0.6, 0.7, 0.8, 0.9):
             out[f"convex {norm.value} α={alpha}"] = convex_fusion(alpha, norm)
+    for norm in (Normalization.DBSF,):
+        for alpha in (0.6, 0.7):
+            for boost in (1.5, 2.0, 4.0):
+                out[f"convex {norm.value} α={alpha}, exact×{boost:g}"] = convex_fusion(alpha, norm, boost)
     for norm in (Normalization.MINMAX, Normalization.ZSCORE):
         for alpha in (0.7, 0.8):
             for boost in (2.0, 4.0):

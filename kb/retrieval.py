@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense and BM25 prefetches fused inside Qdrant, filters applied to both legs.
+"""Hybrid retrieval: a dense and a BM25 leg, filters and ACL applied inside both, their scores fused.
 
     >>> from kb import KnowledgeBase
     >>> kb = KnowledgeBase.open("indexes/handbook")               # doctest: +SKIP
@@ -6,8 +6,10 @@
     >>> for hit in retriever.retrieve("E4012"):                  # a LlamaIndex BaseRetriever
     ...     print(hit.score, hit.node.metadata["doc_id"])
 
-The fusion default is weighted RRF (dense 3 : BM25 1): on questions written in prose the dense leg is
-the stronger one, and equal-weight RRF lands below it; exact tokens still reach the top through BM25.
+The fusion default is convex: 0.6 × the dense leg's DBSF-scaled score + 0.4 × BM25's. Rank fusion (the old
+default, RRF 3:1) sees only ranks, so a BM25 rank-1 that repeats a prose question's common words beat a clear
+dense rank-1; scores keep the size of the lead, and exact tokens still reach the top through BM25
+(evals/reports/fusion-tuning.md).
 """
 
 from __future__ import annotations

@@ -187,13 +187,17 @@ class Settings(BaseSettings):
 
     # --- retrieval --------------------------------------------------------------------------------
     retrieval_mode: RetrievalMode = RetrievalMode.HYBRID
-    fusion: FusionMethod = FusionMethod.WEIGHTED
-    dense_weight: float = Field(3.0, ge=0.0)
-    bm25_weight: float = Field(1.0, ge=0.0)
+    fusion: FusionMethod = Field(
+        FusionMethod.CONVEX,
+        description="convex (DBSF-scaled scores, 0.6 dense : 0.4 BM25) won on the tune splits of python-faq, "
+        "python-faq-xref and postgres-exact (evals/reports/fusion-tuning.md); the old default was weighted RRF 3:1.",
+    )
+    dense_weight: float = Field(0.6, ge=0.0, description="Relative weight of the dense leg (convex and weighted).")
+    bm25_weight: float = Field(0.4, ge=0.0, description="Relative weight of the BM25 leg (convex and weighted).")
     rrf_k: int = Field(10, ge=1, description="RRF constant; 10 won on the tune split of both Python sets.")
     prefetch_limit: int = Field(50, ge=1, description="Candidates each leg hands to fusion.")
     fusion_normalization: str = Field(
-        "minmax", pattern="^(minmax|zscore|dbsf)$", description="convex fusion: how each leg's scores are scaled."
+        "dbsf", pattern="^(minmax|zscore|dbsf)$", description="convex fusion: how each leg's scores are scaled."
     )
     exact_token_boost: float = Field(
         1.0, ge=0.0, le=20.0, description="convex fusion: BM25 weight × this when the query names an exact token."
@@ -276,6 +280,34 @@ class Settings(BaseSettings):
     qdrant_on_disk: bool = Field(False, description="Keep dense vectors and payload on disk (memory-mapped).")
     qdrant_quantization: Quantization = Quantization.NONE
     qdrant_timeout: float = Field(30.0, gt=0.0, description="Seconds per request to the server.")
+
+    # --- Qdrant server: replicas and writers sharing one collection ------------------------------------
+    qdrant_lease_seconds: float = Field(
+        60.0,
+        gt=0.0,
+        description="The writer lease: one process writes a collection at a time (any host). A writer renews its "
+        "lease every third of this while it works; a crashed writer's lease is taken over this long after its "
+        "last renewal. Host clocks must agree to well within it.",
+    )
+    qdrant_lease_wait: float = Field(
+        10.0,
+        ge=0.0,
+        description="How long a write (reindex, ingest, migrate) waits for another writer's lease before failing "
+        "with IndexLockedError naming the holder (host, pid, since when); 0: fail at once.",
+    )
+    qdrant_grace_seconds: float = Field(
+        300.0,
+        ge=0.0,
+        description="A collection replaced by a full rebuild or kb migrate --replace, and chunk versions a reindex "
+        "replaced, are kept this long for replicas still reading them, then dropped by the next writer or open. "
+        "Keep it above qdrant_refresh_seconds + qdrant_timeout.",
+    )
+    qdrant_refresh_seconds: float = Field(
+        1.0,
+        ge=0.0,
+        description="How often a process re-reads which collection the alias names and the last published write "
+        "(two small requests), so replicas follow rebuilds and see reindexes; 0: before every query.",
+    )
 
     # --- HTTP API ---------------------------------------------------------------------------------
     api_keys: list[ApiKey] = Field(

@@ -1,0 +1,83 @@
+"""Choose what the generator reads on a tune split: how many sources, grown by how much (small-to-big).
+
+    python evals/tune_answers.py --kb indexes/python-faq                    # every config below, local Qwen
+    python evals/tune_answers.py --kb indexes/python-faq --configs 4/0,4/600
+
+Each config is ``answer_sources/answer_context_tokens``. For every tune question of python-faq (answerable and
+not) kb answers with the local generator, judged exactly as ``kb eval --answers`` judges: the answer cites a
+gold section, citation precision, false refusals, unanswerable refused, answers with a sentence no cited
+source supports (kb.grounding), prompt tokens (the generator's own), first-token and total time. Writes
+``evals/reports/answers-tuning.md``; the test split is read afterwards, once, by ``kb eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kb import KnowledgeBase
+from kb.evaluation.gold import GoldResolver
+from kb.evaluation.questions import load_questions
+from kb.evaluation.report import summarize
+from kb.evaluation.runner import KbSystem, run
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT = REPO / "evals" / "reports" / "answers-tuning.md"
+COLUMNS = (
+    "answer_support", "citation_precision", "false_refusals", "refusal_recall", "unsupported_answers",
+    "prompt_tokens_p50", "first_token_ms_p50", "answer_ms_p50",
+)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kb", type=Path, default=REPO / "indexes" / "python-faq")
+    parser.add_argument("--set", type=Path, default=REPO / "evals" / "sets" / "python-faq.jsonl")
+    parser.add_argument("--corpus", type=Path, default=REPO / ".bench" / "corpora" / "python-faq")
+    parser.add_argument("--configs", default="3/0,4/0,4/600,5/0")
+    parser.add_argument("--out", type=Path, default=REPORT)
+    parser.add_argument("--limit", type=int, default=0, help="only the first N tune questions (a smoke test)")
+    args = parser.parse_args()
+    questions = [q for q in load_questions(args.set) if q.split == "tune"]
+    questions = questions[: args.limit] if args.limit else questions
+    resolver = GoldResolver(args.corpus)
+    rows = []
+    for config in args.configs.split(","):
+        sources, context = (int(v) for v in config.split("/"))
+        tick = time.perf_counter()
+        with KnowledgeBase.open(
+            args.kb, create=False, llm_backend="local", answer_sources=sources, answer_context_tokens=context
+        ) as kb:
+            results = run(KbSystem(kb), questions, resolver, answer_ids={q.id for q in questions})
+        answers = summarize(results)["answers"]
+        rows.append((config, answers, time.perf_counter() - tick))
+        print(config, json.dumps({c: round(answers[c], 3) for c in COLUMNS}), flush=True)
+        (args.out.with_suffix(f".{config.replace('/', '-')}.jsonl")).write_text(
+            "\n".join(json.dumps({"id": r.id, "answer": r.answer}) for r in results) + "\n"
+        )
+    answerable = sum(q.answerable for q in questions)
+    lines = [
+        "# What the generator reads (tune split)",
+        "",
+        f"`python evals/tune_answers.py --configs {args.configs}` — {len(questions)} tune questions of "
+        f"`{args.set.name}` ({answerable} answerable), local Qwen2.5-Coder-1.5B Q4_K_M, 2 cores. Config = "
+        "`answer_sources`/`answer_context_tokens`.",
+        "",
+        "| config | " + " | ".join(COLUMNS) + " | wall s |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
+    for config, answers, seconds in rows:
+        lines.append(f"| {config} | " + " | ".join(f"{answers[c]:.3f}" for c in COLUMNS) + f" | {seconds:.0f} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
