@@ -26,27 +26,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kb import KnowledgeBase
-from kb.answerability import FEATURES, Signals, fit_gate, signals_for
+from kb.answerability import FEATURES, AnswerabilityGate, Signals, fit_gate, signals_for
 from kb.evaluation.questions import load_questions
+from kb.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "evals" / "reports" / "refusal-tuning.md"
 CACHE = REPO / ".bench" / "refusal-signals.jsonl"
+INDEXES = os.environ.get("KB_TUNE_INDEXES", "indexes")  # a folder of copies lets it run beside kb eval
 SETS = {
-    "python-faq": ("evals/sets/python-faq.jsonl", "indexes/python-faq"),
-    "python-faq-xref": ("evals/sets/python-faq-xref.jsonl", "indexes/python-docs-nofaq"),
-    "postgres-exact": ("evals/sets/postgres-exact.jsonl", "indexes/postgres"),
+    "python-faq": ("evals/sets/python-faq.jsonl", INDEXES + "/python-faq"),
+    "python-faq-xref": ("evals/sets/python-faq-xref.jsonl", INDEXES + "/python-docs-nofaq"),
+    "postgres-exact": ("evals/sets/postgres-exact.jsonl", INDEXES + "/postgres"),
 }
-OFF_DOMAIN = {"python-faq": "indexes/postgres", "postgres-exact": "indexes/python-faq"}
+OFF_DOMAIN = {"python-faq": INDEXES + "/postgres", "postgres-exact": INDEXES + "/python-faq"}
 MAX_FALSE_REFUSALS = 0.05
 
 
-def pool() -> list[tuple[str, str, str, bool]]:
-    """(set, index, question, answerable) for every tune question, and off-domain pairs."""
+def pool(split: str = "tune") -> list[tuple[str, str, str, bool]]:
+    """(set, index, question, answerable) for every question of ``split``, and off-domain pairs."""
     rows = []
     for name, (path, index) in SETS.items():
         for q in load_questions(REPO / path):
-            if q.split != "tune":
+            if q.split != split:
                 continue
             rows.append((name, index, q.question, q.answerable))
             if q.answerable and name in OFF_DOMAIN:
@@ -130,8 +132,33 @@ def main() -> None:
             f"| {threshold:.1f} | {refuse[unanswerable].mean():.2f} | {refuse[~unanswerable].mean():.2f} | {precision:.2f} |"
         )
     lines += ["", "Chosen gate (`answerability_gate` in kb/settings.py):", "", "```json", gate.to_json(), "```"]
+    lines += read_test_once(gate)
     REPORT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def read_test_once(gate: AnswerabilityGate) -> list[str]:
+    """The chosen gate and the default cosine floor on the test splits, built the same way (read once)."""
+    data = collect(pool("test"))
+    unanswerable = np.array([not a for _, a, _ in data])
+    near = np.array(["→" not in n and not a for n, a, _ in data])
+    floor = Settings().refusal_floor
+    refusers = {
+        f"cosine floor {floor:.2f} (the default)": np.array([s.top_cosine < floor for _, _, s in data]),
+        "logistic gate (above)": np.array([gate.probability(s) < gate.threshold for _, _, s in data]),
+    }
+    lines = [
+        "",
+        f"## Test splits, read once: {int((~unanswerable).sum())} answerable, {int(near.sum())} near-domain "
+        f"unanswerable, {int((unanswerable & ~near).sum())} off-domain",
+        "",
+        "| refusing by | unanswerable refused | near-domain refused | false refusals |",
+        "|---|---|---|---|",
+    ]
+    for label, refuse in refusers.items():
+        near_share = f"{refuse[near].mean():.2f}" if near.any() else "—"
+        lines.append(f"| {label} | {refuse[unanswerable].mean():.2f} | {near_share} | {refuse[~unanswerable].mean():.2f} |")
+    return lines
 
 
 if __name__ == "__main__":
