@@ -134,3 +134,26 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
     assert set(rows[0]["stages"]) == {"bm25", "dense", "fused"}
     compared = runner.invoke(app, ["eval", "--compare", str(report), str(report)])
     assert compared.exit_code == 0 and "0 better, 0 worse" in compared.output
+
+
+def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_qdrant_client(tmp_path: Path) -> None:
+    """Cold start is import time: the query path of the default index must not pull in torch (seconds) nor
+    qdrant-client (only the server backend needs it)."""
+    import subprocess
+    import sys
+
+    docs = tmp_path / "docs"
+    write(docs, "a.md", "# Failover\n\nRun zqfailover promote on the replica.\n")
+    assert CliRunner().invoke(app, ["ingest", str(docs), "--kb", str(tmp_path / "idx")]).exit_code == 0
+    probe = (
+        "import sys\n"
+        "from kb.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        f"result = CliRunner().invoke(app, ['search', 'zqfailover', '--kb', {str(tmp_path / 'idx')!r}, '--json'])\n"
+        "assert result.exit_code == 0 and 'zqfailover' in result.stdout, result.stdout\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sentence_transformers', 'qdrant_client'}))\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={
+        **__import__("os").environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.strip().splitlines()[-1] == "[]"

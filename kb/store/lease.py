@@ -31,8 +31,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from qdrant_client import models
-
 from kb.errors import IndexLockedError, LeaseLostError
 
 LEASE_SUFFIX = "-lease"
@@ -233,6 +231,8 @@ class ServerLease(WriterLease):
 
     def _claim(self, renew: bool) -> LeaseHolder | None:
         """One conditional write of our claim, then the point as the server holds it (``None``: no point)."""
+        from qdrant_client import models  # here, not at import: the embedded path never loads qdrant-client
+
         self._ensure_collection()
         started = now()
         since = self._since if renew else started
@@ -261,6 +261,8 @@ class ServerLease(WriterLease):
         return holder
 
     def _release(self) -> None:
+        from qdrant_client import models
+
         self._stop_heartbeat()
         try:
             mine = models.Filter(
