@@ -229,7 +229,7 @@ def main() -> None:
     lines = [
         "# Formats: PDF, Word, AsciiDoc",
         "",
-        "Command: `python scripts/bench_formats.py` (2 cores, CPU only; parse workers = 2, MiniLM torch embedder).",
+        "Command: `python scripts/bench_formats.py` (2 cores, CPU only; parse workers = 2, MiniLM on ONNX Runtime, the default for new indexes).",
         f"Packages: bash-doc {bash_version}, r-doc-pdf {r_version}, gprolog-doc {prolog_version}, "
         f"gnuplot-doc {gnuplot_version}, git-doc {git_version}, nodejs-doc (Word set).",
         "",
