@@ -186,7 +186,12 @@ class HeadingChunker(NodeParser):
         cursor = start
         for i in range(0, len(offsets), self.max_tokens):
             window = offsets[i : i + self.max_tokens]
-            cut = end if i + self.max_tokens >= len(offsets) else start + window[-1][1]
+            if i + self.max_tokens >= len(offsets):
+                cut = end
+            else:  # where the next window's first token starts: one character may be several tokens ("말")
+                cut = start + offsets[i + self.max_tokens][0]
+                if cut <= cursor:
+                    cut = start + window[-1][1]
             while cut - cursor > max_chars:
                 units.append(_Unit(cursor, cursor + max_chars, self.max_tokens))
                 cursor += max_chars
@@ -196,6 +201,21 @@ class HeadingChunker(NodeParser):
         if end > cursor and text[cursor:end].strip():
             units.append(_Unit(cursor, end, 1))
         return units
+
+    def _fit(self, text: str, start: int, end: int) -> list[_Unit]:
+        """Pieces of ``text[start:end]`` that each count at most ``max_tokens`` as they stand: a piece cut out of a
+        word tokenizes anew ("000000" → "000" + "000" is more word pieces), so each is re-counted and cut again
+        while over. Terminates: an over-cap span has more than ``max_tokens`` tokens, so it splits into shorter ones."""
+        pieces = self._hard_split(text, start, end)
+        counts = self._counter.count([text[u.start : u.end] for u in pieces])
+        fitted: list[_Unit] = []
+        for unit, count in zip(pieces, counts, strict=True):
+            shorter = (unit.start, unit.end) != (start, end)
+            if count <= self.max_tokens or not shorter:
+                fitted.append(_Unit(unit.start, unit.end, count))
+            else:
+                fitted.extend(self._fit(text, unit.start, unit.end))
+        return fitted
 
     def _pack(self, path: list[str], units: list[_Unit], carry: list[_Unit] | None = None) -> list[_Draft]:
         drafts = [_Draft(path, list(carry or []))]
@@ -216,7 +236,7 @@ class HeadingChunker(NodeParser):
         counts = self._counter.count([doc.text[s:e] for s, e in spans])
         chunks: list[Chunk] = []
         for (start, end), path, count in zip(spans, paths, counts, strict=True):
-            pieces = [_Unit(start, end, count)] if count <= self.max_tokens else self._hard_split(doc.text, start, end)
+            pieces = [_Unit(start, end, count)] if count <= self.max_tokens else self._fit(doc.text, start, end)
             for piece in pieces:
                 chunks.append(
                     Chunk(doc.text[piece.start : piece.end], doc.span(piece.start, piece.end), list(path), piece.tokens)

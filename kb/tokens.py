@@ -17,7 +17,7 @@ just only than too very their us them he she his her has have had having such ea
 same own
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_WHITESPACE_RUN = re.compile(r"\s{2,}")
+_WHITESPACE_RUN = re.compile(r"[ \t\n\r]{2,}")  # what BERT splits on; \s also has control chars it deletes
 
 
 class TokenCounter:

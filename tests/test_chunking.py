@@ -136,6 +136,16 @@ def test_chunks_cover_text_in_order_and_respect_the_cap(source_format: SourceFor
     check()
 
 
+@pytest.mark.parametrize("source_format", [SourceFormat.MARKDOWN, SourceFormat.RST])
+def test_a_character_of_several_tokens_at_a_cut_and_a_cut_word_stay_under_the_cap(source_format: SourceFormat) -> None:
+    # Found by the property above: "말" is three word pieces (NFD jamo), and the 16-token window ended inside
+    # it, so the cut landed after it and the piece held 17; a word cut in two also tokenizes into more pieces.
+    text = "0 0 0 0 0::0 000000 0:0말"
+    chunks = chunker(max_tokens=16, min_tokens=4).chunk(parse_text_as(text, source_format))
+    assert squeeze("".join(c.text for c in chunks)) == squeeze(text)
+    assert all(COUNTER.count([c.text])[0] <= 16 for c in chunks), [(c.text, COUNTER.count([c.text])) for c in chunks]
+
+
 @settings(max_examples=60, deadline=None)
 @given(text=_documents(_html_block), cap=st.integers(16, 120))
 def test_html_chunks_cover_the_extracted_text(text: str, cap: int) -> None:
