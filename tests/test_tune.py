@@ -371,6 +371,7 @@ def test_kb_tune_command_with_smollm2_resumes_after_kills_gates_and_installs(ind
     assert [r.chunk_id for r in read_rows(questions)] == [r.chunk_id for r in rows]
     with KnowledgeBase.open(index) as kb:
         assert kb.reranker is not None and Path(kb.settings.reranker_model).name == Path(report.model["path"]).name
-    shown = subprocess.run([sys.executable, "-m", "kb.cli", "status", "--kb", str(index)], cwd=REPO, env=env,
+    wide = {**env, "COLUMNS": "400"}  # not a terminal: rich would cut the table (and the long tmp paths) at 80
+    shown = subprocess.run([sys.executable, "-m", "kb.cli", "status", "--kb", str(index)], cwd=REPO, env=wide,
                            capture_output=True, text=True)  # fmt: skip
     assert Path(report.model["path"]).name in shown.stdout.replace("\n", "")
