@@ -47,7 +47,7 @@ from kb.retrieval import HybridRetriever
 from kb.settings import DEFAULT_EMBEDDER_BACKEND, EmbedderBackend, FusionMethod, RetrievalMode, Settings
 from kb.sources import NODES_SOURCE, DocumentSource, SourceKind, SourceRegistry
 from kb.sparse import Bm25Encoder
-from kb.store import open_store
+from kb.store import LOCAL_MODE_DIR, open_store
 from kb.store.base import ChunkStore, FilterValue
 from kb.tokens import TokenCounter
 
@@ -175,12 +175,16 @@ class KnowledgeBase:
         lost chunks the manifest names is reported in ``damage`` (see ``reindex(repair=True)``).
         """
         folder = Path(path)
-        if not create and not _index_exists(folder):
-            raise IndexNotFoundError(
-                f"no index at {folder}; create it with: kb ingest DOCS --kb {folder} (or kb source add NAME DOCS "
-                f"--kb {folder} && kb reindex --all --kb {folder})"
-            )
+        missing = IndexNotFoundError(
+            f"no index at {folder}; create it with: kb ingest DOCS --kb {folder} (or kb source add NAME DOCS "
+            f"--kb {folder} && kb reindex --all --kb {folder})"
+        )
         settings = settings or Settings.load(folder, **overrides)
+        # Embedded (and local mode): the folder decides. A server index may be named by KB_QDRANT_URL alone, with
+        # nothing in its folder: the store decides below, from the collection.
+        on_disk = client is None and settings.qdrant_url in ("", "local")
+        if not create and on_disk and not _index_exists(folder) and not (folder / LOCAL_MODE_DIR).is_dir():
+            raise missing
         identity = model_identity(settings.embedder_model)
         _check_chunk_cap(settings)
         key = folder.resolve()
@@ -208,6 +212,8 @@ class KnowledgeBase:
                             raise
                         incompatible = str(exc)
                 else:
+                    if not create:
+                        raise missing  # the server has no such collection: reading must not create one
                     identity = replace(identity, backend=_backend(settings, None))
                     info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
                     info.write(store)

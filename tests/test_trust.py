@@ -387,3 +387,18 @@ def test_threads_may_reindex_different_sources_at_once(tmp_path: Path) -> None:
             thread.join()
         assert errors == [] and len(kb.manifest.documents) == 40 and kb.store.count() == 40
         assert not (tmp_path / "idx" / "DIRTY").exists()
+
+
+def test_reading_a_server_backed_index_configured_only_by_the_environment(tmp_path: Path, monkeypatch) -> None:
+    """KB_QDRANT_URL alone (no kb.toml) names a server-backed index: reading commands must open it, and refuse
+    — creating nothing — where there is none."""
+    monkeypatch.setenv("KB_QDRANT_URL", "local")
+    write(tmp_path / "docs", "a.md", "# Failover\n\nRun zqfailover promote on the replica.\n")
+    with KnowledgeBase.open(tmp_path / "idx", chunk_max_tokens=64, chunk_min_tokens=8) as kb:
+        kb.ingest(tmp_path / "docs")
+    assert not (tmp_path / "idx" / "kb.toml").exists()
+    found = CliRunner().invoke(app, ["search", "zqfailover", "--kb", str(tmp_path / "idx"), "--mode", "bm25"])
+    assert found.exit_code == 0 and "zqfailover" in found.stdout, found.stdout
+    missing = CliRunner().invoke(app, ["search", "zqfailover", "--kb", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "no index at" in missing.stderr
+    assert not (tmp_path / "none").exists()
