@@ -11,16 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -32,31 +26,15 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kb import KnowledgeBase
-from kb.api import create_app
 from kb.samples import sample_kb_path
 from kb.settings import ApiKey, Role
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_api import served_app  # the one uvicorn-in-a-thread helper the tests use
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = "screenshot-admin-key-0123456789"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@contextmanager
-def serving(kb: KnowledgeBase, docs: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(kb, docs), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def chromium(profile: str, width: int, height: int) -> WebDriver:
@@ -135,7 +113,7 @@ def main() -> int:
         keys = [ApiKey(key=ADMIN, role=Role.ADMIN, name="ops", groups=["*"])]
         with KnowledgeBase.open(Path(tmp) / "index", llm_backend="extractive", api_keys=keys) as kb:
             kb.ingest(docs)
-            with serving(kb, docs) as base:
+            with served_app(kb, docs) as base:
                 driver = chromium(str(Path(tmp) / "profile"), args.width, args.height)
                 try:
                     for path in shoot(driver, base, args.out):
