@@ -31,7 +31,8 @@ def test_smollm2_streams_an_answer_through_the_full_engine(sample_kb: KnowledgeB
     pieces: list[str] = []
     answer = sample_kb.ask("How do I rotate an API key?", on_token=pieces.append)
     assert isinstance(answer, Answer) and answer.backend == "SmolLM2-135M"
-    assert pieces and answer.timings["first_token"] <= answer.timings["generate"] + answer.timings["retrieve"] + 1e4
+    # Both clocks start when ask() does: the first token comes after retrieval and no later than the end.
+    assert pieces and answer.timings["retrieve"] < answer.timings["first_token"] <= answer.timings["total"]
     numbers = {s.number for s in answer.sources}
     assert all(c.number in numbers for c in answer.citations)  # whatever the tiny model wrote, markers are valid
     if not answer.refused:
