@@ -21,7 +21,7 @@ import kb.evaluation.metrics as metrics_module
 from kb.evaluation.gold import GoldRef, GoldResolver, covers
 from kb.evaluation.metrics import hit_at, mrr_at, ndcg_at, paired_bootstrap, ranking_metrics, recall_at
 from kb.evaluation.questions import Question
-from kb.evaluation.runner import Retrieved, audit_rows, judge
+from kb.evaluation.runner import AnswerRecord, Retrieved, audit_rows, judge
 from tests.conftest import write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,3 +195,57 @@ def test_results_rows_can_be_rejudged(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"a": "kb/fused", "b": "kb/dense", "metric": "ndcg@10"}.items() <= summary["differences"][0].items()
     assert "95% interval" in (tmp_path / "report.md").read_text()
+
+
+class _CountingSystem:
+    """A System (the runner's protocol) that counts its answers and can fail at the n-th one, as a run
+    killed hours into its answers does. The runner and its checkpoint are what is under test, not kb."""
+
+    name = "counting"
+    stages = ("fused",)
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.answered: list[str] = []
+        self.fail_at = fail_at
+
+    def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]:
+        return [Retrieved("a.md", 0, 100, f"n-{question}")]
+
+    def answer(self, question: str) -> AnswerRecord:
+        if self.fail_at is not None and len(self.answered) + 1 == self.fail_at:
+            raise KeyboardInterrupt
+        self.answered.append(question)
+        return AnswerRecord(f"answer to {question} [1]", False, [Retrieved("a.md", 0, 100, "n")], {"total": 1.0})
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+
+def test_an_evaluation_cut_short_resumes_without_answering_again(tmp_path: Path) -> None:
+    """Answers take hours on a CPU: a run killed after some of them picks up where it stopped, re-answers
+    nothing, and ends with the same rows as a run that was never cut."""
+    from kb.evaluation.runner import Checkpoint, run
+
+    questions = [Question(f"q{i}", f"Q{i}?", True, [GoldRef("a.md", span=(0, 10))], "", "test") for i in range(5)]
+    resolver = GoldResolver(tmp_path)
+    write(tmp_path, "a.md", "# A\n\ntext\n")
+    ids = {q.id for q in questions}
+    checkpoint = Checkpoint(tmp_path / ".partial" / "counting.jsonl", "key-1")
+    first = _CountingSystem(fail_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(first, questions, resolver, answer_ids=ids, checkpoint=checkpoint)
+    assert first.answered == ["Q0?", "Q1?", "Q2?"]
+    # A crash can leave half a line behind: it is dropped, not glued to the next row.
+    with checkpoint.path.open("a") as handle:
+        handle.write('{"id": "q3", "quest')
+    second = _CountingSystem()
+    resumed = run(second, questions, resolver, answer_ids=ids, checkpoint=Checkpoint(checkpoint.path, "key-1"))
+    assert second.answered == ["Q3?", "Q4?"]
+    whole = run(_CountingSystem(), questions, resolver, answer_ids=ids)
+    strip = lambda rows: [(r.id, r.answer["text"], r.stages["fused"]["ids"]) for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(whole)
+    # Rows of another evaluation (another command or index) are set aside, never mixed in.
+    third = _CountingSystem()
+    run(third, questions, resolver, answer_ids=ids, checkpoint=Checkpoint(checkpoint.path, "key-2"))
+    assert len(third.answered) == 5
+    assert checkpoint.path.with_suffix(".stale.jsonl").is_file()

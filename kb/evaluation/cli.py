@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from kb.errors import KbError
 from kb.evaluation.gold import GoldResolver
 from kb.evaluation.questions import load_questions
 from kb.evaluation.report import compare, summarize, write_report
-from kb.evaluation.runner import KbSystem, QuestionResult, System, run
+from kb.evaluation.runner import Checkpoint, KbSystem, QuestionResult, System, run
 from kb.knowledge_base import KnowledgeBase
 
 
@@ -75,12 +76,18 @@ def run_evaluation(
                 err_console.print(f"building the LlamaIndex baseline (chunk_size={size}; embeds its own chunks)…")
                 baseline = LlamaIndexBaseline(corpus, kb.embedder, generator, chunk_size=chunk_size)
                 systems[baseline.name] = baseline
+
         def generates(name: str) -> bool:  # the default recipe answers; the 256 variant is for ranking
             return kb.llm is not None and name == "llamaindex"
 
         results: dict[str, list[QuestionResult]] = {}
         for name, system in systems.items():
-            context[f"{name} setup"] = system.describe()
+            context[f"{name} setup"] = setup = system.describe()
+            checkpoint = None
+            if report is not None:  # answers take hours on a CPU: a run cut short resumes from here
+                same_run = {k: v for k, v in setup.items() if k != "ingest_s"}  # timings differ run to run
+                key = context["command"] + json.dumps(same_run, sort_keys=True, default=str)
+                checkpoint = Checkpoint(report / ".partial" / f"{name}.jsonl", key)
             with _progress(err_console, name) as (progress, task):
                 results[name] = run(
                     system,
@@ -89,10 +96,12 @@ def run_evaluation(
                     # The baseline has no extractive mode: without a generator it answers nothing.
                     answer_ids=answer_ids if name == "kb" else (baseline_ids if generates(name) else None),
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
+                    checkpoint=checkpoint,
                 )
     _print_table(console, {name: summarize(rows) for name, rows in results.items()})
     if report is not None:
         write_report(report, f"Evaluation: {question_set.stem}", results, context, seed=seed)
+        shutil.rmtree(report / ".partial", ignore_errors=True)
         console.print(f"report written to {report}/report.md")
 
 

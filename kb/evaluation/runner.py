@@ -9,9 +9,11 @@ so a ranking can be re-judged later without re-running it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from kb.evaluation.gold import GoldResolver
@@ -146,10 +148,23 @@ def run(
     k: int = 10,
     answer_ids: set[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[QuestionResult]:
-    """Judge every stage of ``system`` on ``questions``; answers only for ``answer_ids``."""
+    """Judge every stage of ``system`` on ``questions``; answers only for ``answer_ids``.
+
+    With a ``checkpoint``, each finished question is appended to it and questions it already holds are not
+    run again: an evaluation cut short (hours of answers on a CPU) resumes where it stopped.
+    """
     results = []
+    done_before = checkpoint.load() if checkpoint else {}
     for done, question in enumerate(questions, start=1):
+        wants_answer = answer_ids is not None and question.id in answer_ids
+        kept = done_before.get(question.id)
+        if kept is not None and (kept.answer is not None or not wants_answer):
+            results.append(kept)
+            if progress:
+                progress(done, len(questions))
+            continue
         row = QuestionResult(question.id, question.question, question.answerable, question.split, len(question.gold))
         for stage in system.stages:
             tick = time.perf_counter()
@@ -162,7 +177,7 @@ def run(
                 "hits": audit_rows(items, credited),
                 "ms": ms,
             }
-        if answer_ids is not None and question.id in answer_ids:
+        if wants_answer:
             record = system.answer(question.question)
             cited_hits = judge(resolver, question, record.cited)
             checks = [] if record.refused else support(record.text, record.sources)
@@ -181,6 +196,50 @@ def run(
                 "prompt_tokens": record.prompt_tokens,
             }
         results.append(row)
+        if checkpoint:
+            checkpoint.append(row)
         if progress:
             progress(done, len(questions))
     return results
+
+
+class Checkpoint:
+    """Finished question rows of one system in one evaluation, appended as JSON lines as they finish.
+
+    The first line is the evaluation's key (its command and index); a file written under another key is
+    set aside, never mixed in.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+
+    def load(self) -> dict[str, QuestionResult]:
+        if not self.path.is_file():
+            self._start()
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        if not lines or json.loads(lines[0]).get("key") != self.key:
+            self.path.replace(self.path.with_suffix(".stale.jsonl"))
+            self._start()
+            return {}
+        rows: dict[str, QuestionResult] = {}
+        for line in lines[1:]:
+            try:
+                row = QuestionResult(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                break  # a line cut by a crash ends what can be trusted
+            rows[row.id] = row
+        # Rewritten without the cut line, so that the next append starts on a line of its own.
+        self._start()
+        for row in rows.values():
+            self.append(row)
+        return rows
+
+    def append(self, row: QuestionResult) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+
+    def _start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"key": self.key}) + "\n", encoding="utf-8")
