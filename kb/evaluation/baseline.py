@@ -10,6 +10,7 @@ cross-encoder can be loaded offline here, so neither system has that stage.
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 import uuid
@@ -27,8 +28,11 @@ from llama_index.retrievers.bm25 import BM25Retriever
 from llama_index.vector_stores.qdrant import QdrantVectorStore
 from qdrant_client import QdrantClient
 
+from kb.document import ParsedDocument
 from kb.evaluation.runner import AnswerRecord, Retrieved
 from kb.grounding import Numbered
+from kb.loading import load_file
+from kb.settings import Settings
 
 _NODE_NAMESPACE = uuid.UUID("4b7b3c39-2f0e-4d93-9a4d-3c1b2a0f7e61")
 
@@ -63,6 +67,7 @@ class LlamaIndexBaseline:
             node.id_ = str(uuid.uuid5(_NODE_NAMESPACE, key))
         self.timings["chunk"] = time.perf_counter() - tick
         self._texts = {d.doc_id: d.text for d in documents}
+        self._markup_maps: dict[str, MarkupToText] = {}
         tick = time.perf_counter()
         client = QdrantClient(location=":memory:")  # qdrant-client local mode, as a user without a server would
         store = QdrantVectorStore(client=client, collection_name="baseline")
@@ -124,7 +129,43 @@ class LlamaIndexBaseline:
             text = self._texts.get(node.ref_doc_id or "", "")
             start = max(text.find(content[:200]), 0)
             end = start + len(content)
+        if doc_id.suffix.lower() in HTML_SUFFIXES and doc_id.is_relative_to(self.corpus):
+            start, end = self._html_spans(rel, node.ref_doc_id or "").to_text(start, end)
         return Retrieved(rel, start, end, node.node_id, node.get_content()[:200])
+
+    def _html_spans(self, rel: str, ref_doc_id: str) -> MarkupToText:
+        if rel not in self._markup_maps:
+            parsed = load_file(self.corpus / rel, rel, Settings()).parsed
+            self._markup_maps[rel] = MarkupToText(self._texts.get(ref_doc_id, ""), parsed)
+        return self._markup_maps[rel]
+
+
+HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
+
+
+class MarkupToText:
+    """Raw-HTML offsets (what the stock reader indexes: it reads HTML as plain text) → offsets in kb's
+    extracted text (what gold spans index), through the source line each piece of text came from.
+
+    Line-grained: a baseline chunk maps to the extracted text of the source lines it spans, so it is judged
+    on the same coordinates as kb's chunks; a chunk of pure markup (``<head>``, scripts) maps to nothing.
+    """
+
+    def __init__(self, raw: str, parsed: ParsedDocument) -> None:
+        self.raw_line_starts = [0] + [m.end() for m in re.finditer("\n", raw)]
+        self.text_starts = parsed.line_starts  # text offset where each run of one source line begins
+        self.source_lines = parsed.source_lines  # ...and that line (1-based, ascending)
+        self.text_length = len(parsed.text)
+
+    def to_text(self, start: int, end: int) -> tuple[int, int]:
+        first_line = bisect.bisect_right(self.raw_line_starts, start)
+        last_line = bisect.bisect_right(self.raw_line_starts, max(end - 1, start))
+        first = bisect.bisect_left(self.source_lines, first_line)
+        after = bisect.bisect_right(self.source_lines, last_line)
+        if first >= after:
+            return 0, 0
+        text_end = self.text_starts[after] if after < len(self.text_starts) else self.text_length
+        return self.text_starts[first], text_end
 
 
 def _source_number(hit: NodeWithScore) -> int:
