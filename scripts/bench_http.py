@@ -21,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,6 +84,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def served(index: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``kb serve`` on ``index`` as its own process (extractive answers, one read key in group eng), ready:
+    yields its base URL and the process; stops it on exit."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kb.cli", "serve", "--kb", str(index), "--port", str(port)],
+        env={
+            **os.environ,
+            "KB_API_KEYS": f'[{{"key": "{KEY}", "role": "read", "groups": ["eng"]}}]',
+            "KB_LLM_BACKEND": "extractive",
+            **(env or {}),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"kb serve exited: {server.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.2)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kb", type=Path, default=REPO / ".bench" / "http" / "sample-index")
@@ -104,28 +138,8 @@ def main() -> None:
             sys.exit(f"{args.kb} predates access control: run `kb reindex DOCS --kb {args.kb}` once to stamp ACLs")
         documents, chunks = len(kb.manifest.documents), kb.store.count()
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "KB_API_KEYS": f'[{{"key": "{KEY}", "role": "read", "groups": ["eng"]}}]',
-        "KB_LLM_BACKEND": "extractive",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kb.cli", "serve", "--kb", str(args.kb), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
     results: dict[tuple[str, str, int], dict[str, float]] = {}
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with served(args.kb) as (base, _server):
         sessions = [httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}) for _ in range(16)]
         for session in sessions:  # warm up: model load, connections
             session.post("/search", json={"query": "warm up"}, timeout=120).raise_for_status()
@@ -142,9 +156,6 @@ def main() -> None:
             results[("http", "ask", clients)] = run_level(clients, args.ask_requests, http("/ask", "question"))
         for session in sessions:
             session.close()
-    finally:
-        server.terminate()
-        server.wait(30)
 
     with KnowledgeBase.open(args.kb, llm_backend="extractive") as kb:
         user = Principal(groups=["eng"])  # the same reader as the HTTP key

@@ -23,6 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from procmem import process_memory
+
 from kb import KnowledgeBase, Principal
 from kb.evaluation.debian import fetch_debian_package
 from kb.torture import make_torture_folder
@@ -42,10 +44,13 @@ QUESTIONS = [
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return process_memory()["rss_mb"]
+
+
+def memory_cell() -> str:
+    """RSS split as anon (heap, arenas) / file (mapped shard segments, model weights), and Python blocks."""
+    m = process_memory()
+    return f"{m['rss_mb']:.0f} ({m['anon_mb']:.0f} / {m['file_mb']:.0f}) | {m['py_blocks'] / 1e3:.0f}k"
 
 
 def sha(path: Path) -> str:
@@ -106,8 +111,9 @@ def main() -> None:
         f"`python scripts/soak.py --pages {args.pages} --rounds {args.rounds}`: postgresql-doc-15 {version} "
         f"({len(html)} HTML pages) + the torture folder ({len(cases)} cases, `kb.torture`), {os.cpu_count()} cores.",
         "",
-        "| round | change | reindex | seconds | skipped | mismatches | answers so far | RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| round | change | reindex | seconds | skipped | mismatches | answers so far | RSS MB (anon / file) "
+        "| Python blocks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     with KnowledgeBase.open(WORK / "index", llm_backend="extractive") as kb:
 
@@ -135,7 +141,7 @@ def main() -> None:
         first = mismatches(kb, docs, skipped)
         lines.append(
             f"| 0 | initial | {report.summary()} | {report.seconds:.1f} | {len(skipped)} | {len(first)} | 0 | "
-            f"{rss_mb():.0f} |"
+            f"{memory_cell()} |"
         )
         print(lines[-1], flush=True)
         asker = threading.Thread(target=ask_forever, daemon=True)
@@ -165,7 +171,7 @@ def main() -> None:
             rss.append(rss_mb())
             lines.append(
                 f"| {round_no} | 5 edited, 1 deleted, 1 added, pg/app-* ACL → {rule} | {report.summary()} | "
-                f"{report.seconds:.1f} | {len(skipped)} | {len(found)} | {asked['answers']} | {rss[-1]:.0f} |"
+                f"{report.seconds:.1f} | {len(skipped)} | {len(found)} | {asked['answers']} | {memory_cell()} |"
             )
             print(lines[-1], flush=True)
             for item in found[:5]:
