@@ -13,10 +13,10 @@ from pathlib import Path
 
 def process_memory(pid: int | str = "self") -> dict[str, float]:
     """VmRSS, RssAnon, RssFile and VmHWM (peak RSS) in MB; the Python heap's blocks too for ``self``."""
-    fields = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb", "VmHWM:": "peak_mb"}
+    fields = {"VmRSS": "rss_mb", "RssAnon": "anon_mb", "RssFile": "file_mb", "VmHWM": "peak_mb"}
     out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(" ")
+        name, _, rest = line.partition(":")  # "VmRSS:\t  1234 kB"
         if name in fields:
             out[fields[name]] = int(rest.split()[0]) / 1024
     if pid == "self":

@@ -32,6 +32,7 @@ from kb.torture import make_torture_folder
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench" / "soak"
 REPORT = REPO / "evals" / "reports" / "soak.md"
+SOURCE = "docs"  # the source kb names after the folder it reindexes (WORK / "docs")
 QUESTIONS = [
     "How do I create an index concurrently?",
     "What does VACUUM FULL do?",
@@ -62,7 +63,7 @@ def mismatches(kb: KnowledgeBase, docs: Path, skipped: set[str]) -> list[str]:
     out = []
     files = {}
     for path in docs.rglob("*"):
-        rel = path.relative_to(docs).as_posix()
+        rel = f"{SOURCE}:{path.relative_to(docs).as_posix()}"  # document ids are source:path
         if (
             path.is_file()
             and not path.is_symlink()
@@ -163,7 +164,7 @@ def main() -> None:
             report = kb.reindex(docs)
             skipped = {s.doc_id for s in report.skipped}
             found = mismatches(kb, docs, skipped)
-            app_docs = [d for d in kb.manifest.documents if d.startswith("pg/app-")]
+            app_docs = [d for d in kb.manifest.documents if d.startswith(f"{SOURCE}:pg/app-")]
             with_acl = kb.store.count({"doc_id": app_docs, "acl": [rule]}) if app_docs else 0
             if with_acl != sum(kb.manifest.documents[d].chunks for d in app_docs):
                 found.append(f"pg/app-* chunks with acl [{rule}]: {with_acl}, expected all")
