@@ -37,6 +37,7 @@ from kb.embedding import (
 )
 from kb.errors import ConfigError, EmbedderMismatchError, IndexDamagedError, IndexLockedError, IndexNotFoundError
 from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
+from kb.indexing.failures import ParseFailures
 from kb.indexing.plan import IndexPlan
 from kb.llm import build_llm
 from kb.locking import IndexLock
@@ -516,10 +517,12 @@ class KnowledgeBase:
         allow_mass_delete: bool = False,
         verify: bool = False,
     ) -> IngestReport:
-        plan = plan_source(source, self.manifest, self.settings, sync, verify, allow_mass_delete)
+        failures = ParseFailures.load(self.store, self.settings)
+        plan = plan_source(source, self.manifest, self.settings, sync, verify, allow_mass_delete, failures=failures)
         if dry_run:
             return _dry_report(plan)
         report = self._apply(plan, progress)
+        failures.record(plan, report)
         self.registry.record_run(
             source.name, report.summary(), [{"doc_id": s.doc_id, "reason": s.reason} for s in report.skipped]
         )

@@ -265,3 +265,46 @@ def test_queries_during_a_background_reindex_never_fail_or_mix_versions(tmp_path
         assert errors == [] and checks > 20
         assert len(report.changed) == 40
         assert_mirrors(kb, docs)
+
+
+def test_a_file_that_failed_to_parse_is_not_parsed_again_until_it_changes(tmp_path: Path, backend: dict) -> None:
+    """A broken file never enters the manifest, so every reindex planned it as new and parsed it again: one
+    stuck PDF cost max_file_seconds (60 s) on each reindex of an unchanged folder. Its failure is now
+    remembered with its content hash; it stays reported as skipped, with its reason, on every reindex."""
+    from kb.torture import _pdf_page
+
+    def pdf(words: str) -> bytes:
+        return _pdf_page(b"BT /F1 12 Tf 72 720 Td (%s) Tj ET" % words.encode())
+
+    docs = tmp_path / "docs"
+    make_corpus(docs, ["alpha"])
+    good = pdf("Version one of the manual: zqmanualv1 explains the pump.")
+    write(docs, "manual.pdf", good)
+    write(docs, "broken.pdf", good[: len(good) // 2])
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS, **backend) as kb:
+        first = kb.reindex(docs)
+        reason = {s.doc_id: s.reason for s in first.skipped}["docs:broken.pdf"]
+        assert "docs:manual.pdf" in first.added
+
+        again = kb.reindex(docs)
+        skipped = {s.doc_id: s.reason for s in again.skipped}
+        assert skipped["docs:broken.pdf"].startswith(reason) and "--verify" in skipped["docs:broken.pdf"]
+        assert again.timings["parse"] == 0.0 and not again.added  # nothing was parsed
+
+        # An indexed document whose new version fails keeps its old version, and that failure is remembered.
+        write(docs, "manual.pdf", good[: len(good) // 3])
+        failed = kb.reindex(docs)
+        assert "docs:manual.pdf" in {s.doc_id for s in failed.skipped}
+        remembered = kb.reindex(docs)
+        assert {s.doc_id for s in remembered.skipped} == {"docs:broken.pdf", "docs:manual.pdf"}
+        assert remembered.timings["parse"] == 0.0
+        assert kb.search("zqmanualv1", k=1, mode="bm25")[0].doc_id == "docs:manual.pdf"
+
+        # --verify parses the remembered files again; a repaired file is indexed and forgotten as a failure.
+        verified = kb.reindex(docs, verify=True)
+        assert verified.timings["parse"] > 0 and not verified.skipped[0].reason.endswith("parses it again)")
+        write(docs, "broken.pdf", pdf("Repaired: zqrepaired is readable now."))
+        repaired = kb.reindex(docs)
+        assert repaired.added == ["docs:broken.pdf"]
+        assert kb.search("zqrepaired", k=1, mode="bm25")[0].doc_id == "docs:broken.pdf"
+        assert {s.doc_id for s in kb.reindex(docs).skipped} == {"docs:manual.pdf"}

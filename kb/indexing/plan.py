@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kb.acl import AclPolicy
 from kb.errors import SourceError
@@ -24,6 +25,9 @@ from kb.loading import Selection, SkippedFile, discover, hash_file, inspect_file
 from kb.manifest import DocumentEntry, Manifest
 from kb.settings import Settings
 from kb.sources import DocumentSource
+
+if TYPE_CHECKING:
+    from kb.indexing.failures import ParseFailures
 
 
 @dataclass
@@ -79,8 +83,12 @@ def plan_source(
     verify: bool = False,
     allow_mass_delete: bool = False,
     adopt_from: str = "",
+    failures: ParseFailures | None = None,
 ) -> IndexPlan:
     """Compare ``source``'s folder with its manifest entries; nothing is written.
+
+    A file that ``failures`` remembers failing to parse in this very version is planned as a skip with the
+    same reason instead of being parsed again (not with ``verify``).
 
     Documents of source ``adopt_from`` (default ``""``: those indexed before sources existed) whose path is
     in the folder are adopted: renamed into this source, their vectors reused."""
@@ -122,6 +130,10 @@ def plan_source(
             except SourceError as exc:
                 plan.skipped.append(SkippedFile(doc_id, str(exc)))
                 continue
+        remembered = None if verify or failures is None else failures.known(source.name, doc_id, content_hash)
+        if remembered is not None and (known is None or known.doc_hash != content_hash):
+            plan.skipped.append(remembered)  # the same bytes failed last time: the indexed version (if any) stays
+            continue
         planned = PlannedFile(doc_id, found.path, found.relative, content_hash, old_id if known else None)
         if known is None:
             plan.added.append(doc_id)
