@@ -47,7 +47,8 @@ SKIPPED = {
     "formats/page-loop.pdf": "no text layer",
     "formats/deep-nesting.pdf": "no text layer",
     "formats/scanned.pdf": "no text layer (a scanned PDF?); OCR is not built in",
-    "formats/stuck.pdf": "took over max_file_seconds",
+    # Stopped by the clock or, on a machine fast enough to reach it first, by the worker's memory limit.
+    "formats/stuck.pdf": ("took over max_file_seconds", "parse_memory_mb"),
     "formats/encrypted.pdf": "encrypted PDF",
     "formats/old.doc": "old binary Word format",
     "formats/protected.docx": "password-protected",
@@ -94,8 +95,9 @@ def test_torture_folder_ingests_reports_each_bad_file_and_keeps_what_was_indexed
         kb.ingest(good)
         report = kb.ingest(torture)
         reasons = {s.doc_id.removeprefix("docs:"): s.reason for s in report.skipped}
-        for doc_id, fragment in SKIPPED.items():
-            assert fragment in reasons.get(doc_id, ""), (doc_id, reasons.get(doc_id))
+        for doc_id, fragments in SKIPPED.items():
+            alternatives = (fragments,) if isinstance(fragments, str) else fragments
+            assert any(f in reasons.get(doc_id, "") for f in alternatives), (doc_id, reasons.get(doc_id))
         unexpected = set(reasons) - set(SKIPPED) - ({"no-permission.md"} if os.geteuid() != 0 else set())
         assert not unexpected, {d: reasons[d] for d in unexpected}
         for doc_id, chunks in INDEXED.items():

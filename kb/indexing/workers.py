@@ -19,6 +19,7 @@ import os
 import pickle
 import queue
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -164,6 +165,7 @@ class _Worker:
     never a re-run of the caller's main module)."""
 
     def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = memory_mb
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -310,6 +312,13 @@ def _died(worker: _Worker) -> str:
     except subprocess.TimeoutExpired:
         code = None
     how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    if code == -signal.SIGABRT and worker.memory_mb:
+        # Native parsers (PDFium) abort when an allocation fails, and under the worker's address-space limit
+        # that is how running out of memory looks: say which limit, not just the signal.
+        return (
+            f"the parser crashed on this file ({how}: out of memory under parse_memory_mb={worker.memory_mb}, "
+            "or a malformed file); it was skipped — split the file or raise parse_memory_mb"
+        )
     return f"the parser crashed on this file ({how}); it was skipped"
 
 
