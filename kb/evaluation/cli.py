@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def run_evaluation(
             checkpoint = None
             if report is not None:  # answers take hours on a CPU: a run cut short resumes from here
                 same_run = {k: v for k, v in setup.items() if k != "ingest_s"}  # timings differ run to run
-                key = context["command"] + json.dumps(same_run, sort_keys=True, default=str)
+                key = context["command"] + json.dumps(same_run, sort_keys=True, default=str) + _code_version()
                 checkpoint = Checkpoint(report / ".partial" / f"{name}.jsonl", key)
             with _progress(err_console, name) as (progress, task):
                 results[name] = run(
@@ -103,6 +104,23 @@ def run_evaluation(
         write_report(report, f"Evaluation: {question_set.stem}", results, context, seed=seed)
         shutil.rmtree(report / ".partial", ignore_errors=True)
         console.print(f"report written to {report}/report.md")
+
+
+def _code_version() -> str:
+    """The commit kb runs from (with ``+dirty`` for uncommitted changes), else its version: rows answered by
+    other code are not resumed into a report."""
+    from kb import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "kb"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return __version__
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def compare_reports(a: Path, b: Path) -> str:
