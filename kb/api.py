@@ -94,6 +94,9 @@ class ReindexRequest(_Strict):
     dry_run: StrictBool = Field(False, description="Only report what would change.")
     allow_mass_delete: StrictBool = Field(False, description="Delete more than max_delete_fraction of a source.")
     repair: StrictBool = Field(False, description="Re-read and re-embed what a damaged store lost.")
+    verify: StrictBool = Field(
+        False, description="Hash every file (no size+mtime fast path) and parse again files that failed before."
+    )
 
 
 class ApiError(Exception):

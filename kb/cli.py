@@ -121,7 +121,10 @@ def reindex(
     allow_mass_delete: Annotated[
         bool, typer.Option("--allow-mass-delete", help="Delete even more than max_delete_fraction of a source.")
     ] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Hash every file (no size+mtime fast path).")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Hash every file (no size+mtime fast path); parse again files that failed."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Make the index mirror a source (or --all): add new, replace changed and delete removed documents.

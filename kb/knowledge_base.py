@@ -378,6 +378,7 @@ class KnowledgeBase:
                     self.manifest.commit(delete=doc_ids)
                     self.store.delete_documents(doc_ids)
             self.registry.remove(name)
+            ParseFailures.load(self.store, self.settings).forget(name)
         return len(doc_ids)
 
     def rename_source(self, old: str, new: str) -> IngestReport:
@@ -397,6 +398,7 @@ class KnowledgeBase:
                     self.store.delete_documents(leftover)
                 report.deleted.extend(leftover)
             self.registry.remove(old)
+            ParseFailures.load(self.store, self.settings).forget(old)  # the new name re-learns its failures
         return report
 
     def source_for_folder(self, folder: str | Path, acl: list[str] | None = None,

@@ -123,6 +123,10 @@ class SkippedFile:
 
     doc_id: str
     reason: str
+    # For a file a parse worker gave up on: "parse" (the parser rejected these bytes) or "limit" (stopped by
+    # max_file_seconds, the memory limit, or a crash), and the hash of the bytes it read (kb.indexing.failures).
+    failure: str = field(default="", compare=False, repr=False)
+    content_hash: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)

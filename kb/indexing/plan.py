@@ -130,7 +130,7 @@ def plan_source(
             except SourceError as exc:
                 plan.skipped.append(SkippedFile(doc_id, str(exc)))
                 continue
-        remembered = None if verify or failures is None else failures.known(source.name, doc_id, content_hash)
+        remembered = None if verify or failures is None else failures.known(source, doc_id, content_hash)
         if remembered is not None and (known is None or known.doc_hash != content_hash):
             plan.skipped.append(remembered)  # the same bytes failed last time: the indexed version (if any) stays
             continue

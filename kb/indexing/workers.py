@@ -72,11 +72,27 @@ class ParsedFile:
     chunks: list[Chunk] = field(default_factory=list)
 
 
+class ParseFailure(SourceError):
+    """The parser or chunker rejected these bytes (the same bytes fail again): ``content_hash`` names them."""
+
+    def __init__(self, reason: str, content_hash: str = "") -> None:
+        super().__init__(reason)
+        self.content_hash = content_hash
+
+
+class LimitFailure(SourceError):
+    """Parsing was stopped by a limit (time, memory) or a crash: may pass on another run or machine."""
+
+
 def parse_job(job: ParseJob) -> ParsedFile:
-    """Read, parse and chunk one file; raises :class:`SourceError` with the reason it cannot be indexed."""
+    """Read, parse and chunk one file; raises :class:`SourceError` with the reason it cannot be indexed
+    (:class:`ParseFailure` when the bytes were read and rejected, :class:`LimitFailure` when a limit hit)."""
     deadline = time.monotonic() + job.seconds
-    raw = read_file(Path(job.path), job.parse, Path(job.root))
-    document = parse_file(raw, job.doc_id, job.parse)
+    raw = read_file(Path(job.path), job.parse, Path(job.root))  # a read error is neither: not remembered
+    try:
+        document = parse_file(raw, job.doc_id, job.parse)
+    except SourceError as exc:
+        raise ParseFailure(str(exc), raw.content_hash) from exc
     own_acl = front_matter_acl(document.parsed.metadata, job.doc_id)
     metadata = {k: v for k, v in document.parsed.metadata.items() if k != "acl"}
     counter = TokenCounter.for_model(Path(job.chunk.model_path))
@@ -84,9 +100,9 @@ def parse_job(job: ParseJob) -> ParsedFile:
     try:
         chunks = chunker.chunk(document.parsed, deadline)
     except ChunkingTimeout as exc:
-        raise SourceError(_timeout_reason(job.seconds)) from exc
+        raise LimitFailure(_timeout_reason(job.seconds)) from exc
     except RecursionError as exc:
-        raise SourceError("structure nested too deeply to chunk") from exc
+        raise ParseFailure("structure nested too deeply to chunk", raw.content_hash) from exc
     return ParsedFile(
         job.doc_id,
         document.content_hash,
@@ -111,7 +127,7 @@ def parse_guarded(job: ParseJob) -> ParsedFile | SourceError:
     except SourceError as exc:
         return exc
     except MemoryError:
-        return SourceError("needs more memory than parse_memory_mb allows to parse; split the file or raise it")
+        return LimitFailure("needs more memory than parse_memory_mb allows to parse; split the file or raise it")
     except Exception as exc:  # a parser bug must cost one file, never the run
         return SourceError(f"could not be parsed ({type(exc).__name__}: {exc})")
 
@@ -269,7 +285,7 @@ class ParsePool:
                         if outcome is None:  # the process died
                             workers.remove(worker)
                             if job is not None:
-                                self._put(results, (job, SourceError(_died(worker))), stop)
+                                self._put(results, (job, LimitFailure(_died(worker))), stop)
                             worker.kill()
                         elif outcome == "ready":
                             worker.ready = True
@@ -279,7 +295,7 @@ class ParsePool:
                     elif job is not None and time.monotonic() > worker.started + job.seconds:
                         workers.remove(worker)
                         worker.kill()
-                        self._put(results, (job, SourceError(_timeout_reason(job.seconds))), stop)
+                        self._put(results, (job, LimitFailure(_timeout_reason(job.seconds))), stop)
         except BaseException as exc:
             self._put(results, exc, stop)
         finally:
