@@ -68,7 +68,7 @@ def mismatches(kb: KnowledgeBase, docs: Path, skipped: set[str]) -> list[str]:
             path.is_file()
             and not path.is_symlink()
             and rel not in skipped
-            and path.suffix in {".html", ".md", ".txt", ".rst"}
+            and path.suffix in {".html", ".md", ".txt", ".rst", ".adoc", ".pdf", ".docx"}  # what kb indexes
         ):
             files[rel] = sha(path)
     indexed = {d: e.doc_hash for d, e in kb.manifest.documents.items()}
