@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,8 @@ class ParseFailures:
     store: ChunkStore
     settings: Settings
     sources: dict[str, Any]
+    # conditions() costs ~2 ms (package metadata): once per source, not once per planned file
+    _conditions: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, store: ChunkStore, settings: Settings) -> ParseFailures:
@@ -87,6 +89,8 @@ class ParseFailures:
 
     def known(self, source: DocumentSource, doc_id: str, content_hash: str) -> SkippedFile | None:
         """The skip to report for this version of the file, when it already failed under these conditions."""
+        if source.name not in self.sources:
+            return None
         entry = self._files(self.sources, source).get(doc_id)
         if not isinstance(entry, dict) or entry.get("hash") != content_hash or not entry.get("final"):
             return None
@@ -102,7 +106,7 @@ class ParseFailures:
                 if after == before:
                     return
                 if after:
-                    current[plan.source.name] = {"conditions": conditions(self.settings, plan.source), "files": after}
+                    current[plan.source.name] = {"conditions": self._conditions_of(plan.source), "files": after}
                 else:
                     current.pop(plan.source.name, None)
                 self.store.write_state(STATE, {"sources": current})
@@ -120,9 +124,14 @@ class ParseFailures:
                 except Exception as exc:
                     _LOG.warning("could not forget parse failures of source %r: %s", source, exc)
 
+    def _conditions_of(self, source: DocumentSource) -> str:
+        if source.name not in self._conditions:
+            self._conditions[source.name] = conditions(self.settings, source)
+        return self._conditions[source.name]
+
     def _files(self, sources: dict[str, Any], source: DocumentSource) -> dict[str, Any]:
         entry = sources.get(source.name)
-        if not isinstance(entry, dict) or entry.get("conditions") != conditions(self.settings, source):
+        if not isinstance(entry, dict) or entry.get("conditions") != self._conditions_of(source):
             return {}
         files = entry.get("files")
         return files if isinstance(files, dict) else {}

@@ -130,10 +130,12 @@ def plan_source(
             except SourceError as exc:
                 plan.skipped.append(SkippedFile(doc_id, str(exc)))
                 continue
-        remembered = None if verify or failures is None else failures.known(source, doc_id, content_hash)
-        if remembered is not None and (known is None or known.doc_hash != content_hash):
-            plan.skipped.append(remembered)  # the same bytes failed last time: the indexed version (if any) stays
-            continue
+        indexed_as_is = known is not None and known.doc_hash == content_hash
+        if failures is not None and not verify and not indexed_as_is:
+            remembered = failures.known(source, doc_id, content_hash)
+            if remembered is not None:  # the same bytes failed last time: the indexed version (if any) stays
+                plan.skipped.append(remembered)
+                continue
         planned = PlannedFile(doc_id, found.path, found.relative, content_hash, old_id if known else None)
         if known is None:
             plan.added.append(doc_id)
