@@ -78,25 +78,21 @@ class LlamaIndexBaseline:
         self.timings["embed+store"] = time.perf_counter() - tick
         self.dense = self.index.as_retriever(similarity_top_k=k)
         self.bm25 = BM25Retriever.from_defaults(nodes=self.nodes, similarity_top_k=k)
-        # With num_queries=1 the fusion retriever never calls its LLM, but it resolves one when built
-        # (OpenAI by default, which is not installed here): hand it the generator, or a mock.
-        self.fused = QueryFusionRetriever(
-            [self.dense, self.bm25],
-            llm=llm or MockLLM(),
-            mode="reciprocal_rerank",
-            num_queries=1,
-            similarity_top_k=k,
-            use_async=False,
-        )
+        self.fused = self._fusion(k)
         self._retrievers = {"bm25": self.bm25, "dense": self.dense, "fused": self.fused}
         # Answers read the top ANSWER_SOURCES of the same fusion, as LlamaIndex's CitationQueryEngine example
         # does (similarity_top_k=3): ten 1,024-token nodes would not fit the generator's context window.
-        self.answer_retriever = QueryFusionRetriever(
+        self.answer_retriever = self._fusion(ANSWER_SOURCES)
+
+    def _fusion(self, top_k: int) -> QueryFusionRetriever:
+        # With num_queries=1 the fusion retriever never calls its LLM, but it resolves one when built
+        # (OpenAI by default, which is not installed here): hand it the generator, or a mock.
+        return QueryFusionRetriever(
             [self.dense, self.bm25],
-            llm=llm or MockLLM(),
+            llm=self.llm or MockLLM(),
             mode="reciprocal_rerank",
             num_queries=1,
-            similarity_top_k=ANSWER_SOURCES,
+            similarity_top_k=top_k,
             use_async=False,
         )
 

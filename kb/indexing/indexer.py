@@ -26,15 +26,7 @@ from kb.errors import SourceError
 from kb.indexing.journal import Journal
 from kb.indexing.plan import IndexPlan, entry_for
 from kb.indexing.report import IngestReport, Progress
-from kb.indexing.workers import (
-    ChunkOptions,
-    LimitFailure,
-    ParsedFile,
-    ParseFailure,
-    ParseJob,
-    parse_guarded,
-    parse_pool,
-)
+from kb.indexing.workers import ChunkOptions, ParsedFile, ParseJob, parse_guarded, parse_pool
 from kb.loading import ParseOptions, SkippedFile
 from kb.manifest import DocumentEntry, Manifest, point_id
 from kb.records import ChunkRecord
@@ -129,8 +121,11 @@ class Indexer:
         for done, (job, outcome) in enumerate(self._parse(jobs), start=1):
             report.timings["parse"] += time.perf_counter() - tick
             if isinstance(outcome, SourceError):
-                kind = {ParseFailure: "parse", LimitFailure: "limit"}.get(type(outcome), "")
-                report.skipped.append(SkippedFile(job.doc_id, str(outcome), kind, getattr(outcome, "content_hash", "")))
+                report.skipped.append(
+                    SkippedFile(
+                        job.doc_id, str(outcome), getattr(outcome, "failure", ""), getattr(outcome, "content_hash", "")
+                    )
+                )
             else:
                 batch.append(self._prepare(plan, outcome))
                 getattr(report, outcome_of[job.doc_id]).append(job.doc_id)

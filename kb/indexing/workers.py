@@ -75,6 +75,8 @@ class ParsedFile:
 class ParseFailure(SourceError):
     """The parser or chunker rejected these bytes (the same bytes fail again): ``content_hash`` names them."""
 
+    failure = "parse"  # SkippedFile.failure (kb.indexing.failures)
+
     def __init__(self, reason: str, content_hash: str = "") -> None:
         super().__init__(reason)
         self.content_hash = content_hash
@@ -82,6 +84,9 @@ class ParseFailure(SourceError):
 
 class LimitFailure(SourceError):
     """Parsing was stopped by a limit (time, memory) or a crash: may pass on another run or machine."""
+
+    failure = "limit"
+    content_hash = ""
 
 
 def parse_job(job: ParseJob) -> ParsedFile:
