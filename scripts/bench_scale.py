@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import random
-import resource
 import shutil
 import sys
 import time
@@ -33,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from procmem import process_memory
 
 from kb import KnowledgeBase, Principal
 from kb.evaluation.debian import fetch_debian_package
@@ -47,17 +47,6 @@ WORK = REPO / ".bench" / "scale"
 REPORT = REPO / "evals" / "reports" / "bench-scale.md"
 TARGET_CHUNKS = 100_000
 SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000)
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def corpus() -> dict[str, tuple[Path, list[str]]]:
@@ -97,7 +86,7 @@ def ingest(index: Path) -> dict:
         disk = kb.store.disk_bytes()
     seconds = time.perf_counter() - started
     return {"sources": rows, "chunks": chunks, "seconds": seconds, "chunks_per_s": chunks / seconds,
-            "disk_mb": disk / 1e6, "peak_rss_mb": peak_mb()}  # fmt: skip
+            "disk_mb": disk / 1e6, "peak_rss_mb": process_memory()["peak_mb"]}  # fmt: skip
 
 
 def query_figures(index: Path) -> dict:
@@ -184,7 +173,7 @@ def store_scaling(index: Path) -> list[dict]:
         store.optimize()
         optimize_s = time.perf_counter() - tick
         row = {"size": size, "upsert_s": upsert_s, "optimize_s": optimize_s, "disk_mb": store.disk_bytes() / 1e6,
-               "rss_mb": rss_mb()}  # fmt: skip
+               "rss_mb": process_memory()["rss_mb"]}  # fmt: skip
         for mode, fusion in ((RetrievalMode.DENSE, FusionMethod.WEIGHTED), (RetrievalMode.BM25, FusionMethod.WEIGHTED),
                              (RetrievalMode.HYBRID, FusionMethod.CONVEX), (RetrievalMode.HYBRID, FusionMethod.WEIGHTED)):  # fmt: skip
             for readable, label in ((None, "all"), (["__public__"], "acl")):
