@@ -215,18 +215,41 @@ def test_reindex_needs_admin_runs_in_background_and_reports(
     docs = served[1]
     assert client.post("/reindex", headers=auth(READ), json={}).status_code == 403
     (docs / "api-new.md").write_text("# New page\n\nThe zqnewpage token lives here, added over HTTP.\n")
-    started = client.post("/reindex", headers=auth(ADMIN), json={})
-    assert started.status_code == 202
-    run = started.json()
-    deadline = time.time() + 120
-    while run["state"] == "running" and time.time() < deadline:
-        time.sleep(0.2)
-        run = client.get(started.json()["status_url"], headers=auth(ADMIN)).json()
+    run = reindexed(client, {})
     assert run["state"] == "done" and run["report"]["added"] == 1, run
     hits = client.post("/search", headers=auth(READ), json={"query": "zqnewpage", "k": 1, "mode": "bm25"}).json()
     assert hits["hits"][0]["doc_id"] == "docs:api-new.md"
     missing = client.get("/reindex/nope", headers=auth(ADMIN))
     assert missing.status_code == 404 and "nope" in missing.json()["message"]
+
+
+def reindexed(client: httpx.Client, body: dict) -> dict:
+    """Start a reindex over HTTP and poll its status until it has finished."""
+    started = client.post("/reindex", headers=auth(ADMIN), json=body)
+    assert started.status_code == 202, started.text
+    run = started.json()
+    deadline = time.time() + 120
+    while run["state"] == "running" and time.time() < deadline:
+        time.sleep(0.2)  # polling the documented status URL, not hoping a race happened
+        run = client.get(started.json()["status_url"], headers=auth(ADMIN)).json()
+    return run
+
+
+def test_reindex_over_http_can_verify_files_that_failed_before(
+    client: httpx.Client, served: tuple[str, Path, KnowledgeBase]
+) -> None:
+    """A file that failed to parse is remembered and not parsed again; `verify` retries it, over HTTP too."""
+    docs = served[1]
+    (docs / "api-broken.pdf").write_bytes(b"%PDF-1.7\n" + b"\x00" * 64)
+    try:
+        reasons = []
+        for body in ({}, {}, {"verify": True}):
+            run = reindexed(client, body)
+            assert run["state"] == "done", run
+            reasons.append({s["doc_id"]: s["reason"] for s in run["report"]["skipped"]}["docs:api-broken.pdf"])
+        assert "--verify" not in reasons[0] and "--verify" in reasons[1] and "--verify" not in reasons[2]
+    finally:
+        (docs / "api-broken.pdf").unlink()
 
 
 def test_no_request_from_the_openapi_description_gets_a_5xx(served: tuple[str, Path, KnowledgeBase]) -> None:
