@@ -3,6 +3,7 @@
     fused = convex({"dense": dense_hits, "bm25": bm25_hits}, {"dense": 0.7, "bm25": 0.3}, Normalization.MINMAX)
     weights = query_weights(query, dense=0.7, bm25=0.3, exact_boost=2.0)   # more BM25 for "max_wal_senders"
     ranked = with_page_context(fused, doc_of, weight=0.2)
+    ranked = with_exact_match(ranked, text_of, named_tokens(query), bonus=0.5)  # chunks naming "max_wal_senders"
 
 Reciprocal-rank fusion only sees ranks: the gap between a dense rank-1 at cosine 0.71 and a rank-2 at 0.52 is
 the same as between 0.61 and 0.60, and a BM25 rank-1 bonus outweighs adjacent dense ranks. A convex
@@ -11,7 +12,10 @@ Fusion Functions for Hybrid Retrieval", ACM TOIS 2023). A candidate that one leg
 leg's lowest normalised score. Queries that name exact tokens (config keys, error codes, flags, dotted or
 snake_case identifiers, quoted phrases) shift weight to BM25, which is what finds them. Page context: a chunk's
 score is mixed with the strength of its document among the candidates (the mean of the document's best
-chunks), so a section whose own words are thin still ranks when its page is clearly on topic.
+chunks), so a section whose own words are thin still ranks when its page is clearly on topic. Exact match: a
+chunk that contains the very tokens the query names (``bonjour_name``, ``HV091``) gains a fixed bonus, because
+a leg's normalised score cannot say "this is the one chunk that names it": a BM25 rank-1 that the dense leg
+did not return at all otherwise falls below chunks both legs find lukewarm.
 """
 
 from __future__ import annotations
@@ -95,6 +99,41 @@ def query_weights(query: str, dense: float, bm25: float, exact_boost: float) -> 
         bm25 *= exact_boost
     total = dense + bm25
     return {"dense": dense / total, "bm25": bm25 / total} if total else {"dense": 0.5, "bm25": 0.5}
+
+
+def named_tokens(query: str) -> list[str]:
+    """The query's exact tokens as a chunk would contain them: lower case, quotes stripped, 3+ characters."""
+    tokens = (token.strip('"`').lower() for token in exact_tokens(query))
+    return list(dict.fromkeys(token for token in tokens if len(token) >= 3))
+
+
+def contains_token(text: str, token: str) -> bool:
+    """``token`` occurs in ``text`` (already lower case) not as part of a longer word: ``max_wal_senders`` is
+    not in ``max_wal_senders_timeout``."""
+    start = text.find(token)
+    while start != -1:
+        end = start + len(token)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
+            return True
+        start = text.find(token, start + 1)
+    return False
+
+
+def with_exact_match(
+    fused: Scored, text_of: Callable[[str], str], tokens: Sequence[str], bonus: float
+) -> list[tuple[str, float]]:
+    """Each chunk's score + ``bonus`` × the share of ``tokens`` (:func:`named_tokens`) its text contains,
+    best first. No tokens or ``bonus`` 0 leaves the order alone."""
+    if not tokens or bonus == 0.0 or not fused:
+        return list(fused)
+    mixed = []
+    for point, score in fused:
+        text = text_of(point).lower()
+        share = sum(contains_token(text, token) for token in tokens) / len(tokens)
+        mixed.append((point, score + bonus * share))
+    return sorted(mixed, key=lambda item: (-item[1], item[0]))
 
 
 def with_page_context(

@@ -8,8 +8,10 @@
 
 The fusion default is convex: 0.6 × the dense leg's DBSF-scaled score + 0.4 × BM25's. Rank fusion (the old
 default, RRF 3:1) sees only ranks, so a BM25 rank-1 that repeats a prose question's common words beat a clear
-dense rank-1; scores keep the size of the lead, and exact tokens still reach the top through BM25
-(evals/reports/fusion-tuning.md).
+dense rank-1; scores keep the size of the lead. A query that names an exact token (``bonjour_name``, ``HV091``)
+doubles BM25's weight, and chunks containing those tokens verbatim gain a bonus: the dense leg often never
+returns the one chunk that names a parameter, and without it that chunk fell below ones both legs found
+lukewarm (evals/reports/fusion-tuning.md).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class HybridRetriever(BaseRetriever):
             text=query,
             normalization=self._settings.fusion_normalization,
             exact_boost=self._settings.exact_token_boost,
+            exact_match=self._settings.exact_match_bonus,
             context_weight=self._settings.context_weight,
         )
         # Ties (equal fused scores are common with RRF) in a stable order: two runs rank the same.

@@ -189,8 +189,9 @@ class Settings(BaseSettings):
     retrieval_mode: RetrievalMode = RetrievalMode.HYBRID
     fusion: FusionMethod = Field(
         FusionMethod.CONVEX,
-        description="convex (DBSF-scaled scores, 0.6 dense : 0.4 BM25) won on the tune splits of python-faq, "
-        "python-faq-xref and postgres-exact (evals/reports/fusion-tuning.md); the old default was weighted RRF 3:1.",
+        description="convex (DBSF-scaled scores, 0.6 dense : 0.4 BM25, BM25 ×2 and an exact-match bonus when the "
+        "query names a token) won on the tune splits of python-faq, python-faq-xref and postgres-exact "
+        "(evals/reports/fusion-tuning.md); the old default was weighted RRF 3:1.",
     )
     dense_weight: float = Field(0.6, ge=0.0, description="Relative weight of the dense leg (convex and weighted).")
     bm25_weight: float = Field(0.4, ge=0.0, description="Relative weight of the BM25 leg (convex and weighted).")
@@ -200,7 +201,14 @@ class Settings(BaseSettings):
         "dbsf", pattern="^(minmax|zscore|dbsf)$", description="convex fusion: how each leg's scores are scaled."
     )
     exact_token_boost: float = Field(
-        1.0, ge=0.0, le=20.0, description="convex fusion: BM25 weight × this when the query names an exact token."
+        2.0, ge=0.0, le=20.0, description="convex fusion: BM25 weight × this when the query names an exact token."
+    )
+    exact_match_bonus: float = Field(
+        0.5,
+        ge=0.0,
+        le=10.0,
+        description="convex fusion: added to a chunk's fused score (at most 1) × the share of the query's exact "
+        "tokens (max_wal_senders, HV091, --dry-run) its text contains verbatim; 0 turns it off.",
     )
     context_weight: float = Field(
         0.0, ge=0.0, le=1.0, description="convex fusion: share of a chunk's score that comes from its document."

@@ -1,4 +1,4 @@
-"""Fusion in kb (convex combination of normalised leg scores, exact-token weights, page context) as plain
+"""Fusion in kb (convex combination of normalised leg scores, exact-token weights, page context, exact match) as plain
 functions, and through both real store backends: the same query plan, the same order on the embedded engine
 and on qdrant-client, and the ACL applied inside both legs so a forbidden chunk never enters the fusion."""
 
@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from kb import KnowledgeBase, Principal
-from kb.fusion import Normalization, convex, exact_tokens, normalise, query_weights, rrf, with_page_context
+from kb.fusion import (
+    Normalization,
+    contains_token,
+    convex,
+    exact_tokens,
+    named_tokens,
+    normalise,
+    query_weights,
+    rrf,
+    with_exact_match,
+    with_page_context,
+)
 from kb.settings import FusionMethod
 from kb.store.base import HybridQuery
 from kb.store.plan import BM25, DENSE, compile_plan
@@ -85,6 +96,38 @@ def test_page_context_lifts_a_chunk_of_a_strong_page_and_zero_changes_nothing() 
     assert {p for p, _ in mixed} == set(page)
 
 
+def test_exact_match_lifts_the_chunk_that_names_the_token_and_nothing_else_moves() -> None:
+    fused = [("prose1", 0.62), ("prose2", 0.60), ("ref", 0.41), ("other", 0.30)]
+    text = {
+        "prose1": "what happens when you change the bonjour name",
+        "prose2": "bonjour_name_suffix is another key",  # a longer word that merely starts with the token
+        "ref": "port (integer) ... Bonjour_Name (string): the service name",
+        "other": "nothing relevant",
+    }
+    tokens = named_tokens('What happens when I change "bonjour_name"?')
+    assert tokens == ["bonjour_name"]
+    lifted = with_exact_match(fused, text.__getitem__, tokens, 0.5)
+    assert [p for p, _ in lifted] == ["ref", "prose1", "prose2", "other"]
+    assert with_exact_match(fused, text.__getitem__, tokens, 0.0) == fused
+    assert with_exact_match(fused, text.__getitem__, named_tokens("what happens when I rename it"), 0.5) == fused
+
+
+@pytest.mark.parametrize(
+    ("text", "token", "found"),
+    [
+        ("set max_wal_senders to 10", "max_wal_senders", True),
+        ("max_wal_senders_timeout only", "max_wal_senders", False),
+        ("see sqlstate hv091.", "hv091", True),
+        ("code hv0912", "hv091", False),
+        ("run with --dry-run first", "--dry-run", True),
+        ("xmax_wal_senders", "max_wal_senders", False),
+        ("ends with max_wal_senders", "max_wal_senders", True),
+    ],
+)
+def test_a_token_is_contained_only_as_a_whole_word(text: str, token: str, found: bool) -> None:
+    assert contains_token(text, token) is found
+
+
 def test_the_plan_drops_a_leg_without_a_query_vector_and_fuses_in_store_only_for_qdrant_fusions() -> None:
     from kb.settings import RetrievalMode
     from kb.sparse import SparseVector
@@ -145,3 +188,40 @@ def test_both_backends_send_the_same_plan_and_rank_the_same(tmp_path: Path) -> N
             kb.reindex(docs)
             orders.append([(h.node_id, round(h.score, 5)) for h in kb.search("how many standby servers", k=6)])
     assert orders[0] == orders[1] and len(orders[0]) >= 3
+
+
+def test_a_parameter_named_in_the_query_ranks_first_though_the_dense_leg_prefers_prose(
+    tmp_path: Path, backend: dict
+) -> None:
+    """Regression (issue 14, postgres-exact tune split: bonjour_name at fused rank 8, BM25 rank 1). The one chunk
+    naming the parameter packs eight of them; twelve prose pages about changing Bonjour names are what the
+    question's words mean. BM25 ranks the reference first (``bonjourname`` is rare), the dense leg 13th, and
+    the fused ranking of the old default (BM25 weight unchanged, no exact-match bonus) left it out of the top 5
+    even for the bare token."""
+    docs = tmp_path / "docs"
+    write(docs, "reference/connections.md", "# Server reference\n\n## Network\n\n" + " ".join(
+        f"{key} ({kind}): {what}." for key, kind, what in [
+            ("listen_addresses", "string", "the TCP/IP addresses on which the server listens for clients"),
+            ("port", "integer", "the TCP port the server listens on, 5432 by default"),
+            ("unix_socket_directories", "string", "the directories of the Unix-domain sockets"),
+            ("unix_socket_group", "string", "the owning group of the sockets"),
+            ("bonjour_name", "string", "the Bonjour service name; empty means the computer name"),
+            ("tcp_keepalives_idle", "integer", "seconds of inactivity after which TCP sends a keepalive"),
+            ("tcp_keepalives_interval", "integer", "seconds between keepalives"),
+            ("tcp_user_timeout", "integer", "milliseconds transmitted data may remain unacknowledged"),
+        ]))  # fmt: skip
+    for thing in ("printer", "laptop", "file server", "media player", "camera", "scanner", "speaker", "tablet",
+                  "router", "phone", "television", "workstation"):  # fmt: skip
+        write(docs, f"guide-{thing.replace(' ', '-')}.md", f"# Renaming a {thing}\n\nWhat happens when you "
+              f"change the Bonjour name of a {thing}: other devices on the network see the {thing} under its new "
+              f"Bonjour name after a few seconds, and saved connections to the old name stop working until you "
+              "change them too.\n")  # fmt: skip
+    with KnowledgeBase.open(tmp_path / "idx", **backend) as kb:
+        kb.reindex(docs)
+        assert kb.search("bonjour_name", k=1, mode="bm25")[0].path == "reference/connections.md"
+        dense = [h.path for h in kb.search("What happens when I change bonjour_name?", k=20, mode="dense")]
+        assert dense.index("reference/connections.md") >= 5  # the dense leg alone would not show it
+        for question in ("What happens when I change bonjour_name?", "How do I use bonjour_name?", "bonjour_name"):
+            assert kb.search(question, k=1)[0].path == "reference/connections.md", question
+        # Prose questions that name no token rank as before: the bonus is not a bias towards reference pages.
+        assert kb.search("what happens when I rename my printer?", k=1)[0].path == "guide-printer.md"

@@ -32,7 +32,7 @@ from llama_index.core.vector_stores.types import (
 from pydantic import PrivateAttr
 
 from kb.errors import ConfigError
-from kb.fusion import Normalization, convex, query_weights, with_page_context
+from kb.fusion import Normalization, convex, named_tokens, query_weights, with_exact_match, with_page_context
 from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder, SparseVector
@@ -88,6 +88,7 @@ class HybridQuery:
     text: str = ""  # the query's words (kb-side fusion reads them: exact tokens shift weight to BM25)
     normalization: str = "minmax"
     exact_boost: float = 1.0
+    exact_match: float = 0.0  # bonus for chunks containing the query's exact tokens verbatim
     context_weight: float = 0.0
 
     def where(self) -> dict[str, list[Any]]:
@@ -99,7 +100,6 @@ class HybridQuery:
     def idf_corpus(self) -> dict[str, list[Any]] | None:
         """BM25 IDF statistics over readable chunks only: term rarity in forbidden documents must not show."""
         return None if self.readable is None else {ACL_FIELD: list(self.readable) or ["\x00nothing"]}
-
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}")
@@ -178,12 +178,15 @@ ForeignAddHook = Callable[[list[tuple[str, ChunkRecord]]], None]
 
 
 def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]]) -> list[ScoredChunk]:
-    """Convex fusion of the legs' normalised scores, with exact-token weights and page context."""
+    """Convex fusion of the legs' normalised scores, with exact-token weights, page context and exact match."""
     by_id = {hit.id: hit for hits in legs.values() for hit in hits}
     weights = query_weights(query.text, query.weights[0], query.weights[1], query.exact_boost)
     scored = {name: [(h.id, h.score) for h in hits] for name, hits in legs.items()}
     fused = convex(scored, weights, Normalization(query.normalization))
     fused = with_page_context(fused, lambda point: str(by_id[point].payload.get("doc_id", "")), query.context_weight)
+    fused = with_exact_match(
+        fused, lambda point: str(by_id[point].payload.get("text", "")), named_tokens(query.text), query.exact_match
+    )
     out = []
     for point, score in fused[: query.limit]:
         hit = by_id[point]
