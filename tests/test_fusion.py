@@ -23,7 +23,7 @@ from kb.fusion import (
     with_page_context,
 )
 from kb.settings import FusionMethod
-from kb.store.base import HybridQuery
+from kb.store.base import ChunkStore, HybridQuery
 from kb.store.plan import BM25, DENSE, compile_plan
 from tests.conftest import write
 
@@ -137,7 +137,9 @@ def test_the_plan_drops_a_leg_without_a_query_vector_and_fuses_in_store_only_for
     plan = compile_plan(both)
     assert [leg.name for leg in plan.legs] == [DENSE, BM25] and plan.fused_in_store
     assert plan.where["acl"] == ["eng"] and plan.legs[1].idf_corpus == {"acl": ["eng"]}
-    assert not compile_plan(HybridQuery(limit=5, dense=[0.1] * 4, sparse=sparse, fusion=FusionMethod.CONVEX)).fused_in_store
+    assert not compile_plan(
+        HybridQuery(limit=5, dense=[0.1] * 4, sparse=sparse, fusion=FusionMethod.CONVEX)
+    ).fused_in_store
     empty = HybridQuery(limit=5, dense=[0.1] * 4, sparse=SparseVector(indices=[], values=[]), mode=RetrievalMode.HYBRID)
     only = compile_plan(empty)
     assert [leg.name for leg in only.legs] == [DENSE] and only.legs[0].limit == 5  # stop-words only: dense alone
@@ -225,3 +227,26 @@ def test_a_parameter_named_in_the_query_ranks_first_though_the_dense_leg_prefers
             assert kb.search(question, k=1)[0].path == "reference/connections.md", question
         # Prose questions that name no token rank as before: the bonus is not a bias towards reference pages.
         assert kb.search("what happens when I rename my printer?", k=1)[0].path == "guide-printer.md"
+
+
+def test_a_chunk_whose_acl_is_narrowed_while_the_query_runs_is_not_returned(
+    convex_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Convex fusion reads ids and scores from both legs, then fetches the payloads of what it keeps. An ACL
+    narrowed in between (a reindex of kb-acl.toml running meanwhile) must still hold: the fetch applies the
+    caller's ACL again inside the store. The hook runs the real ``set_acl`` at that moment."""
+    store = convex_kb.store
+    fetch = type(store)._payloads
+
+    def acl_narrowed_first(self: ChunkStore, ids: list[str], where: dict, fields: list[str] | None) -> dict:
+        self.set_acl("docs:ops/wal.md", ["exec"])
+        return fetch(self, ids, where, fields)
+
+    engineer = Principal(groups=["eng"])
+    assert convex_kb.search("what is max_wal_senders", k=1, user=engineer)[0].doc_id == "docs:ops/wal.md"
+    monkeypatch.setattr(type(store), "_payloads", acl_narrowed_first)
+    hits = convex_kb.search("what is max_wal_senders", k=5, user=engineer)
+    assert hits and all(h.doc_id != "docs:ops/wal.md" for h in hits)
+    monkeypatch.undo()
+    executive = convex_kb.search("what is max_wal_senders", k=1, user=Principal(groups=["exec"]))
+    assert executive[0].doc_id == "docs:ops/wal.md"  # the change itself took effect: exec still reads it

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 DENSE, BM25 = "dense", "bm25"  # the vectors' names (kb.store.plan uses the same)
 TOP_LEVEL_FIELDS = frozenset({"doc_id", "doc_hash", "source_format", "title", "url", "chunk_index", "source", "path"})
 ACL_FIELD = "acl"
+# A condition on the point ids themselves (Qdrant's HasId), mapped by each transport's filter. User filter keys
+# are field names (see payload_key), so this one cannot collide with them.
+POINT_ID = "\x00point_id"
 KEYWORD_INDEXES = ("doc_id", "doc_hash", "source_format", "text_hash", "acl", "source")
 _INT64 = 2**63
 
@@ -177,22 +180,31 @@ def node_from_payload(point_id: str, payload: dict[str, Any]) -> TextNode:
 ForeignAddHook = Callable[[list[tuple[str, ChunkRecord]]], None]
 
 
-def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]]) -> list[ScoredChunk]:
-    """Convex fusion of the legs' normalised scores, with exact-token weights, page context and exact match."""
-    by_id = {hit.id: hit for hits in legs.values() for hit in hits}
-    weights = query_weights(query.text, query.weights[0], query.weights[1], query.exact_boost)
+PayloadFetch = Callable[[list[str], list[str] | None], dict[str, dict[str, Any]]]
+
+
+def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]], payloads: PayloadFetch) -> list[ScoredChunk]:
+    """Convex fusion of the legs' normalised scores, with exact-token weights, page context and exact match.
+
+    The legs carry ids and scores only; ``payloads(ids, fields)`` fetches what the fusion reads (``doc_id`` for
+    page context, ``text`` for exact match, only when those are on) and then the whole payload of the fused
+    top ``limit``: fetching both legs' 50 payloads each took half of a hybrid query's store time."""
     scored = {name: [(h.id, h.score) for h in hits] for name, hits in legs.items()}
+    candidates = list(dict.fromkeys(point for hits in scored.values() for point, _ in hits))
+    weights = query_weights(query.text, query.weights[0], query.weights[1], query.exact_boost)
     fused = convex(scored, weights, Normalization(query.normalization))
-    fused = with_page_context(fused, lambda point: str(by_id[point].payload.get("doc_id", "")), query.context_weight)
-    fused = with_exact_match(
-        fused, lambda point: str(by_id[point].payload.get("text", "")), named_tokens(query.text), query.exact_match
-    )
-    out = []
-    for point, score in fused[: query.limit]:
-        hit = by_id[point]
-        dense = next((h.dense for h in legs.get(DENSE, []) if h.id == point and h.dense is not None), hit.dense)
-        out.append(ScoredChunk(point, score, hit.payload, dense))
-    return out
+    if query.context_weight:
+        docs = payloads(candidates, ["doc_id"])
+        fused = with_page_context(fused, lambda p: str(docs.get(p, {}).get("doc_id", "")), query.context_weight)
+    tokens = named_tokens(query.text) if query.exact_match else []
+    if tokens:
+        texts = payloads(candidates, ["text"])
+        fused = with_exact_match(fused, lambda p: str(texts.get(p, {}).get("text", "")), tokens, query.exact_match)
+    best = fused[: query.limit]
+    full = payloads([point for point, _ in best], None)
+    vectors = {h.id: h.dense for hits in legs.values() for h in hits if h.dense is not None}
+    # A point deleted between the legs and this fetch (a reindex meanwhile) is left out, never shown empty.
+    return [ScoredChunk(point, score, full[point], vectors.get(point)) for point, score in best if point in full]
 
 
 class ChunkStore(BasePydanticVectorStore):
@@ -308,11 +320,22 @@ class ChunkStore(BasePydanticVectorStore):
             return self._query_leg(plan.legs[0], plan.where, plan.with_vectors)
         if plan.fused_in_store:
             return self._query_fused(plan)
-        legs = {leg.name: self._query_leg(leg, plan.where, plan.with_vectors) for leg in plan.legs}
-        return fuse_in_kb(query, legs)
+        legs = {leg.name: self._query_leg(leg, plan.where, plan.with_vectors, with_payload=False) for leg in plan.legs}
+        return fuse_in_kb(query, legs, lambda ids, fields: self._payloads(ids, plan.where, fields))
+
+    def _payloads(self, ids: list[str], where: dict[str, list[Any]], fields: list[str] | None) -> dict[str, dict]:
+        """Payloads (``fields`` only, or whole) of the points among ``ids`` that still match ``where``: the
+        caller's filters and ACL are applied again in the store, so a chunk whose ACL changed after the legs
+        ran is not returned."""
+        if not ids:
+            return {}
+        records, _ = self._scroll_page({**where, POINT_ID: list(ids)}, None, len(ids), False, fields or True)
+        return {str(record.id): dict(record.payload or {}) for record in records}
 
     @abstractmethod
-    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
+    def _query_leg(
+        self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool, with_payload: bool = True
+    ) -> list[ScoredChunk]:
         """The ``leg.limit`` nearest chunks of one vector, filtered by ``where`` before the limit."""
 
     @abstractmethod

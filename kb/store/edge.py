@@ -24,6 +24,7 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     Fusion,
+    HasIdCondition,
     IdfParams,
     MatchAny,
     MatchValue,
@@ -56,6 +57,7 @@ from kb.store.base import (
     BM25,
     DENSE,
     KEYWORD_INDEXES,
+    POINT_ID,
     ChunkStore,
     ScoredChunk,
     StoredPoint,
@@ -112,13 +114,15 @@ class EdgeChunkStore(ChunkStore):
         return self._lock
 
     # -- the query plan, in the embedded engine's request types --------------------------------------------
-    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
+    def _query_leg(
+        self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool, with_payload: bool = True
+    ) -> list[ScoredChunk]:
         request = QueryRequest(
             limit=leg.limit,
             query=Query.Nearest(_vector(leg), using=leg.name),
             filter=_filter(where),
             params=_params(leg),
-            with_payload=True,
+            with_payload=with_payload,
             with_vector=[DENSE] if with_vectors else False,
         )
         return self._run(request)
@@ -321,7 +325,9 @@ def _filter(conditions: dict[str, list[Any]]) -> Filter | None:
     if not conditions:
         return None
     must = [
-        FieldCondition(key=key, match=MatchValue(values[0]) if len(values) == 1 else MatchAny(list(values)))
+        HasIdCondition(set(values))
+        if key == POINT_ID
+        else FieldCondition(key=key, match=MatchValue(values[0]) if len(values) == 1 else MatchAny(list(values)))
         for key, values in conditions.items()
     ]
     return Filter(must=must)

@@ -55,6 +55,7 @@ from kb.store.base import (
     BM25,
     DENSE,
     KEYWORD_INDEXES,
+    POINT_ID,
     ChunkStore,
     ScoredChunk,
     StoredPoint,
@@ -335,7 +336,9 @@ class ServerChunkStore(ChunkStore):
 
     # -- reads ----------------------------------------------------------------------------------------
     # -- the query plan, in qdrant-client's request types -----------------------------------------------
-    def _query_leg(self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool) -> list[ScoredChunk]:
+    def _query_leg(
+        self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool, with_payload: bool = True
+    ) -> list[ScoredChunk]:
         def send(view: View) -> Any:
             return self._client.query_points(
                 view.physical,
@@ -344,7 +347,7 @@ class ServerChunkStore(ChunkStore):
                 query_filter=visible(view, _filter(where)),
                 search_params=_params(leg),
                 limit=leg.limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=[DENSE] if with_vectors else False,
             )
 
@@ -760,7 +763,9 @@ def _filter(conditions: dict[str, list[Any]]) -> models.Filter | None:
     if not conditions:
         return None
     must: list[Any] = [
-        models.FieldCondition(
+        models.HasIdCondition(has_id=list(values))
+        if key == POINT_ID
+        else models.FieldCondition(
             key=key,
             match=models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=list(values)),
         )
