@@ -97,6 +97,10 @@ class KbSystem:
                 "bm25_weight": s.bm25_weight,
                 "rrf_k": s.rrf_k,
                 "prefetch_limit": s.prefetch_limit,
+                "normalization": s.fusion_normalization,
+                "exact_token_boost": s.exact_token_boost,
+                "exact_match_bonus": s.exact_match_bonus,
+                "context_weight": s.context_weight,
             },
             "answers": {
                 "backend": self.kb.answer_engine().backend,
