@@ -21,9 +21,11 @@ did not return at all otherwise falls below chunks both legs find lukewarm.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from enum import StrEnum
+from functools import lru_cache
 
 import numpy as np
 
@@ -101,24 +103,42 @@ def query_weights(query: str, dense: float, bm25: float, exact_boost: float) -> 
     return {"dense": dense / total, "bm25": bm25 / total} if total else {"dense": 0.5, "bm25": 0.5}
 
 
+MAX_NAMED_TOKENS = 8  # a real question names one or two; a pasted log naming hundreds must not cost seconds
+_TRAILING = "?!.,;:'\")"
+
+
+def fold(text: str) -> str:
+    """Lower case, and NFC where it matters, so ``café_x`` typed composed matches a decomposed document."""
+    return text.lower() if text.isascii() else unicodedata.normalize("NFC", text).lower()
+
+
 def named_tokens(query: str) -> list[str]:
-    """The query's exact tokens as a chunk would contain them: lower case, quotes stripped, 3+ characters."""
-    tokens = (token.strip('"`').lower() for token in exact_tokens(query))
-    return list(dict.fromkeys(token for token in tokens if len(token) >= 3))
+    """The query's exact tokens as a chunk would contain them (:func:`fold`ed, quotes and trailing
+    punctuation stripped, 3+ characters, at most :data:`MAX_NAMED_TOKENS`). A quoted phrase counts as a whole
+    and so does each exact token inside it: ``"set bonjour_name"`` names both."""
+    found: list[str] = []
+    for token in exact_tokens(query):
+        if token[:1] in '"`' and token[-1:] == token[:1]:
+            inner = token[1:-1]
+            found += [inner, *(t for t in exact_tokens(inner) if t[:1] not in '"`')]
+        else:
+            found.append(token)
+    tokens = (fold(" ".join(token.split())).rstrip(_TRAILING) for token in found)
+    return list(dict.fromkeys(token for token in tokens if len(token) >= 3))[:MAX_NAMED_TOKENS]
+
+
+@lru_cache(maxsize=1024)
+def _token_pattern(token: str) -> re.Pattern[str]:
+    # Not inside a longer name: no word character next to it, nor a joiner (. - / :) leading to one, so
+    # --dry-run is not in --dry-run-all and os.path not in os.path.join; spaces match any whitespace.
+    body = r"\s+".join(re.escape(part) for part in token.split())
+    return re.compile(rf"(?<!\w)(?<!\w[.\-/:]){body}(?!\w)(?![.\-/:]\w)")
 
 
 def contains_token(text: str, token: str) -> bool:
-    """``token`` occurs in ``text`` (already lower case) not as part of a longer word: ``max_wal_senders`` is
-    not in ``max_wal_senders_timeout``."""
-    start = text.find(token)
-    while start != -1:
-        end = start + len(token)
-        before = text[start - 1] if start else " "
-        after = text[end] if end < len(text) else " "
-        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
-            return True
-        start = text.find(token, start + 1)
-    return False
+    """``token`` (from :func:`named_tokens`) occurs in ``text`` (already :func:`fold`ed) as a whole name:
+    ``max_wal_senders`` is not in ``max_wal_senders_timeout``."""
+    return _token_pattern(token).search(text) is not None
 
 
 def with_exact_match(
@@ -130,7 +150,7 @@ def with_exact_match(
         return list(fused)
     mixed = []
     for point, score in fused:
-        text = text_of(point).lower()
+        text = fold(text_of(point))
         share = sum(contains_token(text, token) for token in tokens) / len(tokens)
         mixed.append((point, score + bonus * share))
     return sorted(mixed, key=lambda item: (-item[1], item[0]))

@@ -11,10 +11,12 @@ import pytest
 
 from kb import KnowledgeBase, Principal
 from kb.fusion import (
+    MAX_NAMED_TOKENS,
     Normalization,
     contains_token,
     convex,
     exact_tokens,
+    fold,
     named_tokens,
     normalise,
     query_weights,
@@ -122,10 +124,33 @@ def test_exact_match_lifts_the_chunk_that_names_the_token_and_nothing_else_moves
         ("run with --dry-run first", "--dry-run", True),
         ("xmax_wal_senders", "max_wal_senders", False),
         ("ends with max_wal_senders", "max_wal_senders", True),
+        ("use --dry-run-all instead", "--dry-run", False),  # a longer flag
+        ("call os.path.join()", "os.path", False),  # a longer dotted name
+        ("see os.path.", "os.path", True),  # a sentence's full stop is not a joiner
+        ("the max wal\nsenders limit", "max wal senders", True),  # a quoted phrase across a line break
+        ("CAF\u0065\u0301_X is set", "caf\u00e9_x", True),  # decomposed and upper case in the document
     ],
 )
-def test_a_token_is_contained_only_as_a_whole_word(text: str, token: str, found: bool) -> None:
-    assert contains_token(text, token) is found
+def test_a_token_is_contained_only_as_a_whole_name(text: str, token: str, found: bool) -> None:
+    assert contains_token(fold(text), token) is found
+
+
+@pytest.mark.parametrize(
+    ("query", "tokens"),
+    [
+        ('What is "bonjour_name?"', ["bonjour_name"]),  # the question mark inside the quotes is not the key's
+        ('"set bonjour_name" fails', ["set bonjour_name", "bonjour_name"]),  # the phrase and the key inside it
+        ("What does --dry-run do with os.path and E4012?", ["--dry-run", "os.path", "e4012"]),
+        ("run it with -v", []),  # too short to match safely; BM25's boost still applies
+    ],
+)
+def test_named_tokens_are_what_a_chunk_would_contain(query: str, tokens: list[str]) -> None:
+    assert named_tokens(query) == tokens
+
+
+def test_a_query_naming_hundreds_of_tokens_checks_a_bounded_number() -> None:
+    pasted_log = " ".join(f"worker_{n}_failed" for n in range(500))
+    assert len(named_tokens(pasted_log)) == MAX_NAMED_TOKENS
 
 
 def test_the_plan_drops_a_leg_without_a_query_vector_and_fuses_in_store_only_for_qdrant_fusions() -> None:
@@ -218,8 +243,12 @@ def test_a_parameter_named_in_the_query_ranks_first_though_the_dense_leg_prefers
               f"change the Bonjour name of a {thing}: other devices on the network see the {thing} under its new "
               f"Bonjour name after a few seconds, and saved connections to the old name stop working until you "
               "change them too.\n")  # fmt: skip
-    with KnowledgeBase.open(tmp_path / "idx", **backend) as kb:
+    with KnowledgeBase.open(tmp_path / "idx", exact_token_boost=1.0, exact_match_bonus=0.0, **backend) as kb:
         kb.reindex(docs)
+        assert kb.search("bonjour_name", k=1)[0].path != "reference/connections.md"  # the bug, reproduced
+    with KnowledgeBase.open(tmp_path / "idx", exact_token_boost=1.0, **backend) as kb:
+        assert kb.search("bonjour_name", k=1)[0].path == "reference/connections.md"  # the bonus alone fixes it
+    with KnowledgeBase.open(tmp_path / "idx", **backend) as kb:
         assert kb.search("bonjour_name", k=1, mode="bm25")[0].path == "reference/connections.md"
         dense = [h.path for h in kb.search("What happens when I change bonjour_name?", k=20, mode="dense")]
         assert dense.index("reference/connections.md") >= 5  # the dense leg alone would not show it
@@ -245,8 +274,50 @@ def test_a_chunk_whose_acl_is_narrowed_while_the_query_runs_is_not_returned(
     engineer = Principal(groups=["eng"])
     assert convex_kb.search("what is max_wal_senders", k=1, user=engineer)[0].doc_id == "docs:ops/wal.md"
     monkeypatch.setattr(type(store), "_payloads", acl_narrowed_first)
-    hits = convex_kb.search("what is max_wal_senders", k=5, user=engineer)
-    assert hits and all(h.doc_id != "docs:ops/wal.md" for h in hits)
+    hits = convex_kb.search("what is max_wal_senders", k=1, user=engineer)
+    assert [h.doc_id for h in hits] == ["docs:ops/replication.md"]  # a full k of what the engineer may read
     monkeypatch.undo()
     executive = convex_kb.search("what is max_wal_senders", k=1, user=Principal(groups=["exec"]))
     assert executive[0].doc_id == "docs:ops/wal.md"  # the change itself took effect: exec still reads it
+
+
+def test_a_reindex_published_while_the_query_runs_shows_the_new_version_not_nothing(
+    tmp_path: Path, backend: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The legs ran on the old version of ops/wal.md; a reindex (``reindex_in_background`` on another thread)
+    publishes the new one before the payloads are fetched. The answer must be one of the versions, never
+    neither: the query runs again with the payloads its legs read. The hook runs the real reindex then."""
+    docs = tmp_path / "docs"
+    for rel, text in DOCS.items():
+        write(docs, rel, text)
+    edited = DOCS["ops/wal.md"].replace("The default is 10.", "The default is 12.")
+    with KnowledgeBase.open(tmp_path / "idx", fusion="convex", chunk_max_tokens=48, **backend) as kb:
+        kb.reindex(docs)
+        store = kb.store
+        fetch = type(store)._payloads
+        published: list[bool] = []
+
+        def reindex_meanwhile(self: ChunkStore, ids: list[str], where: dict, fields: list[str] | None) -> dict:
+            if not published:
+                published.append(True)
+                write(docs, "ops/wal.md", edited)
+                kb.reindex(docs)
+            return fetch(self, ids, where, fields)
+
+        monkeypatch.setattr(type(store), "_payloads", reindex_meanwhile)
+        hits = kb.search("what is max_wal_senders", k=3)
+        assert published and hits[0].doc_id == "docs:ops/wal.md"
+        assert "The default is 12." in hits[0].text or "max_wal_senders sets" in hits[0].text
+        assert len(hits) == 3
+
+
+def test_the_payload_fetch_returns_exactly_the_ids_asked_and_only_readable_ones(convex_kb: KnowledgeBase) -> None:
+    store = convex_kb.store
+    hits = convex_kb.search("standby servers write-ahead log", k=10)
+    asked = [h.node_id for h in hits if h.doc_id != "docs:secret/plan.md"][:2]
+    assert len(asked) == 2
+    assert set(store._payloads(asked, {}, ["doc_id"])) == set(asked)
+    secret = [h.node_id for h in convex_kb.search("zqreplica", k=10, mode="bm25")]
+    assert secret  # the trusted caller finds the executive plan
+    public_only = {"acl": Principal(groups=["eng"]).readable()}
+    assert store._payloads(secret + asked, public_only, None).keys() == set(asked)

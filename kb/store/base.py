@@ -183,28 +183,40 @@ ForeignAddHook = Callable[[list[tuple[str, ChunkRecord]]], None]
 PayloadFetch = Callable[[list[str], list[str] | None], dict[str, dict[str, Any]]]
 
 
+class StaleCandidates(Exception):
+    """A candidate of the legs no longer matches by the time its payload is fetched (a reindex published, or
+    its ACL was narrowed, in between): the query runs again with the payloads read by the legs themselves."""
+
+
 def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]], payloads: PayloadFetch) -> list[ScoredChunk]:
     """Convex fusion of the legs' normalised scores, with exact-token weights, page context and exact match.
 
     The legs carry ids and scores only; ``payloads(ids, fields)`` fetches what the fusion reads (``doc_id`` for
     page context, ``text`` for exact match, only when those are on) and then the whole payload of the fused
-    top ``limit``: fetching both legs' 50 payloads each took half of a hybrid query's store time."""
+    top ``limit``: fetching both legs' 50 payloads each took half of a hybrid query's store time. Raises
+    :class:`StaleCandidates` when a fetch misses an id, rather than return a short or a mixed ranking."""
+
+    def fetch(ids: list[str], fields: list[str] | None) -> dict[str, dict[str, Any]]:
+        found = payloads(ids, fields)
+        if len(found) < len(ids):
+            raise StaleCandidates
+        return found
+
     scored = {name: [(h.id, h.score) for h in hits] for name, hits in legs.items()}
     candidates = list(dict.fromkeys(point for hits in scored.values() for point, _ in hits))
     weights = query_weights(query.text, query.weights[0], query.weights[1], query.exact_boost)
     fused = convex(scored, weights, Normalization(query.normalization))
     if query.context_weight:
-        docs = payloads(candidates, ["doc_id"])
+        docs = fetch(candidates, ["doc_id"])
         fused = with_page_context(fused, lambda p: str(docs.get(p, {}).get("doc_id", "")), query.context_weight)
     tokens = named_tokens(query.text) if query.exact_match else []
     if tokens:
-        texts = payloads(candidates, ["text"])
+        texts = fetch(candidates, ["text"])
         fused = with_exact_match(fused, lambda p: str(texts.get(p, {}).get("text", "")), tokens, query.exact_match)
     best = fused[: query.limit]
-    full = payloads([point for point, _ in best], None)
+    full = fetch([point for point, _ in best], None)
     vectors = {h.id: h.dense for hits in legs.values() for h in hits if h.dense is not None}
-    # A point deleted between the legs and this fetch (a reindex meanwhile) is left out, never shown empty.
-    return [ScoredChunk(point, score, full[point], vectors.get(point)) for point, score in best if point in full]
+    return [ScoredChunk(point, score, full[point], vectors.get(point)) for point, score in best]
 
 
 class ChunkStore(BasePydanticVectorStore):
@@ -283,7 +295,7 @@ class ChunkStore(BasePydanticVectorStore):
             else None,
             conditions=conditions_from(query.filters),
             mode=mode,
-            **kwargs,
+            **({"text": query.query_str or ""} | kwargs),  # convex fusion's exact tokens read the words
         )
         hits = self.search(plan)
         return VectorStoreQueryResult(
@@ -321,7 +333,13 @@ class ChunkStore(BasePydanticVectorStore):
         if plan.fused_in_store:
             return self._query_fused(plan)
         legs = {leg.name: self._query_leg(leg, plan.where, plan.with_vectors, with_payload=False) for leg in plan.legs}
-        return fuse_in_kb(query, legs, lambda ids, fields: self._payloads(ids, plan.where, fields))
+        try:
+            return fuse_in_kb(query, legs, lambda ids, fields: self._payloads(ids, plan.where, fields))
+        except StaleCandidates:
+            # Rare (a write landed between two reads): each leg's payloads come with its own hits, as one read.
+            legs = {leg.name: self._query_leg(leg, plan.where, plan.with_vectors) for leg in plan.legs}
+            carried = {hit.id: hit.payload for hits in legs.values() for hit in hits}
+            return fuse_in_kb(query, legs, lambda ids, fields: {point: carried[point] for point in ids})
 
     def _payloads(self, ids: list[str], where: dict[str, list[Any]], fields: list[str] | None) -> dict[str, dict]:
         """Payloads (``fields`` only, or whole) of the points among ``ids`` that still match ``where``: the
