@@ -129,10 +129,11 @@ def named_tokens(query: str) -> list[str]:
 
 @lru_cache(maxsize=1024)
 def _token_pattern(token: str) -> re.Pattern[str]:
-    # Not inside a longer name: no word character next to it, nor a joiner (. - / :) leading to one, so
-    # --dry-run is not in --dry-run-all and os.path not in os.path.join; spaces match any whitespace.
+    # Not inside a longer name: no word character next to it, nor a hyphen leading to one (--dry-run is not in
+    # --dry-run-all). A dot, slash or :: does not end the name: sys.stdout.close() names sys.stdout, as a
+    # path names its folders. Spaces match any whitespace.
     body = r"\s+".join(re.escape(part) for part in token.split())
-    return re.compile(rf"(?<!\w)(?<!\w[.\-/:]){body}(?!\w)(?![.\-/:]\w)")
+    return re.compile(rf"(?<!\w)(?<!\w-){body}(?!\w)(?!-\w)")
 
 
 def contains_token(text: str, token: str) -> bool:

@@ -125,7 +125,8 @@ def test_exact_match_lifts_the_chunk_that_names_the_token_and_nothing_else_moves
         ("xmax_wal_senders", "max_wal_senders", False),
         ("ends with max_wal_senders", "max_wal_senders", True),
         ("use --dry-run-all instead", "--dry-run", False),  # a longer flag
-        ("call os.path.join()", "os.path", False),  # a longer dotted name
+        ("call sys.stdout.close()", "sys.stdout", True),  # an attribute of sys.stdout names it
+        ("the pre-max_wal_senders era", "max_wal_senders", False),  # hyphenated into another word
         ("see os.path.", "os.path", True),  # a sentence's full stop is not a joiner
         ("the max wal\nsenders limit", "max wal senders", True),  # a quoted phrase across a line break
         ("CAF\u0065\u0301_X is set", "caf\u00e9_x", True),  # decomposed and upper case in the document
