@@ -139,7 +139,9 @@ def _token_pattern(token: str) -> re.Pattern[str]:
 def contains_token(text: str, token: str) -> bool:
     """``token`` (from :func:`named_tokens`) occurs in ``text`` (already :func:`fold`ed) as a whole name:
     ``max_wal_senders`` is not in ``max_wal_senders_timeout``."""
-    return _token_pattern(token).search(text) is not None
+    # The substring test first: most candidates do not contain the token at all, and a pattern that opens
+    # with lookbehinds gets no fast literal scan from re (3 ms a query over 100 candidates without it).
+    return token.split()[0] in text and _token_pattern(token).search(text) is not None
 
 
 def with_exact_match(
