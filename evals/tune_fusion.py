@@ -32,7 +32,9 @@ from kb.evaluation.questions import Question, load_questions
 from kb.evaluation.runner import Retrieved, judge
 from kb.fusion import (
     Normalization,
+    contains_token,
     convex,
+    fold,
     named_tokens,
     query_weights,
     rrf,
@@ -264,9 +266,8 @@ def failure_study(set_name: str, pool: list[Candidates], judged_by: dict[str, li
                 continue
             point = top(c.legs[leg.split()[0]])[0]
             named = named_tokens(c.question.question)
-            exact += bool(named) and all(t in c.records[point].text.lower() for t in named)
-            ranked = judged_by[fusion][pool.index(c)]
-            where = first_gold(ranked)
+            exact += bool(named) and all(contains_token(fold(c.records[point].text), t) for t in named)
+            where = first_gold(fused)
             lost.append(f"  - `{c.question.id}` {c.question.question[:80]!r}: gold at "
                         f"{'rank ' + str(where + 1) if where is not None else 'no rank ≤ 10'} in {fusion}")  # fmt: skip
         lines += [

@@ -208,11 +208,11 @@ def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]], payloads:
     fused = convex(scored, weights, Normalization(query.normalization))
     if query.context_weight:
         docs = fetch(candidates, ["doc_id"])
-        fused = with_page_context(fused, lambda p: str(docs.get(p, {}).get("doc_id", "")), query.context_weight)
+        fused = with_page_context(fused, lambda p: str(docs[p].get("doc_id", "")), query.context_weight)
     tokens = named_tokens(query.text) if query.exact_match else []
     if tokens:
         texts = fetch(candidates, ["text"])
-        fused = with_exact_match(fused, lambda p: str(texts.get(p, {}).get("text", "")), tokens, query.exact_match)
+        fused = with_exact_match(fused, lambda p: str(texts[p].get("text", "")), tokens, query.exact_match)
     best = fused[: query.limit]
     full = fetch([point for point, _ in best], None)
     vectors = {h.id: h.dense for hits in legs.values() for h in hits if h.dense is not None}
