@@ -36,9 +36,8 @@ REPORT = REPO / "evals" / "reports" / "chat-sample.md"
 
 def gold_rank(resolver: GoldResolver, question: Question, result: RetrievalResult) -> int | None:
     items = []
-    for node in result.nodes[:10]:
-        meta = node.node.metadata
-        items.append(Retrieved(meta["path"], meta["span"][0], meta["span"][1], node.node.node_id))
+    for hit in result.hits[:10]:
+        items.append(Retrieved(hit.record.path, hit.record.span.start, hit.record.span.end, hit.node_id))
     judged = judge(resolver, question, items)
     return next((rank for rank, golds in enumerate(judged, start=1) if golds), None)
 

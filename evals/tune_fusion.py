@@ -42,7 +42,7 @@ from kb.fusion import (
     with_page_context,
 )
 from kb.records import ChunkRecord
-from kb.retrieval import HybridRetriever
+from kb.retrieval import HybridSearch
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "evals" / "reports" / "fusion-tuning.md"
@@ -87,9 +87,9 @@ def collect(kb: KnowledgeBase, questions: list[Question]) -> list[Candidates]:
     for question in questions:
         legs, records = {}, {}
         for mode in ("dense", "bm25"):
-            nodes = kb.retriever(DEPTH, mode=mode).search(question.question, k=DEPTH).nodes
-            legs[mode] = [(n.node.node_id, float(n.score or 0.0)) for n in nodes]
-            records.update({n.node.node_id: ChunkRecord.from_node(n.node) for n in nodes})
+            hits = kb.hybrid_search(DEPTH, mode=mode).search(question.question, k=DEPTH).hits
+            legs[mode] = [(h.node_id, h.score) for h in hits]
+            records.update({h.node_id: h.record for h in hits})
         out.append(Candidates(question, legs, records))
     return out
 
@@ -220,7 +220,7 @@ def latency(rounds: int = 200) -> tuple[int, dict[str, list[float]]]:
     timings: dict[str, list[float]] = {"query embedding": [], **{name: [] for name in LATENCY}}
     with KnowledgeBase.open(REPO / index, create=False) as kb:
         retrievers = {
-            name: HybridRetriever(kb.store, kb.embedder, kb.settings.model_copy(update=update), 10)
+            name: HybridSearch(kb.store, kb.embedder, kb.settings.model_copy(update=update), 10)
             for name, update in LATENCY.items()
         }
         for question in questions[:20]:  # warm-up: sessions, caches, page cache

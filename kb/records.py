@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
+from typing import TYPE_CHECKING, Any
 
 from kb.document import Span
+
+if TYPE_CHECKING:  # LlamaIndex is imported only where nodes are made: `kb search` starts without it
+    from llama_index.core.schema import BaseNode, TextNode
 
 PATH_SEPARATOR = " > "
 SOURCE_SEPARATOR = ":"
@@ -121,6 +122,8 @@ class ChunkRecord:
     # -- LlamaIndex nodes -----------------------------------------------------------------------------
     def to_node(self, node_id: str) -> TextNode:
         """A LlamaIndex node whose metadata is this record's payload (without the text)."""
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
         metadata = self.to_payload()
         metadata.pop("text")
         node = TextNode(
@@ -162,7 +165,7 @@ class ChunkRecord:
             doc_hash=str(own.get("doc_hash") or "nodes"),
             chunk_index=int(own.get("chunk_index") or 0),
             title=str(own.get("title") or metadata.get("file_name") or path),
-            header_path=_with_own_heading(split_header_path(own.get("header_path")), node.get_content()),
+            header_path=_header_path_of(own.get("header_path"), node.get_content()),
             span=Span.from_list(list(span))
             if isinstance(span, (list, tuple)) and len(span) >= 4
             else Span(start, end, 0, 0),
@@ -190,8 +193,12 @@ def split_header_path(value: Any) -> list[str]:
 _MARKDOWN_HEADING = re.compile(r"\A#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
-def _with_own_heading(path: list[str], text: str) -> list[str]:
-    """MarkdownNodeParser's path names the parents; the node's own heading is the first line of its text."""
+def _header_path_of(value: Any, text: str) -> list[str]:
+    """A foreign node's header path. MarkdownNodeParser's ``"/A/B/"`` names the parents only, its node's own
+    heading is the first line of the text; a path in kb's ``"A > B"`` form (or a list) is whole as given."""
+    path = split_header_path(value)
+    if value and not (isinstance(value, str) and value.startswith("/")):
+        return path
     own = _MARKDOWN_HEADING.match(text.lstrip())
     return [*path, own.group(1).strip()] if own and (not path or path[-1] != own.group(1).strip()) else path
 

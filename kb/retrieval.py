@@ -2,9 +2,14 @@
 
     >>> from kb import KnowledgeBase
     >>> kb = KnowledgeBase.open("indexes/handbook")               # doctest: +SKIP
-    >>> retriever = kb.retriever(k=5, filters={"product": "billing"})
-    >>> for hit in retriever.retrieve("E4012"):                  # a LlamaIndex BaseRetriever
-    ...     print(hit.score, hit.node.metadata["doc_id"])
+    >>> search = kb.hybrid_search(k=5, filters={"product": "billing"})
+    >>> result = search.search("E4012")
+    >>> for hit in result.hits:
+    ...     print(hit.score, hit.record.doc_id, hit.record.heading)
+    >>> result.timings                                           # {"embed": 2.1, "retrieve": 1.4} (ms)
+
+``kb.retriever(...)`` is the same search as a LlamaIndex ``BaseRetriever``
+(:class:`kb.llamaindex.retriever.HybridRetriever`); this module imports nothing of LlamaIndex.
 
 The fusion default is convex: 0.6 × the dense leg's DBSF-scaled score + 0.4 × BM25's. Rank fusion (the old
 default, RRF 3:1) sees only ranks, so a BM25 rank-1 that repeats a prose question's common words beat a clear
@@ -18,34 +23,39 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.acl import Principal
 from kb.embedding import Embedder
 from kb.fusion import rrf
 from kb.records import ChunkRecord
 from kb.settings import FusionMethod, RetrievalMode, Settings
-from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from, node_from_payload
+from kb.store.base import ChunkStore, FilterValue, HybridQuery, conditions_from
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """One retrieved chunk: its point id, its fused score and its record (text, document, span, ACL…)."""
+
+    node_id: str
+    score: float
+    record: ChunkRecord
 
 
 @dataclass
 class RetrievalResult:
-    """Nodes with their scores, and milliseconds spent per stage (``embed``, ``retrieve``).
+    """Chunks with their scores, best first, and milliseconds spent per stage (``embed``, ``retrieve``).
 
-    ``relevance`` holds, per node, the cosine similarity of its dense vector to the query: unlike fused
+    ``relevance`` holds, per chunk, the cosine similarity of its dense vector to the query: unlike fused
     RRF scores (which only encode ranks), it says how close a chunk really is, so floors can use it.
     """
 
-    nodes: list[NodeWithScore]
+    hits: list[RetrievedChunk]
     timings: dict[str, float] = field(default_factory=dict)
     relevance: list[float] = field(default_factory=list)
 
 
-class HybridRetriever(BaseRetriever):
-    """A LlamaIndex retriever over a :class:`~kb.store.base.ChunkStore`.
+class HybridSearch:
+    """Hybrid search over a :class:`~kb.store.base.ChunkStore`: embed, run the query plan, fuse.
 
     ``user`` (a :class:`~kb.acl.Principal`) restricts every leg to the documents it may read.
     ``mode`` picks the legs (hybrid, dense, bm25); ``fusion``, the leg weights and the prefetch depth come
@@ -62,9 +72,7 @@ class HybridRetriever(BaseRetriever):
         mode: RetrievalMode | str | None = None,
         fusion: FusionMethod | str | None = None,
         user: Principal | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         self.user = user
         self._store = store
         self._embedder = embedder
@@ -77,9 +85,6 @@ class HybridRetriever(BaseRetriever):
     @property
     def store(self) -> ChunkStore:
         return self._store
-
-    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self.search(query_bundle.query_str).nodes
 
     def search(self, query: str, k: int | None = None, with_relevance: bool = False) -> RetrievalResult:
         """Retrieve for ``query`` and report the time spent embedding and querying the store."""
@@ -109,10 +114,10 @@ class HybridRetriever(BaseRetriever):
         # Ties (equal fused scores are common with RRF) in a stable order: two runs rank the same.
         hits = sorted(self._store.search(plan), key=lambda h: (-h.score, h.id))
         done = time.perf_counter()
-        nodes = [NodeWithScore(node=node_from_payload(h.id, h.payload), score=h.score) for h in hits]
+        found = [RetrievedChunk(h.id, h.score, ChunkRecord.from_payload(h.payload)) for h in hits]
         relevance = [cosine(dense, h.dense) for h in hits] if with_relevance and dense is not None else []
         timings = {"embed": (embedded - started) * 1e3, "retrieve": (done - embedded) * 1e3}
-        return RetrievalResult(nodes, timings, relevance)
+        return RetrievalResult(found, timings, relevance)
 
     def legs(self, query: str, k: int = 10) -> LegScores:
         """Each leg's top ``k`` as (document id, score) — dense scores are cosines — for answerability signals
@@ -154,21 +159,21 @@ class LegScores:
 def fuse_results(results: list[RetrievalResult], k: int, rrf_k: int) -> RetrievalResult:
     """One ranking from the rankings of several phrasings of a question (equal-weight RRF): a chunk that
     ranks well for both the follow-up as typed and its rewrite comes first. Relevance is the best cosine."""
-    by_id: dict[str, tuple[NodeWithScore, float]] = {}
+    by_id: dict[str, tuple[RetrievedChunk, float]] = {}
     for result in results:
-        relevance = result.relevance or [0.0] * len(result.nodes)
-        for node, rel in zip(result.nodes, relevance, strict=True):
-            known = by_id.get(node.node.node_id)
-            by_id[node.node.node_id] = (node, max(rel, known[1] if known else rel))
-    lists = {str(i): [(n.node.node_id, n.score or 0.0) for n in r.nodes] for i, r in enumerate(results)}
+        relevance = result.relevance or [0.0] * len(result.hits)
+        for hit, rel in zip(result.hits, relevance, strict=True):
+            known = by_id.get(hit.node_id)
+            by_id[hit.node_id] = (hit, max(rel, known[1] if known else rel))
+    lists = {str(i): [(h.node_id, h.score) for h in r.hits] for i, r in enumerate(results)}
     fused = rrf(lists, {name: 1.0 for name in lists}, rrf_k)[:k]
-    nodes = [NodeWithScore(node=by_id[point][0].node, score=score) for point, score in fused]
+    hits = [RetrievedChunk(point, score, by_id[point][0].record) for point, score in fused]
     timings: dict[str, float] = {}
     for result in results:
         for stage, ms in result.timings.items():
             timings[stage] = timings.get(stage, 0.0) + ms
     with_relevance = any(r.relevance for r in results)
-    return RetrievalResult(nodes, timings, [by_id[p][1] for p, _ in fused] if with_relevance else [])
+    return RetrievalResult(hits, timings, [by_id[p][1] for p, _ in fused] if with_relevance else [])
 
 
 def cosine(query: list[float], vector: list[float] | None) -> float:

@@ -10,6 +10,7 @@ the index folder, the defaults below.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,12 @@ from kb.errors import ConfigError
 from kb.sources import DocumentSource
 
 SETTINGS_FILE = "kb.toml"
+
+
+def cache_dir() -> Path:
+    """Where kb keeps what it derives from installed packages (the joined GGUF, ONNX exports): ``KB_CACHE_DIR``,
+    else ``~/.cache/kb``."""
+    return Path(os.environ.get("KB_CACHE_DIR") or Path.home() / ".cache" / "kb")
 
 
 class RetrievalMode(StrEnum):

@@ -77,7 +77,7 @@ def bench(name: str, folder: Path, reuse: bool, queries_wanted: int = 200) -> di
     queries = (HANDWRITTEN + rng.sample(titles, min(len(titles), queries_wanted)))[:queries_wanted]
     for q in queries[:20]:  # warm up caches and the model
         kb.search(q)
-    retrievers = {mode: kb.retriever(k=10, mode=mode) for mode in ("dense", "bm25", "hybrid")}
+    retrievers = {mode: kb.hybrid_search(k=10, mode=mode) for mode in ("dense", "bm25", "hybrid")}
     samples: dict[str, list[float]] = {key: [] for key in ("embed", "dense", "bm25", "hybrid", "hybrid_store")}
     # Round-robin per query, so machine noise spreads over every mode alike.
     for q in queries:

@@ -18,7 +18,7 @@ def test_signals_of_legs() -> None:
 
 
 def test_signals_separate_near_domain_unanswerable_questions(sample_kb: KnowledgeBase) -> None:
-    retriever = sample_kb.retriever(10)
+    retriever = sample_kb.hybrid_search(10)
     known = signals_for(retriever, "How long are full database backups kept?")
     alien = signals_for(retriever, "How do I configure Kubernetes pod autoscaling with KEDA for Kafka consumers?")
     assert known.term_coverage > alien.term_coverage and known.bm25_per_term > alien.bm25_per_term

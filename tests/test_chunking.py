@@ -13,6 +13,7 @@ from llama_index.core import Document
 
 from kb.chunking import HeadingChunker
 from kb.embedding import resolve_model_path
+from kb.llamaindex import HeadingNodeParser
 from kb.loading import SourceFormat, parse_text_as
 from kb.parsers.markdown import parse_markdown
 from kb.tokens import TokenCounter
@@ -74,7 +75,7 @@ def test_giant_word_is_split_by_characters() -> None:
 
 def test_node_parser_interface_on_llamaindex_documents() -> None:
     doc = Document(text="Title\n=====\n\nBody text.\n", metadata={"source_format": "rst", "product": "x"})
-    nodes = chunker().get_nodes_from_documents([doc])
+    nodes = HeadingNodeParser(chunker()).get_nodes_from_documents([doc])
     assert len(nodes) == 1
     assert nodes[0].metadata["header_path"] == "Title"
     assert nodes[0].metadata["product"] == "x"

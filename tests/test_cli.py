@@ -136,9 +136,11 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
     assert compared.exit_code == 0 and "0 better, 0 worse" in compared.output
 
 
-def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_qdrant_client(tmp_path: Path) -> None:
-    """Cold start is import time: the query path of the default index must not pull in torch (seconds) nor
-    qdrant-client (only the server backend needs it)."""
+def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_llamaindex_nor_qdrant_client(
+    tmp_path: Path,
+) -> None:
+    """Cold start is import time: the query path of the default index must not pull in torch (seconds),
+    LlamaIndex (a second: kb's LlamaIndex faces load on demand) nor qdrant-client (only the server backend)."""
     import subprocess
     import sys
 
@@ -151,7 +153,8 @@ def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_qdrant_clie
         "from typer.testing import CliRunner\n"
         f"result = CliRunner().invoke(app, ['search', 'zqfailover', '--kb', {str(tmp_path / 'idx')!r}, '--json'])\n"
         "assert result.exit_code == 0 and 'zqfailover' in result.stdout, result.stdout\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sentence_transformers', 'qdrant_client'}))\n"
+        "heavy = {'torch', 'sentence_transformers', 'qdrant_client', 'llama_index'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
     )
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={
         **__import__("os").environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip

@@ -272,7 +272,7 @@ def test_the_stock_recipe_is_judged_on_the_text_of_html_pages_not_their_markup(
     write(tmp_path, "config.html", f"<html>{head}<body><h1>Server configuration</h1>\n{sections}</body></html>\n")
     resolver = GoldResolver(tmp_path)
     gold = [GoldRef("config.html", "Server configuration > Parameter max_connections")]
-    baseline = LlamaIndexBaseline(tmp_path, sample_kb.embedder, None, chunk_size=256)
+    baseline = LlamaIndexBaseline(tmp_path, sample_kb.embed_model, None, chunk_size=256)
     hits = baseline.retrieve("bm25", "max_connections concurrent connections default", 3)
     top = hits[0]
     text = load_file_text(tmp_path / "config.html")

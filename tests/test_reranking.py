@@ -77,7 +77,7 @@ def reranker_kb(sample_kb: KnowledgeBase, tiny_cross_encoder: Path):
 
 
 def candidates(kb: KnowledgeBase, question: str, n: int = 20) -> list[NodeWithScore]:
-    return kb.retriever(n).search(question).nodes
+    return kb.retriever(n).retrieve(question)  # the LlamaIndex face: nodes, as a postprocessor reads them
 
 
 def untrained_cross_encoder(folder: Path) -> Path:

@@ -116,8 +116,8 @@ def test_negatives_follow_kb_ranking_never_the_positive_and_resume(index: Path, 
         mined = NegativeMiner(kb, config).run(questions, path)
         assert [m.key for m in mined] == [q.key for q in questions]
         for q, m in zip(questions, mined, strict=True):
-            ranking = kb.retriever(30).search(q.question, k=30).nodes
-            ids = [n.node.node_id for n in ranking]
+            ranking = kb.hybrid_search(30).search(q.question, k=30).hits
+            ids = [h.node_id for h in ranking]
             if q.split == TRAIN:
                 assert len(m.negatives) == config.group - 1
                 for neg in m.negatives:
@@ -127,9 +127,9 @@ def test_negatives_follow_kb_ranking_never_the_positive_and_resume(index: Path, 
                         assert 2 <= neg.rank < 30 and ids[neg.rank] == neg.chunk_id
                 assert m.positive_rank == next((i for i, n in enumerate(ids) if n == q.chunk_id), -1)
             else:  # the candidates the reranker reads at query time, with their fused scores
-                top = kb.retriever(20).search(q.question, k=20).nodes
-                assert [c.chunk_id for c in m.candidates] == [n.node.node_id for n in top]
-                assert [c.score for c in m.candidates] == pytest.approx([n.score for n in top])
+                top = kb.hybrid_search(20).search(q.question, k=20).hits
+                assert [c.chunk_id for c in m.candidates] == [h.node_id for h in top]
+                assert [c.score for c in m.candidates] == pytest.approx([h.score for h in top])
                 assert all(m.candidates[i].chunk_id == q.chunk_id or m.candidates[i].text == q.text for i in m.gold)
         # Resume: a kill cut the last line in half; the next run mines that question only.
         lines = path.read_text().splitlines(keepends=True)

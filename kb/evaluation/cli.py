@@ -75,7 +75,7 @@ def run_evaluation(
             for chunk_size in (None, 256) if baseline_256 else (None,):
                 size = chunk_size or "default"
                 err_console.print(f"building the LlamaIndex baseline (chunk_size={size}; embeds its own chunks)…")
-                baseline = LlamaIndexBaseline(corpus, kb.embedder, generator, chunk_size=chunk_size)
+                baseline = LlamaIndexBaseline(corpus, kb.embed_model, generator, chunk_size=chunk_size)
                 systems[baseline.name] = baseline
 
         def generates(name: str) -> bool:  # the default recipe answers; the 256 variant is for ranking

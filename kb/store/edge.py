@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pydantic import PrivateAttr
 from qdrant_edge import (
     CountRequest,
     Distance,
@@ -69,13 +68,11 @@ from kb.store.plan import Leg, QueryPlan
 class EdgeChunkStore(ChunkStore):
     """Chunk store in a folder on disk, served by the embedded Qdrant engine."""
 
-    path: str
-    _shard: EdgeShard = PrivateAttr()
-    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-
     def __init__(self, path: str | Path, dimension: int, bm25: Bm25Encoder) -> None:
-        super().__init__(bm25=bm25, path=str(path))
-        self._shard = _open_shard(Path(path), dimension)
+        super().__init__(bm25)
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._shard: EdgeShard = _open_shard(Path(path), dimension)
 
     @property
     def client(self) -> EdgeShard:

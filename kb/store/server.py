@@ -41,7 +41,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import PrivateAttr
 from qdrant_client import QdrantClient, models
 
 from kb.errors import ConfigError, EmbedderMismatchError, IndexNotFoundError
@@ -101,22 +100,7 @@ class _Batch:
 class ServerChunkStore(ChunkStore):
     """Chunk store in a Qdrant server collection, same schema and query plan as the embedded engine."""
 
-    alias: str
-    _client: Any = PrivateAttr()
-    _owns_client: bool = PrivateAttr(default=True)
-    _options: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _policy: ServerPolicy = PrivateAttr(default_factory=ServerPolicy)
-    _lease: WriterLease = PrivateAttr(default=NO_LEASE)
-    _is_staging: bool = PrivateAttr(default=False)
-    _view: View = PrivateAttr()
-    _view_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _write_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-    _batch: _Batch | None = PrivateAttr(default=None)
-    _depth: int = PrivateAttr(default=0)
-    _writer: int | None = PrivateAttr(default=None)
-    _last_gen: int = PrivateAttr(default=0)
-    _aborted: set[int] = PrivateAttr(default_factory=set)
-    _incompatible: str = PrivateAttr(default="")
+    _view: View
 
     def __init__(
         self,
@@ -135,7 +119,17 @@ class ServerChunkStore(ChunkStore):
 
         ``client`` may be shared by several stores (replicas in one process); it is closed with the store only
         when ``owns_client``. ``lease`` is the live store's, for a staging store."""
-        super().__init__(bm25=bm25, alias=alias)
+        super().__init__(bm25)
+        self.alias = alias
+        self._view_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._batch: _Batch | None = None
+        self._depth = 0
+        self._writer: int | None = None
+        self._last_gen = 0
+        self._aborted: set[int] = set()
+        self._incompatible = ""
+        self._lease: WriterLease = NO_LEASE
         client = guarded(client)
         self._client, self._owns_client, self._options = client, owns_client, options or {}
         self._policy = policy or ServerPolicy()

@@ -150,12 +150,11 @@ class NegativeMiner:
     def mine(self, question: Question) -> Mined:
         c = self.config
         depth = c.candidates if question.split == HELDOUT else c.depth
-        nodes = self.kb.retriever(depth).search(question.question, k=depth).nodes
+        hits = self.kb.hybrid_search(depth).search(question.question, k=depth).hits
         ranked = []
-        for rank, node in enumerate(nodes):
-            record = ChunkRecord.from_node(node.node)
-            ranked.append((Candidate(node.node.node_id, record.doc_id, record.text, rank, float(node.score or 0.0)),
-                           record.header_path))  # fmt: skip
+        for rank, hit in enumerate(hits):
+            record = hit.record
+            ranked.append((Candidate(hit.node_id, record.doc_id, record.text, rank, hit.score), record.header_path))
         is_positive = [cand.chunk_id == question.chunk_id or cand.text == question.text for cand, _ in ranked]
         positive_rank = next((i for i, hit in enumerate(is_positive) if hit), -1)
         mined = Mined(question.key, question.split, question.question, question.style, question.chunk_id,

@@ -1,0 +1,66 @@
+"""kb's parts dropped into a LlamaIndex pipeline a user already has, on both store backends: the faces in
+kb.llamaindex must behave as LlamaIndex's own components do, not only import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.vector_stores.types import BasePydanticVectorStore
+
+from kb import KnowledgeBase
+from kb.acl import Principal
+from kb.llamaindex import HeadingNodeParser
+from tests.conftest import BACKENDS, write
+
+SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
+
+
+@pytest.fixture(params=list(BACKENDS))
+def kb(request: pytest.FixtureRequest, tmp_path: Path):
+    docs = tmp_path / "docs"
+    write(docs, "failover.md", "# Failover\n\n## Promote\n\nRun zqpromote on the replica, then repoint the VIP.\n")
+    write(docs, "backups.md", "# Backups\n\nNightly backups are kept for 35 days in the zqvault bucket.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, **BACKENDS[request.param]) as opened:
+        opened.ingest(docs, acl=["sre"])
+        yield opened
+
+
+def test_a_vector_store_index_over_kb_retrieves_what_kb_search_finds(kb: KnowledgeBase) -> None:
+    assert isinstance(kb.vector_store, BasePydanticVectorStore) and isinstance(kb.embed_model, BaseEmbedding)
+    index = VectorStoreIndex.from_vector_store(kb.vector_store, embed_model=kb.embed_model)
+    nodes = index.as_retriever(similarity_top_k=1).retrieve("how long are backups kept?")
+    best = kb.search("how long are backups kept?", k=1, mode="dense")[0]
+    assert [n.node.metadata["doc_id"] for n in nodes] == [best.doc_id] == ["docs:backups.md"]
+    assert nodes[0].score == pytest.approx(best.score, abs=1e-5)
+    # The face embeds exactly as the index was embedded.
+    assert kb.embed_model.get_query_embedding("zqpromote") == pytest.approx(kb.embedder.embed(["zqpromote"])[0])
+
+
+def test_the_retriever_face_applies_filters_and_the_readers_acl(kb: KnowledgeBase) -> None:
+    retriever = kb.retriever(k=3, mode="bm25")
+    assert isinstance(retriever, BaseRetriever)
+    assert retriever.retrieve("zqpromote")[0].node.metadata["header_path"] == ["Failover", "Promote"]
+    filtered = kb.retriever(k=3, filters={"path": "backups.md"}).retrieve("zqpromote")
+    assert [n.node.metadata["path"] for n in filtered] == ["backups.md"]
+    assert [n.node.metadata["path"] for n in kb.retriever(k=1, user=Principal(["sre"])).retrieve("zqpromote")] == [
+        "failover.md"
+    ]
+    assert kb.retriever(k=3, user=Principal(["dev"])).retrieve("zqpromote") == []  # the ACL is inside the legs
+
+
+def test_nodes_from_the_node_parser_added_through_the_vector_store_keep_their_sections(kb: KnowledgeBase) -> None:
+    parser = HeadingNodeParser(kb.chunker())
+    text = "# Runbook\n\n## Drain\n\nDrain the zqdrain node first.\n"
+    nodes = parser.get_nodes_from_documents([Document(text=text, doc_id="runbook", metadata={"team": "ops"})])
+    vectors = kb.embed_model.get_text_embedding_batch([n.get_content() for n in nodes])
+    for node, vector in zip(nodes, vectors, strict=True):
+        node.embedding = vector
+    kb.vector_store.add(nodes)
+    hit = kb.search("zqdrain", k=1, mode="bm25", filters={"team": "ops"})[0]
+    assert (hit.doc_id, hit.header_path) == ("nodes:runbook", "Runbook > Drain")
+    kb.vector_store.delete("runbook")
+    assert kb.search("zqdrain", k=1, mode="bm25", filters={"team": "ops"}) == []
