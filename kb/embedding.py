@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,24 +31,42 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.onnx")
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What pins an embedder: its name, the sha256 of its weights, its output dimension and what runs it."""
+    """What pins an embedder: its name, the sha256 of its weights, its output dimension and what runs it.
+
+    ``export`` is the revision of kb's int8 export (:data:`kb.onnx_export.EXPORT_REVISION`): quantising another
+    graph gives slightly other vectors, so an int8 index records it; fp32 exports all give torch's vectors (0)."""
 
     name: str
     sha256: str
     dimension: int
     backend: str = "torch"
+    export: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…, {self.backend})"
+        export = f" export r{self.export}" if self.export else ""
+        return f"{self.name} ({self.dimension}-d, weights sha256 {self.sha256[:12]}…, {self.backend}{export})"
+
+    def run_by(self, backend: str) -> ModelIdentity:
+        """The same model run by ``backend`` (this kb's export of it)."""
+        return replace(self, backend=backend, export=export_revision(backend))
 
     @classmethod
     def recorded(cls, data: dict[str, Any]) -> ModelIdentity:
-        """The identity an index recorded (indexes built before the ONNX embedder were built with torch)."""
-        return cls(str(data.get("name")), str(data.get("sha256")), int(data.get("dimension") or 0),
-                   str(data.get("backend") or "torch"))  # fmt: skip
+        """The identity an index recorded (indexes built before the ONNX embedder were built with torch; int8
+        indexes built before exports were numbered, with the first export)."""
+        backend = str(data.get("backend") or "torch")
+        export = int(data.get("export") or (1 if backend == "onnx-int8" else 0))
+        return cls(str(data.get("name")), str(data.get("sha256")), int(data.get("dimension") or 0), backend, export)
+
+
+def export_revision(backend: str) -> int:
+    """The export an ONNX int8 backend runs in this kb (0 for backends whose vectors do not depend on it)."""
+    from kb.onnx_export import EXPORT_REVISION
+
+    return EXPORT_REVISION if backend == "onnx-int8" else 0
 
 
 def resolve_model_path(name: str, revision: str | None = None, setting: str = "embedder_model") -> Path:
@@ -87,7 +105,7 @@ def resolve_model_path(name: str, revision: str | None = None, setting: str = "e
 def model_identity(name: str, backend: str = "torch") -> ModelIdentity:
     """Identity of the model called ``name`` run by ``backend``, read from its files (no model is loaded)."""
     path = resolve_model_path(name)
-    return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path), backend)
+    return ModelIdentity(_canonical_name(name), _weights_sha256(path), _dimension(path)).run_by(backend)
 
 
 class Embedder(Protocol):
@@ -192,10 +210,12 @@ class OnnxEmbedder:
 
     @property
     def onnx_path(self) -> Path:
+        from kb.onnx_export import EXPORT_REVISION
         from kb.settings import cache_dir
 
         variant = "int8" if self.quantized else "fp32"
-        return cache_dir() / "onnx" / f"{_weights_sha256(self._path)[:16]}-embedder-{variant}.onnx"
+        name = f"{_weights_sha256(self._path)[:16]}-embedder-{variant}-r{EXPORT_REVISION}.onnx"
+        return cache_dir() / "onnx" / name
 
     def load(self) -> None:
         with self._lock:

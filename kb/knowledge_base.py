@@ -210,7 +210,7 @@ class KnowledgeBase:
                 if IndexInfo.exists(store):
                     info = IndexInfo.read(store)
                     store.use_bm25(_bm25(info.bm25))
-                    identity = replace(identity, backend=_backend(settings, info))
+                    identity = identity.run_by(_backend(settings, info))
                     try:
                         _check_compatible(folder, info, identity, settings)
                     except (EmbedderMismatchError, ConfigError) as exc:
@@ -220,7 +220,7 @@ class KnowledgeBase:
                 else:
                     if not create:
                         raise missing  # the server has no such collection: reading must not create one
-                    identity = replace(identity, backend=_backend(settings, None))
+                    identity = identity.run_by(_backend(settings, None))
                     info = IndexInfo(identity.as_dict(), settings.chunking_identity(), settings.bm25_identity())
                     info.write(store)
                 kb = cls(folder, settings, store, info, lock, incompatible)
@@ -970,6 +970,12 @@ def _check_compatible(folder: Path, info: IndexInfo, identity: ModelIdentity, se
             f"{folder} was built with embedder backend {built.backend!r}, the settings say {identity.backend!r}: "
             f"their vectors differ slightly, and an index does not mix them. Set embedder_backend = "
             f'"{built.backend}" (or "auto"), or rebuild with: kb reindex --all --full --kb {folder}'
+        )
+    if built.export != identity.export:
+        raise EmbedderMismatchError(
+            f"{folder} was built with kb's int8 export revision {built.export} of the embedder; this kb runs "
+            f"revision {identity.export} (another quantised graph: its vectors differ slightly, and an index does not "
+            f"mix them). Rebuild with: kb reindex --all --full --kb {folder}"
         )
     if info.bm25 != settings.bm25_identity():
         raise ConfigError(

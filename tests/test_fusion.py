@@ -259,12 +259,50 @@ def test_a_parameter_named_in_the_query_ranks_first_though_the_dense_leg_prefers
         assert kb.search("what happens when I rename my printer?", k=1)[0].path == "guide-printer.md"
 
 
+def test_on_the_embedded_engine_no_write_lands_between_a_querys_legs_and_its_payload_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded engine reads both legs and then the payloads by id, without filtering again: that is right
+    only because the store's write lock is held from the legs to the last read. A writer (another thread, as a
+    reindex is) asking for the store then is refused, checked from inside the payload read itself."""
+    import threading
+
+    docs = tmp_path / "docs"
+    for rel, text in DOCS.items():
+        write(docs, rel, text)
+    with KnowledgeBase.open(tmp_path / "idx", fusion="convex", chunk_max_tokens=48) as kb:
+        kb.reindex(docs)
+        store = kb.store
+        read = type(store)._payloads_by_id
+        writer_could_enter: list[bool] = []
+
+        def probe(self: ChunkStore, ids: list[str], fields: list[str] | None) -> dict:
+            def writer() -> None:
+                lock = self.transaction()
+                entered = lock.acquire(blocking=False)
+                writer_could_enter.append(entered)
+                if entered:
+                    lock.release()
+
+            thread = threading.Thread(target=writer)
+            thread.start()
+            thread.join()
+            return read(self, ids, fields)
+
+        monkeypatch.setattr(type(store), "_payloads_by_id", probe)
+        assert kb.search("what is max_wal_senders", k=1)[0].doc_id == "docs:ops/wal.md"
+        assert writer_could_enter and not any(writer_could_enter)
+
+
 def test_a_chunk_whose_acl_is_narrowed_while_the_query_runs_is_not_returned(
     convex_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Convex fusion reads ids and scores from both legs, then fetches the payloads of what it keeps. An ACL
-    narrowed in between (a reindex of kb-acl.toml running meanwhile) must still hold: the fetch applies the
-    caller's ACL again inside the store. The hook runs the real ``set_acl`` at that moment."""
+    """Convex fusion reads ids and scores from both legs, then fetches the payloads of what it keeps. On a
+    server (replicas, no lock across the reads) an ACL narrowed in between (a reindex of kb-acl.toml running
+    meanwhile) must still hold: the fetch applies the caller's ACL again inside the store. The hook runs the
+    real ``set_acl`` at that moment. (The embedded engine lets no write in between: see the test above.)"""
+    if not convex_kb.settings.qdrant_url:
+        pytest.skip("the embedded engine holds its lock from the legs to the payload reads")
     store = convex_kb.store
     fetch = type(store)._payloads
 
@@ -287,7 +325,10 @@ def test_a_reindex_published_while_the_query_runs_shows_the_new_version_not_noth
 ) -> None:
     """The legs ran on the old version of ops/wal.md; a reindex (``reindex_in_background`` on another thread)
     publishes the new one before the payloads are fetched. The answer must be one of the versions, never
-    neither: the query runs again with the payloads its legs read. The hook runs the real reindex then."""
+    neither: the query runs again with the payloads its legs read. The hook runs the real reindex then.
+    (Server backend: the embedded engine lets no write in between.)"""
+    if not backend.get("qdrant_url"):
+        pytest.skip("the embedded engine holds its lock from the legs to the payload reads")
     docs = tmp_path / "docs"
     for rel, text in DOCS.items():
         write(docs, rel, text)

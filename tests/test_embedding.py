@@ -1,0 +1,79 @@
+"""The ONNX embedder against the reference (torch sentence-transformers) on real chunks of the sample
+knowledge base, and the exported graph's shape: these are what make the default embedder both right and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb.embedding import OnnxEmbedder, SentenceTransformerEmbedder
+from kb.samples import sample_kb_path
+
+
+def sample_texts() -> list[str]:
+    texts = []
+    for path in sorted(sample_kb_path().rglob("*.md"))[:12]:
+        body = path.read_text(encoding="utf-8")
+        texts += [body[:300], body[300:1400]]  # a short and a long piece of each page
+    return [t for t in texts if t.strip()]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return np.asarray(SentenceTransformerEmbedder().embed(sample_texts()), dtype=np.float32)
+
+
+def test_onnx_fp32_gives_torchs_vectors_and_int8_stays_close(reference: np.ndarray) -> None:
+    fp32 = np.asarray(OnnxEmbedder().embed(sample_texts()), dtype=np.float32)
+    int8 = np.asarray(OnnxEmbedder(quantized=True).embed(sample_texts()), dtype=np.float32)
+    assert (fp32 * reference).sum(axis=1).min() > 0.9999
+    assert (int8 * reference).sum(axis=1).min() > 0.98  # quantisation moves vectors a little, never far
+    # One text at a time (the query path) gives the batch's vectors: padding never leaks into the mean.
+    single = np.asarray([OnnxEmbedder().embed([text])[0] for text in sample_texts()[:4]], dtype=np.float32)
+    assert np.allclose(single, fp32[:4], atol=1e-5)
+
+
+def test_the_export_fuses_attention_into_one_kernel_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers' default (SDPA) attention exports to a graph the fusion does not recognise, which ran 35%
+    slower for the same vectors; the export traces eager attention so every layer becomes one Attention op."""
+    import json
+
+    import onnx
+
+    monkeypatch.setenv("KB_CACHE_DIR", str(tmp_path))  # a fresh export, made by this code
+    embedder = OnnxEmbedder()
+    embedder.load()
+    graph = onnx.load(str(embedder.onnx_path), load_external_data=False).graph
+    layers = json.loads((embedder.model_path / "config.json").read_text())["num_hidden_layers"]
+    assert sum(node.op_type == "Attention" for node in graph.node) == layers
+    assert not any(node.op_type == "Softmax" for node in graph.node)
+
+
+def test_an_index_refuses_another_backend_and_an_older_int8_export_asks_for_a_full_rebuild(tmp_path: Path) -> None:
+    import json
+
+    from kb import EmbedderMismatchError, KnowledgeBase
+    from kb.onnx_export import EXPORT_REVISION
+    from tests.conftest import write
+
+    docs = write(tmp_path / "docs", "a.md", "# Failover\n\nRun zqpromote on the replica.\n").parent
+    settings = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
+    with KnowledgeBase.open(tmp_path / "idx", embedder_backend="onnx-int8", **settings) as kb:
+        kb.ingest(docs)
+        assert kb.info.embedder["export"] == EXPORT_REVISION
+    with pytest.raises(EmbedderMismatchError, match="backend 'onnx-int8'"):
+        KnowledgeBase.open(tmp_path / "idx", embedder_backend="onnx", **settings)
+    # An index built by a kb whose int8 export quantised another graph recorded no export revision.
+    info = tmp_path / "idx" / "index.json"
+    recorded = json.loads(info.read_text())
+    del recorded["embedder"]["export"]
+    info.write_text(json.dumps(recorded))
+    with pytest.raises(EmbedderMismatchError, match=r"int8 export revision 1 .* kb reindex --all --full"):
+        KnowledgeBase.open(tmp_path / "idx", **settings)
+    with KnowledgeBase.open(tmp_path / "idx", for_rebuild=True, **settings) as kb:
+        kb.reindex(full=True)
+    with KnowledgeBase.open(tmp_path / "idx", **settings) as kb:
+        assert kb.info.embedder["export"] == EXPORT_REVISION
+        assert kb.search("zqpromote", k=1)[0].doc_id == "docs:a.md"
