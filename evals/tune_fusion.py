@@ -247,6 +247,8 @@ def candidates() -> dict[str, Fusion]:
         out[f"convex minmax α={alpha}, exact match +0.5"] = convex_fusion(alpha, Normalization.MINMAX, match=0.5)
     default = {"alpha": 0.6, "norm": Normalization.DBSF, "boost": 2.0, "match": 0.5}
     out[f"{DEFAULT}, exact match read on BM25's candidates only"] = convex_fusion(**default, match_lexical_only=True)
+    for depth in (20, 30, 40):
+        out[f"{DEFAULT}, prefetch {depth}"] = convex_fusion(**default, depth=depth)
     for weight in (0.1, 0.2, 0.3, 0.5):
         out[f"{DEFAULT}, page vector {weight}"] = convex_fusion(**default, page_vector=weight)
         out[f"{DEFAULT}, section vector {weight}"] = convex_fusion(**default, section_vector=weight)

@@ -150,10 +150,11 @@ class EdgeChunkStore(ChunkStore):
         return [[ScoredChunk(str(h.id), float(h.score), {}, dense_vector(h.vector)) for h in hits] for hits in batches]
 
     def _payloads_by_id(self, ids: list[str], fields: list[str] | None) -> dict[str, dict]:
-        # Whole payloads: the engine reads a payload selector slower than whole payloads (0.7 vs 1.9 ms for 100).
+        # Ids as strings: the binding reads UUID objects slower (1.8 vs 0.9 ms for 100 whole payloads); the
+        # text alone of 100 candidates 0.7 ms. Each payload is a fresh dict of its own: no copy.
         with self._lock:
-            records = self._shard.retrieve(list(ids), True, False) if ids else []
-        return {str(record.id): dict(record.payload or {}) for record in records}
+            records = self._shard.retrieve(list(ids), fields or True, False) if ids else []
+        return {str(record.id): record.payload or {} for record in records}
 
     def _query_fused(self, plan: QueryPlan) -> list[ScoredChunk]:
         where = _filter(plan.where)
