@@ -28,6 +28,7 @@ from kb.errors import ConfigError
 from kb.grounding import unsupported
 from kb.llm.base import ChatBackend
 from kb.prompting import build_messages, leaks_prompt
+from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
@@ -178,12 +179,13 @@ class AnswerEngine:
     def _rerank(
         self, question: str, hits: list[RetrievedChunk], relevance: list[float]
     ) -> tuple[list[RetrievedChunk], list[float]]:
-        """The reranker's choice among ``hits`` (any LlamaIndex node postprocessor: it sees nodes), scored by it."""
-        by_id = {h.node_id: (h, r) for h, r in zip(hits, relevance, strict=True)}
+        """The reranker's choice among ``hits`` (any LlamaIndex node postprocessor: it sees nodes, and what it
+        returns — a node it shortened, say — is what the generator reads), scored by it."""
+        relevance_of = {h.node_id: r for h, r in zip(hits, relevance, strict=True)}
         nodes = [NodeWithScore(node=h.record.to_node(h.node_id), score=h.score) for h in hits]
         kept = self.reranker.postprocess_nodes(nodes, query_str=question) if self.reranker is not None else nodes
-        ranked = [RetrievedChunk(n.node.node_id, n.score or 0.0, by_id[n.node.node_id][0].record) for n in kept]
-        return ranked, [by_id[h.node_id][1] for h in ranked]
+        ranked = [RetrievedChunk(n.node.node_id, n.score or 0.0, ChunkRecord.from_node(n.node)) for n in kept]
+        return ranked, [relevance_of[h.node_id] for h in ranked]
 
     def _answerable(self, question: str) -> bool:
         """The answerability gate's verdict from both legs' signals (True when no gate is set)."""
@@ -287,6 +289,15 @@ class AnswerEngine:
         # Keep document order within a source so the extract reads naturally.
         chosen.sort(key=lambda i: (candidates[i][0], i))
         return " ".join(f"{_terminated(candidates[i][1])} [{candidates[i][0]}]" for i in chosen)
+
+
+def __getattr__(name: str) -> Any:
+    # kb's LlamaIndex query engine moved to kb.llamaindex (made on demand): old imports keep working.
+    if name == "CitedQueryEngine":
+        from kb.llamaindex.query_engine import CitedQueryEngine
+
+        return CitedQueryEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sources(hits: list[RetrievedChunk], relevance: list[float]) -> list[Source]:

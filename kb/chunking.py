@@ -86,6 +86,18 @@ class HeadingChunker:
         self.min_tokens = min_tokens
         self._counter = counter
 
+    @property
+    def counter(self) -> TokenCounter:
+        return self._counter
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("get_nodes_from_documents", "aget_nodes_from_documents", "class_name"):
+            raise AttributeError(
+                f"HeadingChunker.{name}: the chunker is no longer a LlamaIndex NodeParser itself; use "
+                "kb.llamaindex.HeadingNodeParser(chunker), or chunk(parsed_document)"
+            )
+        raise AttributeError(f"'HeadingChunker' object has no attribute {name!r}")
+
     @classmethod
     def for_model(cls, model: str, **options: Any) -> HeadingChunker:
         from kb.embedding import resolve_model_path

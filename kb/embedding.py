@@ -136,7 +136,21 @@ def _sentence_transformer(path: str) -> Any:
     return SentenceTransformer(path, device="cpu")
 
 
-class SentenceTransformerEmbedder:
+_LLAMA_EMBEDDING = {"get_query_embedding", "get_text_embedding", "get_text_embedding_batch", "aget_query_embedding",
+                    "aget_text_embedding", "get_agg_embedding_from_queries", "class_name"}  # fmt: skip
+
+
+class _PlainEmbedder:
+    def __getattr__(self, name: str) -> Any:
+        if name in _LLAMA_EMBEDDING:
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: kb's embedders are no longer LlamaIndex models; use kb.embed_model "
+                "(or kb.llamaindex.EmbeddingModel(embedder)), a BaseEmbedding with the same vectors, or embed(texts)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class SentenceTransformerEmbedder(_PlainEmbedder):
     """The model on ``sentence_transformers.SentenceTransformer`` (torch, CPU): the reference backend."""
 
     def __init__(self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32) -> None:
@@ -173,7 +187,7 @@ class SentenceTransformerEmbedder:
         return vectors.tolist()
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(_PlainEmbedder):
     """The same sentence-transformers model on ONNX Runtime: ``tokenizers`` + ``onnxruntime``, no torch at run time.
 
     The model is exported once (with torch, :func:`kb.onnx_export.export_bert`) into kb's cache, fp32 with

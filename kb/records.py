@@ -148,7 +148,10 @@ class ChunkRecord:
         """(point id, record) for a node built outside kb (``kb.store.add``), filed under ``source``.
 
         Known fields are read from the node's metadata whatever their shape; everything else becomes
-        front-matter-like ``meta`` (so filters find it). Ids that are not UUIDs map to a stable UUID.
+        front-matter-like ``meta`` (so filters find it). The point id is derived from ``source`` and the node's
+        id, never the node's id itself: a node that came out of kb (``kb.retriever()``) and is added back must
+        not overwrite the chunk it was read from, in its own source under its own ACL. An ``acl`` the node
+        carries narrows ``acl`` (the index's default for added nodes), never widens it.
         """
         metadata = dict(node.metadata or {})
         known = {f.name for f in fields(cls)}
@@ -174,9 +177,9 @@ class ChunkRecord:
             url=str(own.get("url") or ""),
             meta={**dict(own.get("meta") or {}), **{k: v for k, v in metadata.items() if _json_scalar(v)}},
             text_hash=str(own.get("text_hash") or ""),
-            acl=acl,
+            acl=_narrowed(acl, own.get("acl")),
         )
-        return foreign_point_id(node.node_id), record
+        return foreign_point_id(f"{source}{SOURCE_SEPARATOR}{node.node_id}"), record
 
 
 def split_header_path(value: Any) -> list[str]:
@@ -197,18 +200,26 @@ def _header_path_of(value: Any, text: str) -> list[str]:
     """A foreign node's header path. MarkdownNodeParser's ``"/A/B/"`` names the parents only, its node's own
     heading is the first line of the text; a path in kb's ``"A > B"`` form (or a list) is whole as given."""
     path = split_header_path(value)
-    if value and not (isinstance(value, str) and value.startswith("/")):
+    markdown_parents = isinstance(value, str) and value.startswith("/") and PATH_SEPARATOR not in value
+    if value and not markdown_parents:
         return path
     own = _MARKDOWN_HEADING.match(text.lstrip())
     return [*path, own.group(1).strip()] if own and (not path or path[-1] != own.group(1).strip()) else path
 
 
-def foreign_point_id(node_id: str) -> str:
-    """Qdrant accepts UUIDs (and integers) as point ids: keep a UUID, map anything else to a stable one."""
-    try:
-        return str(uuid.UUID(str(node_id)))
-    except ValueError:
-        return str(uuid.uuid5(_FOREIGN_NAMESPACE, str(node_id)))
+def foreign_point_id(key: str) -> str:
+    """A stable UUID (what Qdrant accepts as a point id) for ``source:node id``."""
+    return str(uuid.uuid5(_FOREIGN_NAMESPACE, str(key)))
+
+
+def _narrowed(default: list[str] | None, own: Any) -> list[str] | None:
+    """The default ACL of added nodes, narrowed by the node's own ``acl`` metadata when it has one."""
+    if own is None:
+        return default
+    from kb.acl import intersect, normalize_groups
+
+    groups = normalize_groups(own, "node metadata 'acl'")
+    return groups if default is None else intersect(default, groups)
 
 
 def _json_scalar(value: Any) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kb.acl import Principal
 from kb.embedding import Embedder
@@ -174,6 +175,15 @@ def fuse_results(results: list[RetrievalResult], k: int, rrf_k: int) -> Retrieva
             timings[stage] = timings.get(stage, 0.0) + ms
     with_relevance = any(r.relevance for r in results)
     return RetrievalResult(hits, timings, [by_id[p][1] for p, _ in fused] if with_relevance else [])
+
+
+def __getattr__(name: str) -> Any:
+    # kb's LlamaIndex retriever moved to kb.llamaindex (made on demand): old imports keep working.
+    if name == "HybridRetriever":
+        from kb.llamaindex.retriever import HybridRetriever
+
+        return HybridRetriever
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cosine(query: list[float], vector: list[float] | None) -> float:

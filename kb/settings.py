@@ -76,9 +76,10 @@ class EmbedderBackend(StrEnum):
     TORCH = "torch"
 
 
-# int8 of the fused graph: rankings equal to fp32's within noise on every tune split (mean nDCG@10 0.442 vs 0.443
-# over python-faq, python-faq-xref, postgres-exact and perl-faq), 1.8x the encoding rate and half the query time.
-DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.ONNX_INT8
+# fp32: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster with rankings equal within noise on average
+# (tune-split mean nDCG@10 0.442 vs 0.443), but under it the default fusion falls below the dense leg on
+# python-faq's tune split (0.438 vs 0.444) and perl-faq loses 0.008: evals/reports/embedder-quality.md.
+DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.ONNX
 
 
 class LlmBackend(StrEnum):
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(32, ge=1, le=1024)
     embedder_backend: EmbedderBackend = Field(
         EmbedderBackend.AUTO,
-        description="onnx-int8 (default for new indexes), onnx (fp32) or torch; auto: what the index was built with.",
+        description="onnx (fp32, default for new indexes), onnx-int8 or torch; auto: what the index was built with.",
     )
     embedder_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0: every core.")
 

@@ -77,7 +77,7 @@ def test_node_parser_interface_on_llamaindex_documents() -> None:
     doc = Document(text="Title\n=====\n\nBody text.\n", metadata={"source_format": "rst", "product": "x"})
     nodes = HeadingNodeParser(chunker()).get_nodes_from_documents([doc])
     assert len(nodes) == 1
-    assert nodes[0].metadata["header_path"] == "Title"
+    assert nodes[0].metadata["header_path"] == ["Title"]
     assert nodes[0].metadata["product"] == "x"
     assert nodes[0].ref_doc_id == doc.doc_id
 

@@ -64,3 +64,70 @@ def test_nodes_from_the_node_parser_added_through_the_vector_store_keep_their_se
     assert (hit.doc_id, hit.header_path) == ("nodes:runbook", "Runbook > Drain")
     kb.vector_store.delete("runbook")
     assert kb.search("zqdrain", k=1, mode="bm25", filters={"team": "ops"}) == []
+
+
+def test_a_node_read_from_kb_and_added_back_never_replaces_the_chunk_nor_widens_its_acl(kb: KnowledgeBase) -> None:
+    """A trusted caller reads a chunk of an sre-only document through the retriever and adds the node back
+    through the vector store (a copy into another pipeline, say). The original chunk must stay where it was,
+    under its own ACL, and the copy must keep the ACL the node carries: a dev must see neither."""
+    node = kb.retriever(k=1, mode="bm25").retrieve("zqpromote")[0].node
+    assert node.metadata["acl"] == ["sre"]
+    node.embedding = kb.embedder.embed([node.get_content()])[0]
+    kb.vector_store.add([node])
+    dev, sre = Principal(["dev"]), Principal(["sre"])
+    assert kb.search("zqpromote", k=5, mode="bm25", user=dev) == []
+    found = {h.doc_id for h in kb.search("zqpromote", k=5, mode="bm25", user=sre)}
+    assert found == {"docs:failover.md", "nodes:failover.md"}  # the original and the copy, both sre-only
+    assert kb.status().damage == ""  # the manifest still matches the store: nothing was overwritten
+
+
+def test_old_names_and_moved_methods_still_work_or_say_where_they_went(kb: KnowledgeBase) -> None:
+    from kb.answering import CitedQueryEngine
+    from kb.retrieval import HybridRetriever
+
+    retriever = HybridRetriever(kb.store, kb.embedder, kb.settings, 1, mode="bm25")  # the old signature
+    assert retriever.retrieve("zqpromote")[0].node.metadata["path"] == "failover.md"
+    assert CitedQueryEngine is type(kb.query_engine())
+    with pytest.raises(AttributeError, match=r"kb\.embed_model"):
+        kb.embedder.get_query_embedding("zqpromote")
+    with pytest.raises(AttributeError, match="HeadingNodeParser"):
+        kb.chunker().get_nodes_from_documents([])
+
+
+def test_an_index_over_kb_store_itself_answers_async_retrieval_too(kb: KnowledgeBase) -> None:
+    import asyncio
+
+    index = VectorStoreIndex.from_vector_store(kb.store, embed_model=kb.embed_model)
+    nodes = asyncio.run(index.as_retriever(similarity_top_k=1).aretrieve("how long are backups kept?"))
+    assert [n.node.metadata["path"] for n in nodes] == ["backups.md"]
+
+
+def test_the_node_parsers_caps_are_fields_so_an_ingestion_cache_tells_them_apart(kb: KnowledgeBase) -> None:
+    from llama_index.core.ingestion import IngestionCache, IngestionPipeline
+
+    text = "# Guide\n\n" + "\n\n".join(f"## Part {i}\n\n" + f"Some words about part {i}. " * 12 for i in range(6))
+    cache = IngestionCache()
+    counts = []
+    for cap in (400, 64):
+        parser = HeadingNodeParser(kb.chunker())
+        parser.max_tokens, parser.min_tokens = cap, 8
+        counts.append(len(IngestionPipeline(transformations=[parser], cache=cache).run(documents=[Document(text=text)])))
+    assert counts[1] > counts[0]  # the second run was cut by its own cap, not served from the first's cache
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("/etc/hosts > Format", ["/etc/hosts", "Format"]),  # kb's own form, a heading that starts with a slash
+        (["/etc/hosts", "Format"], ["/etc/hosts", "Format"]),
+        ("/Ops guide/", ["Ops guide", "Format"]),  # MarkdownNodeParser names the parents; its own heading is in the text
+        (None, ["Format"]),
+    ],
+)
+def test_a_foreign_nodes_header_path_is_read_in_the_form_it_was_written(given: object, expected: list[str]) -> None:
+    from llama_index.core.schema import TextNode
+
+    from kb.records import ChunkRecord
+
+    node = TextNode(text="## Format\n\nOne host per line.", metadata={} if given is None else {"header_path": given})
+    assert ChunkRecord.from_foreign_node(node, "nodes", None)[1].header_path == expected

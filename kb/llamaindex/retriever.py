@@ -19,9 +19,18 @@ from kb.retrieval import HybridSearch, RetrievalResult
 
 
 class HybridRetriever(BaseRetriever):
-    """A LlamaIndex retriever over a :class:`~kb.retrieval.HybridSearch` (its ``k``, filters, mode and user)."""
+    """A LlamaIndex retriever over a :class:`~kb.retrieval.HybridSearch` (its ``k``, filters, mode and user).
 
-    def __init__(self, search: HybridSearch, **kwargs: Any) -> None:
+    ``HybridRetriever(search)``; the arguments of :class:`~kb.retrieval.HybridSearch` (store, embedder,
+    settings, k, …) are accepted too, as before the search and its LlamaIndex face were two classes."""
+
+    def __init__(self, search: HybridSearch | Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(search, HybridSearch):
+            names = ("similarity_top_k", "filters", "mode", "fusion", "user")
+            own = {name: kwargs.pop(name) for name in names if name in kwargs}
+            search = HybridSearch(search, *args, **own)
+        elif args:
+            raise TypeError("HybridRetriever(search): a HybridSearch takes no further positional arguments")
         super().__init__(**kwargs)
         self.search_engine = search
 

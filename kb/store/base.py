@@ -324,6 +324,17 @@ class ChunkStore(ABC):
             ids=[h.id for h in hits],
         )
 
+    # The async forms LlamaIndex calls (``aretrieve`` on an index over this store): kb's store calls are local
+    # and short, so they run inline.
+    async def async_add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        return self.add(nodes, **add_kwargs)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        self.delete(ref_doc_id, **delete_kwargs)
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        return self.query(query, **kwargs)
+
     def bm25_document(self, record: ChunkRecord) -> SparseVector:
         """BM25 vector of a chunk (:meth:`ChunkRecord.bm25_text`: its title and heading path count)."""
         return self._bm25.embed_document(record.bm25_text())
