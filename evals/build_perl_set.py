@@ -37,7 +37,7 @@ from kb.parsers.html import parse_html  # noqa: E402
 WORK = REPO / ".bench"
 SETS = REPO / "evals" / "sets"
 CORPUS = WORK / "corpora" / "perl-faq"
-POD = "usr/share/perl/5.36.0/pod"
+RAW = WORK / "perl-faq-html"  # pod2html's pages as written; the corpus is made from them on every run
 QUESTION = re.compile(r'<h2 id="[^"]*">(.*?)</h2>\s*', re.DOTALL)
 MIN_ANSWER_WORDS = 5
 SNIPPET = 80  # characters of an answer's text that locate it again on the page without its heading
@@ -48,18 +48,20 @@ INDEX_PAGES = {"perlfaq", "perltoc"}
 
 def main() -> None:
     root, version = fetch_debian_package("perl-doc", WORK)
-    pods = sorted(p for p in (root / POD).glob("*.pod") if p.stem not in INDEX_PAGES)
+    pods = sorted(p for p in root.glob("usr/share/perl/*/pod/*.pod") if p.stem not in INDEX_PAGES)
+    RAW.mkdir(parents=True, exist_ok=True)
     CORPUS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as cache:
         for pod in pods:
-            target = CORPUS / f"{pod.stem}.html"
-            if not target.exists():
+            raw = RAW / f"{pod.stem}.html"
+            if not raw.exists():
                 subprocess.run(["pod2html", "--noindex", "--quiet", f"--cachedir={cache}", f"--infile={pod}",
-                                f"--outfile={target}"], check=True, capture_output=True)  # fmt: skip
+                                f"--outfile={raw}"], check=True, capture_output=True)  # fmt: skip
+            if not pod.stem.startswith("perlfaq"):
+                (CORPUS / raw.name).write_bytes(raw.read_bytes())
     records: list[dict] = []
     for number in range(1, 10):
-        page = CORPUS / f"perlfaq{number}.html"
-        records += page_questions(page)
+        records += page_questions(RAW / f"perlfaq{number}.html", CORPUS / f"perlfaq{number}.html")
     for record in records:
         record["split"] = split_of(record["id"])
     SETS.mkdir(parents=True, exist_ok=True)
@@ -80,12 +82,10 @@ def main() -> None:
     print(f"perl-faq: {meta['questions']} questions ({meta['tune']} in tune), corpus {CORPUS} ({len(pods)} pages)")
 
 
-def page_questions(page: Path) -> list[dict]:
-    """The questions of one FAQ page; the page is rewritten without their headings (once: a rerun finds none)."""
-    source = page.read_text(encoding="utf-8")
+def page_questions(raw: Path, page: Path) -> list[dict]:
+    """The questions of one FAQ page (``raw``, as pod2html wrote it); ``page`` is written without their headings."""
+    source = raw.read_text(encoding="utf-8")
     found = list(QUESTION.finditer(source))
-    if not found:  # already built: read the questions back from the set
-        return [r for r in _existing() if r["gold"][0]["doc_id"] == page.name]
     original = parse_html(source)
     headings = [b for b in original.blocks if b.kind is BlockKind.HEADING]
     questions = []
@@ -108,6 +108,7 @@ def page_questions(page: Path) -> list[dict]:
         located.append((title, answer, start))
         cursor = start + 1
     records = []
+    seen: dict[str, int] = {}
     for i, (title, answer, start) in enumerate(located):
         nexts = [s for s in starts if s > start] + ([located[i + 1][2]] if i + 1 < len(located) else [])
         end = min(nexts)
@@ -115,7 +116,9 @@ def page_questions(page: Path) -> list[dict]:
             end -= 1
         if len(answer.split()) < MIN_ANSWER_WORDS:
             continue
-        digest = hashlib.sha1(f"{page.name}\0{title}".encode()).hexdigest()[:8]
+        seen[title] = seen.get(title, 0) + 1  # the same question twice on a page: ids stay unique
+        key = title if seen[title] == 1 else f"{title}\0{seen[title]}"
+        digest = hashlib.sha1(f"{page.name}\0{key}".encode()).hexdigest()[:8]
         records.append({
             "id": f"{page.stem}-{digest}", "question": title, "answerable": True,
             "gold": [{"doc_id": page.name, "span": [start, end], "anchor": title}],
@@ -130,11 +133,6 @@ def _find(text: str, snippet: str, cursor: int) -> int:
     pattern = r"\s+".join(re.escape(word) for word in snippet.split())
     match = re.compile(pattern).search(text, cursor)
     return match.start() if match else -1
-
-
-def _existing() -> list[dict]:
-    path = SETS / "perl-faq.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
 
 def split_of(qid: str) -> str:
