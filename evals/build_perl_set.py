@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from kb.document import BlockKind  # noqa: E402
 from kb.evaluation.debian import fetch_debian_package  # noqa: E402
+from kb.evaluation.questions import write_question_set  # noqa: E402
 from kb.parsers.html import parse_html  # noqa: E402
 
 WORK = REPO / ".bench"
@@ -64,21 +64,8 @@ def main() -> None:
         records += page_questions(RAW / f"perlfaq{number}.html", CORPUS / f"perlfaq{number}.html")
     for record in records:
         record["split"] = split_of(record["id"])
-    SETS.mkdir(parents=True, exist_ok=True)
-    with (SETS / "perl-faq.jsonl").open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    meta = {
-        "set": "perl-faq",
-        "corpus": str(CORPUS.relative_to(REPO)),
-        "corpus_pages": len(pods),
-        "packages": {"perl-doc": version},
-        "questions": len(records),
-        "answerable": len(records),
-        "tune": sum(r["split"] == "tune" for r in records),
-        "builder": "python evals/build_perl_set.py",
-    }
-    (SETS / "perl-faq.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta = write_question_set(SETS, "perl-faq", records, "python evals/build_perl_set.py",
+                              corpus=str(CORPUS.relative_to(REPO)), corpus_pages=len(pods), packages={"perl-doc": version})  # fmt: skip
     print(f"perl-faq: {meta['questions']} questions ({meta['tune']} in tune), corpus {CORPUS} ({len(pods)} pages)")
 
 

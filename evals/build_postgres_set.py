@@ -19,7 +19,6 @@ the tune split.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kb.evaluation.debian import fetch_debian_package  # noqa: E402
+from kb.evaluation.questions import write_question_set  # noqa: E402
 from kb.parsers.html import parse_html  # noqa: E402
 
 SETS = REPO / "evals" / "sets"
@@ -95,20 +95,8 @@ def main() -> None:
     records = parameter_questions(folder) + error_code_questions(folder)
     for record in records:
         record["split"] = split_of(record["id"])
-    SETS.mkdir(parents=True, exist_ok=True)
-    with (SETS / "postgres-exact.jsonl").open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    meta = {
-        "set": "postgres-exact",
-        "corpus": str(folder.relative_to(REPO)),
-        "packages": {"postgresql-doc-15": version},
-        "questions": len(records),
-        "answerable": len(records),
-        "tune": sum(r["split"] == "tune" for r in records),
-        "builder": "python evals/build_postgres_set.py",
-    }
-    (SETS / "postgres-exact.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta = write_question_set(SETS, "postgres-exact", records, "python evals/build_postgres_set.py",
+                              corpus=str(folder.relative_to(REPO)), packages={"postgresql-doc-15": version})  # fmt: skip
     print(f"postgres-exact: {meta['questions']} questions ({meta['tune']} in tune), corpus {folder}")
 
 

@@ -36,6 +36,24 @@ class Question:
     split: str = "test"
 
 
+def write_question_set(
+    folder: Path, name: str, records: list[dict[str, Any]], builder: str, **meta: Any
+) -> dict[str, Any]:
+    """Write ``folder/name.jsonl`` (one record a line) and ``name.meta.json`` (``meta``, the counts, the builder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    counts = {
+        "questions": len(records),
+        "answerable": sum(bool(r.get("answerable")) for r in records),
+        "tune": sum(r.get("split") == "tune" for r in records),
+    }
+    full = {"set": name, **meta, **counts, "builder": builder}
+    (folder / f"{name}.meta.json").write_text(json.dumps(full, indent=1) + "\n")
+    return full
+
+
 def load_questions(path: str | Path) -> list[Question]:
     """Read and validate a JSONL question set."""
     source = Path(path)

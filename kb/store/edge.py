@@ -118,12 +118,7 @@ class EdgeChunkStore(ChunkStore):
         self, leg: Leg, where: dict[str, list[Any]], with_vectors: bool, with_payload: bool = True
     ) -> list[ScoredChunk]:
         request = QueryRequest(
-            limit=leg.limit,
-            query=Query.Nearest(_vector(leg), using=leg.name),
-            filter=_filter(where),
-            params=_params(leg),
-            with_payload=with_payload,
-            with_vector=[DENSE] if with_vectors else False,
+            **_nearest(leg, _filter(where)), with_payload=with_payload, with_vector=[DENSE] if with_vectors else False
         )
         return self._run(request)
 
@@ -134,17 +129,8 @@ class EdgeChunkStore(ChunkStore):
 
     def _query_legs(self, plan: QueryPlan) -> list[list[ScoredChunk]]:
         where = _filter(plan.where)
-        requests = [
-            QueryRequest(
-                limit=leg.limit,
-                query=Query.Nearest(_vector(leg), using=leg.name),
-                filter=where,
-                params=_params(leg),
-                with_payload=False,
-                with_vector=[DENSE] if plan.with_vectors else False,
-            )
-            for leg in plan.legs
-        ]
+        vectors = [DENSE] if plan.with_vectors else False
+        requests = [QueryRequest(**_nearest(leg, where), with_payload=False, with_vector=vectors) for leg in plan.legs]
         with self._lock:
             batches = self._shard.query_batch(QueryBatchRequest(queries=requests))
         return [[ScoredChunk(str(h.id), float(h.score), {}, dense_vector(h.vector)) for h in hits] for hits in batches]
@@ -165,15 +151,7 @@ class EdgeChunkStore(ChunkStore):
         )
         request = QueryRequest(
             limit=plan.limit,
-            prefetches=[
-                Prefetch(
-                    limit=leg.limit,
-                    query=Query.Nearest(_vector(leg), using=leg.name),
-                    filter=where,
-                    params=_params(leg),
-                )
-                for leg in plan.legs
-            ],
+            prefetches=[Prefetch(**_nearest(leg, where)) for leg in plan.legs],
             query=fusion,
             filter=where,
             with_payload=True,
@@ -335,6 +313,12 @@ def _open_shard(path: Path, dimension: int) -> EdgeShard:
                 "Close that process, or send it the work (see 'Reindexing' in the README)."
             ) from exc
         raise
+
+
+def _nearest(leg: Leg, where: Filter | None) -> dict[str, Any]:
+    """One leg as the engine's nearest-neighbour request fields (a query, a prefetch or one of a batch)."""
+    return {"limit": leg.limit, "query": Query.Nearest(_vector(leg), using=leg.name), "filter": where,
+            "params": _params(leg)}  # fmt: skip
 
 
 def _vector(leg: Leg) -> Any:
