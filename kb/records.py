@@ -148,10 +148,9 @@ class ChunkRecord:
         """(point id, record) for a node built outside kb (``kb.store.add``), filed under ``source``.
 
         Known fields are read from the node's metadata whatever their shape; everything else becomes
-        front-matter-like ``meta`` (so filters find it). The point id is derived from ``source`` and the node's
-        id, never the node's id itself: a node that came out of kb (``kb.retriever()``) and is added back must
-        not overwrite the chunk it was read from, in its own source under its own ACL. An ``acl`` the node
-        carries narrows ``acl`` (the index's default for added nodes), never widens it.
+        front-matter-like ``meta`` (so filters find it). Ids that are not UUIDs map to a stable UUID (the store
+        gives a node whose id is another source's chunk an id of its own: :meth:`kb.store.base.ChunkStore.add`).
+        An ``acl`` the node carries narrows ``acl`` (the index's default for added nodes), never widens it.
         """
         metadata = dict(node.metadata or {})
         known = {f.name for f in fields(cls)}
@@ -179,7 +178,7 @@ class ChunkRecord:
             text_hash=str(own.get("text_hash") or ""),
             acl=_narrowed(acl, own.get("acl")),
         )
-        return foreign_point_id(f"{source}{SOURCE_SEPARATOR}{node.node_id}"), record
+        return foreign_point_id(node.node_id), record
 
 
 def split_header_path(value: Any) -> list[str]:
@@ -207,9 +206,12 @@ def _header_path_of(value: Any, text: str) -> list[str]:
     return [*path, own.group(1).strip()] if own and (not path or path[-1] != own.group(1).strip()) else path
 
 
-def foreign_point_id(key: str) -> str:
-    """A stable UUID (what Qdrant accepts as a point id) for ``source:node id``."""
-    return str(uuid.uuid5(_FOREIGN_NAMESPACE, str(key)))
+def foreign_point_id(node_id: str) -> str:
+    """Qdrant accepts UUIDs (and integers) as point ids: keep a UUID, map anything else to a stable one."""
+    try:
+        return str(uuid.UUID(str(node_id)))
+    except ValueError:
+        return str(uuid.uuid5(_FOREIGN_NAMESPACE, str(node_id)))
 
 
 def _narrowed(default: list[str] | None, own: Any) -> list[str] | None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from kb.errors import ConfigError
 from kb.fusion import Normalization, convex, named_tokens, query_weights, with_exact_match, with_page_context
-from kb.records import ChunkRecord
+from kb.records import ChunkRecord, foreign_point_id
 from kb.settings import FusionMethod, RetrievalMode
 from kb.sparse import Bm25Encoder, SparseVector
 from kb.store.lease import NO_LEASE, WriterLease
@@ -267,16 +267,25 @@ class ChunkStore(ABC):
         from kb.sources import NODES_SOURCE
 
         records: list[tuple[str, ChunkRecord]] = []
+        source = add_kwargs.get("source", NODES_SOURCE)
         for node in nodes:
             if node.embedding is None:
                 raise ValueError(f"node {node.node_id} has no embedding; embed nodes before adding them")
-            source = add_kwargs.get("source", NODES_SOURCE)
             records.append(ChunkRecord.from_foreign_node(node, source, self._foreign_acl))
-        points = [
-            StoredPoint(point_id, list(node.embedding or []), self.bm25_document(record), record.to_payload())
-            for (point_id, record), node in zip(records, nodes, strict=True)
-        ]
         with self.transaction():
+            # A node keeps its id (LlamaIndex's own uuid4s) unless that id is a chunk of another source — a node
+            # read out of kb and added back: it becomes a copy with an id of its own, never an overwrite of the
+            # chunk it came from (whose document and ACL stay as they were).
+            taken = self._payloads([point for point, _ in records], {}, ["source"])
+            records = [
+                (foreign_point_id(f"{source}:{node.node_id}") if point in taken and taken[point].get("source") != source
+                 else point, record)
+                for (point, record), node in zip(records, nodes, strict=True)
+            ]  # fmt: skip
+            points = [
+                StoredPoint(point_id, list(node.embedding or []), self.bm25_document(record), record.to_payload())
+                for (point_id, record), node in zip(records, nodes, strict=True)
+            ]
             self.upsert(points)
             self.flush()
             hook = self._on_foreign_add
