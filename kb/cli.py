@@ -543,8 +543,9 @@ def serve(
     """Serve the web page at / and the HTTP API (OpenAPI at /docs): /ask, /chat, /search, /reindex, /status."""
     import uvicorn
 
-    from kb.api import create_app
+    from kb.api import cap_malloc_arenas, create_app
 
+    cap_malloc_arenas()  # before the embedder's and the request pool's threads exist
     with _open(kb_path, create=docs is not None) as kb:
         if not kb.settings.api_keys and not allow_anonymous:
             _fail(
