@@ -4,14 +4,15 @@
     python scripts/bench_scale.py --skip-ingest         # reuse .bench/scale/index (queries, reindex, 1M)
     python scripts/bench_scale.py --resume              # an interrupted ingest goes on from its last source
     python scripts/bench_scale.py --skip-ingest --sizes 10000 100000 1000000   # fewer store-alone sizes
+    python scripts/bench_scale.py --stages store local  # one stage again; --render rewrites the report
 
 1. **Real corpus, many sources**: the Debian documentation of Python (python3.11-doc), PostgreSQL
-   (postgresql-doc-15), Node.js (nodejs-doc) and Rust (rust-doc: the books and the API pages of std, core
-   and alloc, without the 17,000 per-CPU intrinsics stubs), one source per package, ingested from scratch
+   (postgresql-doc-15), Node.js (nodejs-doc) and Rust (rust-doc: the API pages of core and alloc, without
+   core::arch's 17,000 per-CPU intrinsic stubs), one source per package, ingested from scratch
    (``--resume`` goes on after the last source an interrupted run finished): time, chunks/s, disk, peak RSS.
 2. On that index: hybrid (convex, as configured) / dense / bm25 query latency, p50 and p95 over 300 queries,
    with and without an ACL filter (a principal who may read half of the sources), next to the query embedding
-   time alone; open time; reindex with nothing changed, and with one document changed, of the largest source.
+   time alone; open time; reindex of everything with nothing changed, and with one document changed.
 3. **The store alone at 10k → 1M chunks**: the real chunks' payloads and sparse vectors re-used under new ids,
    their dense vectors perturbed (Gaussian noise, renormalised) — an embedded shard per size, optimised, then
    dense / bm25 / fused query latency with and without a filter, disk and open time. And qdrant-client's local
@@ -29,6 +30,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +51,8 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench" / "scale"
 REPORT = REPO / "evals" / "reports" / "bench-scale.md"
 TARGET_CHUNKS = 100_000
+RUST_BOOKS = ["book", "reference", "rust-by-example", "nomicon", "edition-guide", "rustc", "rustdoc", "embedded-book",
+              "unstable-book"]  # fmt: skip
 SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000)
 
 
@@ -63,9 +67,9 @@ def corpus() -> dict[str, tuple[Path, list[str], list[str]]]:
         "python": (python / "usr/share/doc/python3.11/html/_sources", ["*.rst.txt"], []),
         "postgres": (postgres / "usr/share/doc/postgresql-doc-15/html", ["*.html"], []),
         "node": (node / "usr/share/doc/nodejs/api", ["*.html"], []),
-        # The books and the API pages of std, core and alloc; not the 17,000 pages of per-CPU intrinsics
-        # (core::arch, std::arch), near-identical stubs that would triple the ingest for no new text.
-        "rust-books": (rust_html, ["*.html"], ["arch"]),
+        # The API pages of core and alloc (std re-exports them: its pages would say it all again), without
+        # core::arch's 17,000 near-identical per-CPU intrinsic stubs: 11,000 pages, ~65k chunks.
+        "rust": (rust_html, ["*.html"], ["arch", "std", "src", "test", "proc_macro", *RUST_BOOKS]),
     }
 
 
@@ -78,6 +82,8 @@ def ingest(index: Path, done: dict[str, dict], save: Callable[[dict[str, dict]],
     exclude = [".*", "print.html", "toc.html", "all.html", "search-index*", "*.js", "sidebar-items*", "src"]
     rows = dict(done)
     with KnowledgeBase.open(index, exclude=exclude) as kb:
+        for name in set(kb.sources) - set(sources):  # a source an older version of this script chose
+            kb.remove_source(name)
         for name, (folder, include, extra) in sources.items():
             if name not in kb.sources:
                 kb.add_source(name, folder, include=include, exclude=[*exclude, *extra])
@@ -133,28 +139,30 @@ def query_figures(index: Path) -> dict:
             print(mode, label, out[f"{mode} {label}"], flush=True)
     biggest = max(sources, key=lambda s: sum(1 for r in records if r["source"] == s))
     tick = time.perf_counter()
-    kb.reindex(source=biggest)
+    kb.reindex()
     out["reindex_nothing_s"] = time.perf_counter() - tick
-    folder = Path(kb.sources[biggest].path)
-    victim = sorted(p for p in folder.rglob("*.*") if p.is_file())[len(records) % 97]
+    entries = sorted(e.path for e in kb.manifest.of_source(biggest).values())
+    victim = Path(kb.sources[biggest].path) / entries[len(records) % len(entries)]
     backup = victim.read_bytes()
     try:
         victim.write_bytes(backup + b"\n<!-- touched by bench_scale -->\n" if victim.suffix == ".html" else backup + b"\n\ntouched.\n")
         tick = time.perf_counter()
-        report = kb.reindex(source=biggest)
+        report = kb.reindex()
         out["reindex_one_s"] = time.perf_counter() - tick
         out["reindex_one_summary"] = report.summary()
     finally:
         victim.write_bytes(backup)
-        kb.reindex(source=biggest)
+        kb.reindex()
+    out["documents"] = len(kb.manifest.documents)
     out["documents_in_source"] = len(kb.manifest.of_source(biggest))
     out["source"] = biggest
     kb.close()
     return out
 
 
-def store_scaling(index: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
-    """Embedded shards of growing size from the real points (new ids, perturbed dense vectors)."""
+def store_scaling(index: Path, sizes: tuple[int, ...], save: Callable[[list[dict]], None]) -> list[dict]:
+    """Embedded shards of growing size from the real points (new ids, perturbed dense vectors); ``save`` gets
+    the rows after each size."""
     kb = KnowledgeBase.open(index, create=False)
     base = list(kb.store.scroll_points(batch=2048))
     bm25 = Bm25Encoder()
@@ -207,6 +215,7 @@ def store_scaling(index: Path, sizes: tuple[int, ...] = SIZES) -> list[dict]:
         reopened.close()
         print(row, flush=True)
         rows.append(row)
+        save(rows)
         shutil.rmtree(folder, ignore_errors=True)
         gc.collect()
     return rows
@@ -237,38 +246,40 @@ def local_mode(index: Path) -> list[dict]:
     return rows
 
 
+STAGES = ("ingest", "queries", "store", "local")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to (re)measure")
+    parser.add_argument("--skip-ingest", action="store_true", help="every stage but the ingest")
     parser.add_argument("--resume", action="store_true", help="keep the sources an interrupted ingest finished")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="store-alone sizes, chunks")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from .bench/scale/figures.json")
     parser.add_argument("--note", action="append", default=[], help="a line for the report (what shared the machine)")
     args = parser.parse_args()
+    stages = [s for s in args.stages if not (args.skip_ingest and s == "ingest")]
     index = WORK / "index"
     WORK.mkdir(parents=True, exist_ok=True)
     figures_path = WORK / "figures.json"
     figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
-    if args.render:
-        REPORT.write_text(render(figures))
-        plot(figures["store"])
-        return
-    if not args.skip_ingest:
 
-        def save(rows: dict[str, dict]) -> None:
-            figures["ingest_rows"] = rows
-            figures_path.write_text(json.dumps(figures, indent=1))
-
-        figures["ingest"] = ingest(index, figures.get("ingest_rows", {}) if args.resume else {}, save)
+    def save(key: str, value: object) -> None:  # after every step: a cut run keeps what it measured
+        figures[key] = value
         figures_path.write_text(json.dumps(figures, indent=1))
-    figures["command"] = " ".join(["python scripts/bench_scale.py", *sys.argv[1:]])
-    figures["notes"] = args.note or figures.get("notes", [])
-    figures["queries"] = query_figures(index)
-    figures_path.write_text(json.dumps(figures, indent=1))
-    figures["store"] = store_scaling(index, tuple(args.sizes))
-    figures_path.write_text(json.dumps(figures, indent=1))
-    figures["local_mode"] = local_mode(index)
-    figures_path.write_text(json.dumps(figures, indent=1))
+
+    if not args.render:
+        command = " ".join(["python scripts/bench_scale.py", *sys.argv[1:]])
+        save("commands", {**figures.get("commands", {}), **dict.fromkeys(stages, command)})
+        save("notes", args.note or figures.get("notes", []))
+    if "ingest" in stages:
+        save("ingest", ingest(index, figures.get("ingest_rows", {}) if args.resume else {}, partial(save, "ingest_rows")))
+    if "queries" in stages:
+        save("queries", query_figures(index))
+    if "store" in stages:
+        save("store", store_scaling(index, tuple(args.sizes), partial(save, "store")))
+    if "local" in stages:
+        save("local_mode", local_mode(index))
     REPORT.write_text(render(figures))
     plot(figures["store"])
     print(f"written {REPORT}")
@@ -279,8 +290,8 @@ def render(f: dict) -> str:
     lines = [
         "# Scale: 100k chunks for real, the store alone to 1M",
         "",
-        f"Command: {'ingest by `python scripts/bench_scale.py`, the rest by ' if '--skip-ingest' in f['command'] else ''}"
-        f"`{f['command']}` (2 cores, 24 GB, CPU only; ONNX fp32 embedder).",
+        "Commands: " + "; ".join(f"`{c}` ({', '.join(s for s, d in f['commands'].items() if d == c)})"
+                                 for c in dict.fromkeys(f["commands"].values())) + " (2 cores, 24 GB, CPU only; ONNX fp32 embedder).",
         "",
         *[f"Note: {n}" for n in f["notes"]],
         *([""] if f["notes"] else []),
@@ -300,8 +311,9 @@ def render(f: dict) -> str:
         "|---|---|---|",
         *[f"| {m} | {q[m + ' all']['p50']:.1f} / {q[m + ' all']['p95']:.1f} | {q[m + ' acl']['p50']:.1f} / {q[m + ' acl']['p95']:.1f} |" for m in ("hybrid", "dense", "bm25")],
         "",
-        f"Reindex of `{q['source']}` ({q['documents_in_source']:,} documents): nothing changed {q['reindex_nothing_s']:.2f} s; "
-        f"one document changed {q['reindex_one_s']:.2f} s ({q['reindex_one_summary']}).",
+        f"Reindex of the whole knowledge base ({q['documents']:,} documents in {len(ing['sources'])} source{'s' if len(ing['sources']) > 1 else ''}; "
+        f"`{q['source']}` {q['documents_in_source']:,}): nothing changed {q['reindex_nothing_s']:.2f} s; one document "
+        f"of `{q['source']}` changed {q['reindex_one_s']:.2f} s ({q['reindex_one_summary']}).",
         "",
         "## The store alone (embedded engine), real payloads, perturbed vectors",
         "",
