@@ -255,9 +255,9 @@ class ChunkStore(ABC):
         return self._vector_store
 
     @property
+    @abstractmethod
     def client(self) -> Any:
         """The backend's own client (the embedded shard, or a ``QdrantClient``)."""
-        raise NotImplementedError
 
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Upsert nodes that carry an embedding (BM25 is computed from their text here).
@@ -372,11 +372,11 @@ class ChunkStore(ABC):
             return self._query_leg(plan.legs[0], plan.where, plan.with_vectors)
         if plan.fused_in_store:
             return self._query_fused(plan)
-        with self._consistent_read() as consistent:
+        with self._consistent_read() as by_id:
             legs = dict(zip((leg.name for leg in plan.legs), self._query_legs(plan), strict=True))
             try:
-                if consistent:  # nothing was written since the legs ran: their ids still match
-                    return fuse_in_kb(query, legs, self._payloads_by_id)
+                if by_id is not None:  # nothing was written since the legs ran: their ids still match
+                    return fuse_in_kb(query, legs, by_id)
                 return fuse_in_kb(query, legs, lambda ids, fields: self._payloads(ids, plan.where, fields))
             except StaleCandidates:
                 pass
@@ -385,10 +385,10 @@ class ChunkStore(ABC):
         carried = {hit.id: hit.payload for hits in legs.values() for hit in hits}
         return fuse_in_kb(query, legs, lambda ids, fields: {point: carried[point] for point in ids})
 
-    def _consistent_read(self) -> AbstractContextManager[bool]:
-        """Around a query's reads: yields True when no write can land in between (the embedded engine holds its
-        lock), so payloads may be read by id without filtering again; False otherwise (a server's replicas)."""
-        return nullcontext(False)
+    def _consistent_read(self) -> AbstractContextManager[PayloadFetch | None]:
+        """Around a query's reads: yields a reader of payloads by id when no write can land in between (the
+        embedded engine holds its lock), so they need no filtering again; None otherwise (a server's replicas)."""
+        return nullcontext(None)
 
     def _query_legs(self, plan: QueryPlan) -> list[list[ScoredChunk]]:
         """Each leg's scored ids (no payloads), in the plan's order; a backend may send them as one batch."""
@@ -402,10 +402,6 @@ class ChunkStore(ABC):
             return {}
         records, _ = self._scroll_page({**where, POINT_ID: list(ids)}, None, len(ids), False, fields or True)
         return {str(record.id): dict(record.payload or {}) for record in records}
-
-    def _payloads_by_id(self, ids: list[str], fields: list[str] | None) -> dict[str, dict]:
-        """Payloads of ``ids`` read by id, inside :meth:`_consistent_read` only (no filter is applied again)."""
-        raise NotImplementedError
 
     @abstractmethod
     def _query_leg(

@@ -61,6 +61,7 @@ from kb.store.base import (
     KEYWORD_INDEXES,
     POINT_ID,
     ChunkStore,
+    PayloadFetch,
     ScoredChunk,
     StoredPoint,
     dense_vector,
@@ -123,9 +124,9 @@ class EdgeChunkStore(ChunkStore):
         return self._run(request)
 
     @contextmanager
-    def _consistent_read(self) -> Iterator[bool]:
+    def _consistent_read(self) -> Iterator[PayloadFetch]:
         with self._lock:  # a write waits until the legs and the payload reads are done
-            yield True
+            yield self._payloads_by_id
 
     def _query_legs(self, plan: QueryPlan) -> list[list[ScoredChunk]]:
         where = _filter(plan.where)
