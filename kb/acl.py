@@ -125,6 +125,11 @@ def intersect(a: list[str], b: list[str]) -> list[str]:
     return sorted(set(a) & set(b))
 
 
+def narrowest(a: list[str] | None, b: list[str] | None) -> list[str] | None:
+    """Groups allowed by both ACLs, where ``None`` (a chunk from before access control) is trusted callers only."""
+    return None if a is None or b is None else intersect(a, b)
+
+
 def front_matter_acl(metadata: dict[str, Any], doc_id: str) -> list[str] | None:
     """The ``acl`` front-matter field of a document, normalised; a malformed one is a SourceError."""
     if "acl" not in metadata:

@@ -218,10 +218,9 @@ def _narrowed(default: list[str] | None, own: Any) -> list[str] | None:
     """The default ACL of added nodes, narrowed by the node's own ``acl`` metadata when it has one."""
     if own is None:
         return default
-    from kb.acl import intersect, normalize_groups
+    from kb.acl import narrowest, normalize_groups
 
-    groups = normalize_groups(own, "node metadata 'acl'")
-    return groups if default is None else intersect(default, groups)
+    return narrowest(default, normalize_groups(own, "node metadata 'acl'"))
 
 
 def _json_scalar(value: Any) -> bool:

@@ -9,11 +9,13 @@ import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import TextNode
 from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 from kb import KnowledgeBase
 from kb.acl import Principal
 from kb.llamaindex import HeadingNodeParser
+from kb.records import ChunkRecord
 from tests.conftest import BACKENDS, write
 
 SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
@@ -79,6 +81,39 @@ def test_a_node_read_from_kb_and_added_back_never_replaces_the_chunk_nor_widens_
     found = {h.doc_id for h in kb.search("zqpromote", k=5, mode="bm25", user=sre)}
     assert found == {"docs:failover.md", "nodes:failover.md"}  # the original and the copy, both sre-only
     assert kb.status().damage == ""  # the manifest still matches the store: nothing was overwritten
+
+
+def test_a_copy_of_a_chunk_stays_as_narrow_as_the_chunk_even_when_its_metadata_was_lost(kb: KnowledgeBase) -> None:
+    """A pipeline step that rebuilds a node's metadata but keeps its id (the id is all that says it came from an
+    sre-only chunk): the copy must not fall back to the index's default ACL."""
+    node = kb.retriever(k=1, mode="bm25").retrieve("zqpromote")[0].node
+    node.metadata = {}
+    node.embedding = kb.embedder.embed([node.get_content()])[0]
+    kb.vector_store.add([node])
+    assert kb.search("zqpromote", k=5, mode="bm25", user=Principal(["dev"])) == []
+    assert len(kb.search("zqpromote", k=5, mode="bm25", user=Principal(["sre"]))) == 2
+    assert kb.status().damage == ""
+
+
+def test_a_node_whose_id_is_another_added_documents_chunk_does_not_overwrite_it(kb: KnowledgeBase) -> None:
+    first = Document(text="# Drain\n\nDrain the zqdrain node first.\n", doc_id="drain")
+    second = Document(text="# Cordon\n\nCordon the zqcordon node.\n", doc_id="cordon")
+    parser = HeadingNodeParser(kb.chunker())
+    a, b = parser.get_nodes_from_documents([first]), parser.get_nodes_from_documents([second])
+    b[0].id_ = a[0].node_id  # the same id from another document
+    for node in (*a, *b):
+        node.embedding = kb.embedder.embed([node.get_content()])[0]
+    kb.vector_store.add(a)
+    kb.vector_store.add(b)
+    assert [h.doc_id for h in kb.search("zqdrain", k=1, mode="bm25")] == ["nodes:drain"]
+    assert [h.doc_id for h in kb.search("zqcordon", k=1, mode="bm25")] == ["nodes:cordon"]
+    assert kb.status().damage == ""
+
+
+def test_a_nodes_own_acl_never_opens_a_chunk_the_default_keeps_to_trusted_callers() -> None:
+    node = TextNode(text="zqsecret", id_="n1", metadata={"acl": ["__public__"]})
+    assert ChunkRecord.from_foreign_node(node, "nodes", None)[1].acl is None  # None: trusted callers only
+    assert ChunkRecord.from_foreign_node(node, "nodes", ["sre"])[1].acl == ["sre"]
 
 
 def test_old_names_and_moved_methods_still_work_or_say_where_they_went(kb: KnowledgeBase) -> None:

@@ -19,9 +19,10 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from kb.acl import narrowest
 from kb.errors import ConfigError
 from kb.fusion import Normalization, convex, named_tokens, query_weights, with_exact_match, with_page_context
 from kb.records import ChunkRecord, foreign_point_id
@@ -273,15 +274,16 @@ class ChunkStore(ABC):
                 raise ValueError(f"node {node.node_id} has no embedding; embed nodes before adding them")
             records.append(ChunkRecord.from_foreign_node(node, source, self._foreign_acl))
         with self.transaction():
-            # A node keeps its id (LlamaIndex's own uuid4s) unless that id is a chunk of another source — a node
-            # read out of kb and added back: it becomes a copy with an id of its own, never an overwrite of the
-            # chunk it came from (whose document and ACL stay as they were).
-            taken = self._payloads([point for point, _ in records], {}, ["source"])
-            records = [
-                (foreign_point_id(f"{source}:{node.node_id}") if point in taken and taken[point].get("source") != source
-                 else point, record)
-                for (point, record), node in zip(records, nodes, strict=True)
-            ]  # fmt: skip
+            # A node keeps its id (LlamaIndex's own uuid4s) unless that id is a chunk of another document — a
+            # node read out of kb and added back, say: it becomes a copy with an id of its own, never an
+            # overwrite of that chunk, and no one its ACL hides the chunk from may read the copy, whatever
+            # became of the node's metadata on the way.
+            taken = self._payloads([point for point, _ in records], {}, ["doc_id", "acl"])
+            for i, ((point, record), node) in enumerate(zip(records, nodes, strict=True)):
+                original = ChunkRecord.from_payload(taken[point]) if point in taken else None
+                if original is not None and original.doc_id != record.doc_id:
+                    copy = replace(record, acl=narrowest(record.acl, original.acl))
+                    records[i] = (foreign_point_id(f"{source}:{node.node_id}"), copy)
             points = [
                 StoredPoint(point_id, list(node.embedding or []), self.bm25_document(record), record.to_payload())
                 for (point_id, record), node in zip(records, nodes, strict=True)
