@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from llama_index.core.llms import LLM, ChatMessage
@@ -28,7 +29,6 @@ from kb.errors import ConfigError
 from kb.grounding import unsupported
 from kb.llm.base import ChatBackend
 from kb.prompting import build_messages, leaks_prompt
-from kb.records import ChunkRecord
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
@@ -181,11 +181,15 @@ class AnswerEngine:
     ) -> tuple[list[RetrievedChunk], list[float]]:
         """The reranker's choice among ``hits`` (any LlamaIndex node postprocessor: it sees nodes, and what it
         returns — a node it shortened, say — is what the generator reads), scored by it."""
-        relevance_of = {h.node_id: r for h, r in zip(hits, relevance, strict=True)}
+        by_id = {h.node_id: (h.record, r) for h, r in zip(hits, relevance, strict=True)}
         nodes = [NodeWithScore(node=h.record.to_node(h.node_id), score=h.score) for h in hits]
         kept = self.reranker.postprocess_nodes(nodes, query_str=question) if self.reranker is not None else nodes
-        ranked = [RetrievedChunk(n.node.node_id, n.score or 0.0, ChunkRecord.from_node(n.node)) for n in kept]
-        return ranked, [relevance_of[h.node_id] for h in ranked]
+        # Its text only: the citation (document, span, URL, ACL) stays the stored chunk's.
+        ranked = [
+            RetrievedChunk(n.node.node_id, n.score or 0.0, replace(by_id[n.node.node_id][0], text=n.node.get_content()))
+            for n in kept
+        ]
+        return ranked, [by_id[h.node_id][1] for h in ranked]
 
     def _answerable(self, question: str) -> bool:
         """The answerability gate's verdict from both legs' signals (True when no gate is set)."""
