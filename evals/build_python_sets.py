@@ -25,7 +25,6 @@ first, report on the second. Package versions go to ``evals/sets/<set>.meta.json
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import zlib
@@ -35,6 +34,7 @@ from pathlib import Path
 from kb.document import BlockKind, ParsedDocument
 from kb.evaluation.debian import fetch_debian_package
 from kb.evaluation.gold import section_spans
+from kb.evaluation.questions import write_question_set
 from kb.parsers.rst import parse_rst
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,21 +223,9 @@ def write_set(
             records.append({"id": f"gitfaq-{i:02d}", "question": question, "answerable": False, "gold": []})
     for record in records:
         record["split"] = split_of(record["id"])
-    SETS.mkdir(parents=True, exist_ok=True)
-    with (SETS / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    meta = {
-        "set": name,
-        "corpus": str(corpus.relative_to(REPO)),
-        "corpus_pages": pages,
-        "packages": {"python3.11-doc": version, "git-doc": git_version},
-        "questions": len(records),
-        "answerable": sum(r["answerable"] for r in records),
-        "tune": sum(r["split"] == "tune" for r in records),
-        "builder": "python evals/build_python_sets.py",
-    }
-    (SETS / f"{name}.meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta = write_question_set(SETS, name, records, "python evals/build_python_sets.py",
+                              corpus=str(corpus.relative_to(REPO)), corpus_pages=pages,
+                              packages={"python3.11-doc": version, "git-doc": git_version})  # fmt: skip
     print(
         f"{name}: {meta['questions']} questions ({meta['answerable']} answerable, {meta['tune']} in tune), corpus {corpus}"
     )
