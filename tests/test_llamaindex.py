@@ -122,6 +122,8 @@ def test_old_names_and_moved_methods_still_work_or_say_where_they_went(kb: Knowl
 
     retriever = HybridRetriever(kb.store, kb.embedder, kb.settings, 1, mode="bm25")  # the old signature
     assert retriever.retrieve("zqpromote")[0].node.metadata["path"] == "failover.md"
+    by_name = HybridRetriever(store=kb.store, embedder=kb.embedder, settings=kb.settings, similarity_top_k=1)
+    assert by_name.retrieve("zqpromote")[0].node.metadata["path"] == "failover.md"
     assert CitedQueryEngine is type(kb.query_engine())
     with pytest.raises(AttributeError, match=r"kb\.embed_model"):
         kb.embedder.get_query_embedding("zqpromote")

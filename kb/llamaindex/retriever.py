@@ -10,12 +10,15 @@ header path, span, URL, ACL; the same filters and ACL apply inside both legs as 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from kb.retrieval import HybridSearch, RetrievalResult
+
+_SEARCH_PARAMETERS = tuple(inspect.signature(HybridSearch.__init__).parameters)[1:]
 
 
 class HybridRetriever(BaseRetriever):
@@ -24,11 +27,10 @@ class HybridRetriever(BaseRetriever):
     ``HybridRetriever(search)``; the arguments of :class:`~kb.retrieval.HybridSearch` (store, embedder,
     settings, k, …) are accepted too, as before the search and its LlamaIndex face were two classes."""
 
-    def __init__(self, search: HybridSearch | Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, search: HybridSearch | Any = None, *args: Any, **kwargs: Any) -> None:
         if not isinstance(search, HybridSearch):
-            names = ("similarity_top_k", "filters", "mode", "fusion", "user")
-            own = {name: kwargs.pop(name) for name in names if name in kwargs}
-            search = HybridSearch(search, *args, **own)
+            own = {name: kwargs.pop(name) for name in _SEARCH_PARAMETERS if name in kwargs}
+            search = HybridSearch(*([] if search is None else [search]), *args, **own)
         elif args:
             raise TypeError("HybridRetriever(search): a HybridSearch takes no further positional arguments")
         super().__init__(**kwargs)
