@@ -13,9 +13,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +139,9 @@ class Found:
     relative: str
     path: Path | None = None
     error: str = ""
+    # The listing's lstat of a regular file reached through no link; ``path`` is then its real path, so
+    # a plan need not resolve it again (the per-file cost of a reindex where nothing changed).
+    listed: os.stat_result | None = field(default=None, compare=False, repr=False)
 
     @property
     def unreadable_folder(self) -> bool:
@@ -166,6 +172,8 @@ def discover(root: Path, selection: Selection) -> Iterator[Found]:
         ) from exc
     errors: list[OSError] = []
     seen_dirs: set[Path] = set()
+    excluded = _matcher(selection.exclude)
+    included = _matcher((*selection.include, *selection.options.asciidoc_patterns))
     for dirpath, dirnames, filenames in os.walk(resolved, followlinks=True, onerror=errors.append):
         yield from _unlistable(errors, resolved)
         here = Path(dirpath)
@@ -174,15 +182,26 @@ def discover(root: Path, selection: Selection) -> Iterator[Found]:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _matches(d, selection.exclude))
+        dirnames[:] = sorted(d for d in dirnames if not excluded(d))
+        folder = here.relative_to(resolved).as_posix()
+        prefix = "" if folder == "." else folder + "/"
         for name in sorted(filenames):
-            if _matches(name, selection.exclude) or not (
-                _matches(name, selection.include) or _matches(name, selection.options.asciidoc_patterns)
-            ):
+            if excluded(name) or not included(name):
                 continue
-            path = here / name
-            yield Found(path.relative_to(resolved).as_posix(), path)
+            yield _found(prefix + name, here, real, name)
     yield from _unlistable(errors, resolved)
+
+
+def _found(relative: str, folder: Path, real_folder: Path, name: str) -> Found:
+    """A listed file of ``folder`` (resolved: ``real_folder``); when it is a regular file, not a link, its
+    real path and lstat come with it."""
+    try:
+        listed = os.lstat(os.path.join(real_folder, name))
+    except OSError:
+        return Found(relative, folder / name)  # inspect_file says why
+    if stat.S_ISREG(listed.st_mode):
+        return Found(relative, real_folder / name, listed=listed)
+    return Found(relative, folder / name)
 
 
 def _unlistable(errors: list[OSError], root: Path) -> Iterator[Found]:
@@ -209,27 +228,33 @@ class FileInfo:
     mtime: float
 
 
-def inspect_file(path: Path, options: ParseOptions, root: Path | None = None) -> FileInfo:
+def inspect_file(path: Path, options: ParseOptions, root: Path | None = None, found: Found | None = None) -> FileInfo:
     """Check one file without reading it; raises :class:`SourceError` with a reason a person can act on.
 
-    With ``root``, a path that resolves outside it (a symlink out of the tree) is refused."""
+    With ``root``, a path that resolves outside it (a symlink out of the tree) is refused. ``found``: the
+    listing's entry for it, whose lstat of a regular file reached through no link saves resolving the path."""
     if detect_format(path.name, options.asciidoc_patterns) is None:
         raise SourceError(f"unsupported file type; supported: {', '.join(s for s, _ in _SUFFIXES)}")
-    check_name(Path(os.path.relpath(path, root)) if root is not None else Path(path.name))
-    try:
-        real = path.resolve(strict=True)
-        if root is not None and not real.is_relative_to(root.resolve()):
-            raise SourceError("symlink to a file outside the ingested folder; not followed")
-        stat = real.stat()
-    except OSError as exc:
-        raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
-    if not real.is_file():
+    if found is not None and found.listed is not None:
+        check_name(found.relative)
+        real, status = found.path or path, found.listed
+    else:
+        check_name(Path(os.path.relpath(path, root)) if root is not None else Path(path.name))
+        try:
+            real = path.resolve(strict=True)
+            if root is not None and not real.is_relative_to(root.resolve()):
+                raise SourceError("symlink to a file outside the ingested folder; not followed")
+            status = real.stat()
+        except OSError as exc:
+            raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(status.st_mode):
         raise SourceError("not a regular file")
-    if stat.st_size > options.max_file_bytes:
+    if status.st_size > options.max_file_bytes:
         raise SourceError(
-            f"{stat.st_size:,} bytes is over max_file_bytes={options.max_file_bytes:,}; raise the setting to include it"
+            f"{status.st_size:,} bytes is over max_file_bytes={options.max_file_bytes:,}; "
+            "raise the setting to include it"
         )
-    return FileInfo(real, stat.st_size, stat.st_mtime)
+    return FileInfo(real, status.st_size, status.st_mtime)
 
 
 def hash_file(info: FileInfo) -> str:
@@ -269,14 +294,14 @@ def read_file(path: Path, options: ParseOptions | Settings, root: Path | None = 
     return RawFile(path, data, hashlib.sha256(data).hexdigest(), info.mtime, len(data))
 
 
-def check_name(relative: Path) -> None:
+def check_name(relative: Path | str) -> None:
     """Refuse names that cannot be stored or shown safely: non-UTF-8 bytes, control characters."""
     name = str(relative)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise SourceError("file name is not valid UTF-8; rename the file") from exc
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if _CONTROL.search(name):
         raise SourceError("file name contains control characters (a newline?); rename the file")
 
 
@@ -382,7 +407,19 @@ def load_folder(root: str | Path, settings: Settings) -> tuple[list[SourceDocume
 
 
 def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+    return _matcher(tuple(patterns))(name)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a name matches any of the globs: one compiled expression instead of a loop over them."""
+    if not patterns:
+        return lambda _name: False
+    expression = re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+    return lambda name: expression.match(name) is not None
 
 
 def _normalise(text: str) -> str:

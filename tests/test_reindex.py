@@ -95,6 +95,28 @@ def test_add_change_delete_rename_with_dry_run_plan(tmp_path: Path, backend: dic
         assert (again.chunks_written, again.unchanged) == (0, 4)
 
 
+def test_a_file_swapped_for_a_link_out_of_the_folder_is_never_read(tmp_path: Path) -> None:
+    """A plan takes a listed regular file's stat from the listing instead of resolving its path again; a
+    link — inside the folder (indexed under its own name) or out of it (refused) — still goes the long way,
+    also when it replaces a file that was indexed."""
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    make_corpus(docs, ["alpha", "beta"])
+    write(outside, "private.md", doc("private", 1))
+    (docs / "alias.md").symlink_to(docs / "alpha.md")
+    (docs / "escape.md").symlink_to(outside / "private.md")
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        first = kb.reindex(docs)
+        assert sorted(first.added) == ["docs:alias.md", "docs:alpha.md", "docs:beta.md"]
+        assert {s.doc_id: s.reason for s in first.skipped}.keys() == {"docs:escape.md"}
+        assert "outside the ingested folder" in first.skipped[0].reason
+        (docs / "beta.md").unlink()
+        (docs / "beta.md").symlink_to(outside / "private.md")
+        second = kb.reindex(docs)
+        assert [s.doc_id for s in second.skipped] == ["docs:beta.md", "docs:escape.md"]
+        assert kb.manifest.documents["docs:beta.md"].doc_hash == sha_v("beta", 1)  # kept as indexed
+        assert not kb.search("zqprivatev1s0", k=5, mode="bm25")
+
+
 def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     write(docs, "a.md", doc("same", 1))

@@ -111,7 +111,7 @@ def plan_source(
             continue
         doc_id = source.doc_id(found.relative)
         try:
-            info = inspect_file(found.path, selection.options, root)
+            info = inspect_file(found.path, selection.options, root, found)
         except SourceError as exc:
             plan.skipped.append(SkippedFile(doc_id, str(exc)))
             continue
