@@ -406,10 +406,6 @@ def load_folder(root: str | Path, settings: Settings) -> tuple[list[SourceDocume
     return documents, skipped
 
 
-def _matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    return _matcher(tuple(patterns))(name)
-
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
