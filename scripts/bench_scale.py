@@ -132,6 +132,11 @@ def query_figures(index: Path) -> dict:
         kb.embedder.embed([q])
         embed.append((time.perf_counter() - t) * 1e3)
     out["embed_ms"] = {"p50": percentile(embed, 0.5), "p95": percentile(embed, 0.95)}
+    # One untimed pass first: the ACL change above rewrote the shard's segments, and a server answers from
+    # warm pages; otherwise whichever mode is timed first pays for reading them in.
+    for q in queries:
+        kb.search(q, k=10, mode="hybrid", user=reader)
+        kb.search(q, k=10, mode="hybrid")
     for mode in ("hybrid", "dense", "bm25"):
         for user, label in ((None, "all"), (reader, "acl")):
             times = []
@@ -299,7 +304,7 @@ def render(f: dict) -> str:
         "",
         *[f"Note: {n}" for n in f["notes"]],
         *([""] if f["notes"] else []),
-        "## A real knowledge base of four sources",
+        f"## A real knowledge base of {len(ing['sources'])} sources",
         "",
         "| source | documents | chunks | seconds | chunks/s |",
         "|---|---|---|---|---|",
