@@ -172,7 +172,7 @@ def discover(root: Path, selection: Selection) -> Iterator[Found]:
         ) from exc
     errors: list[OSError] = []
     seen_dirs: set[Path] = set()
-    excluded = _matcher(selection.exclude)
+    excluded = _matcher(tuple(selection.exclude))
     included = _matcher((*selection.include, *selection.options.asciidoc_patterns))
     for dirpath, dirnames, filenames in os.walk(resolved, followlinks=True, onerror=errors.append):
         yield from _unlistable(errors, resolved)
@@ -247,6 +247,8 @@ def inspect_file(path: Path, options: ParseOptions, root: Path | None = None, fo
             status = real.stat()
         except OSError as exc:
             raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
+        except RuntimeError as exc:  # Path.resolve's "Symlink loop from ..." (Python 3.11)
+            raise SourceError(f"cannot read: {exc}") from exc
     if not stat.S_ISREG(status.st_mode):
         raise SourceError("not a regular file")
     if status.st_size > options.max_file_bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kb import KnowledgeBase
 from kb.errors import SourceError
 from kb.loading import Selection, SourceFormat, decode, discover, load_file, load_folder
 from kb.settings import Settings
@@ -104,6 +105,29 @@ def test_symlinks_do_not_leave_the_root_or_loop(tmp_path: Path) -> None:
     # A file link pointing out of the root is reported, never read.
     assert [d.doc_id for d in docs] == ["inside/doc.md"]
     assert all("outside the ingested folder" in s.reason for s in skipped)
+
+
+def test_a_symlink_loop_named_like_a_document_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    # Path.resolve raises RuntimeError ("Symlink loop") rather than OSError: it aborted the whole plan.
+    docs = tmp_path / "docs"
+    write(docs, "a.md", "# a\n")
+    (docs / "loop.md").symlink_to(docs / "loop.md")
+    (docs / "ping.md").symlink_to(docs / "pong.md")
+    (docs / "pong.md").symlink_to(docs / "ping.md")
+    loaded, skipped = load_folder(docs, Settings())
+    assert [d.doc_id for d in loaded] == ["a.md"]
+    assert {s.doc_id for s in skipped} == {"loop.md", "ping.md", "pong.md"}
+    assert all(s.reason.startswith("cannot read") for s in skipped)
+    with KnowledgeBase.open(tmp_path / "idx") as kb:
+        plan = kb.reindex(docs, dry_run=True)
+        assert plan.added == ["docs:a.md"] and len(plan.skipped) == 3
+
+
+def test_selection_patterns_may_be_lists(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", "# a\n")
+    write(tmp_path, "b.rst", "b\n=\n")
+    selection = Selection(["*.md"], [".*"])  # type: ignore[arg-type] - lists, as a caller may well pass
+    assert [f.relative for f in discover(tmp_path, selection)] == ["a.md"]
 
 
 def test_include_and_exclude_patterns(tmp_path: Path) -> None:

@@ -117,6 +117,36 @@ def test_a_file_swapped_for_a_link_out_of_the_folder_is_never_read(tmp_path: Pat
         assert not kb.search("zqprivatev1s0", k=5, mode="bm25")
 
 
+def test_a_folder_swapped_for_a_link_while_the_plan_runs_is_never_read(tmp_path: Path, monkeypatch) -> None:
+    """The walk resolves a folder once; its files are planned later. If the folder is replaced by a link out of
+    the tree in between, the plan must not hash (read) the outside file from the listing's word (found by a
+    hostile review). The attacker's move is made at a fixed point, while the plan hashes the folder's first
+    file — no timing luck."""
+    import kb.indexing.plan as plan_module
+    from kb.loading import FileInfo
+
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    write(docs, "d/a.md", doc("a", 1))
+    write(docs, "d/b.md", doc("b", 1))
+    write(outside, "b.md", doc("private", 1))
+    hashed: list[str] = []
+    real_hash = plan_module.hash_file
+
+    def hash_and_swap(info: FileInfo) -> str:  # the plan's own hash_file, with the attacker's move
+        hashed.append(os.path.realpath(info.path))
+        if info.path.name == "a.md":
+            (docs / "d").rename(tmp_path / "d-moved")
+            (docs / "d").symlink_to(outside, target_is_directory=True)
+        return real_hash(info)
+
+    monkeypatch.setattr(plan_module, "hash_file", hash_and_swap)
+    with KnowledgeBase.open(tmp_path / "idx", **SETTINGS) as kb:
+        report = kb.reindex(docs)
+        assert not any(path.startswith(str(outside)) for path in hashed)
+        assert "outside the ingested folder" in {s.doc_id: s.reason for s in report.skipped}["docs:d/b.md"]
+        assert not kb.search("zqprivatev1s0", k=5, mode="bm25")
+
+
 def test_identical_content_in_two_documents_survives_deleting_one(tmp_path: Path, backend: dict) -> None:
     docs = tmp_path / "docs"
     write(docs, "a.md", doc("same", 1))

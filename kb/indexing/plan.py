@@ -126,6 +126,10 @@ def plan_source(
             content_hash = known.doc_hash  # fast path: the file was not touched since it was indexed
         else:
             try:
+                if found.listed is not None:
+                    # About to read it: the full check, not the listing's stat — its folder may have been swapped
+                    # for a link out of the tree since the walk resolved it.
+                    info = inspect_file(found.path, selection.options, root)
                 content_hash = hash_file(info)
             except SourceError as exc:
                 plan.skipped.append(SkippedFile(doc_id, str(exc)))
