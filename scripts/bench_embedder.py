@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from section_titles import section_titles
 
 from kb import KnowledgeBase
 from kb.embedding import build_embedder
@@ -42,8 +42,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 def queries_of(index: Path) -> list[str]:
     """300 short queries: section titles of the indexed pages."""
     with KnowledgeBase.open(index, create=False) as kb:
-        records = [c.payload for c in kb.store.scroll(batch=1024)]
-    return [" ".join(r["header_path"][-1:]) or r["title"] for r in random.Random(7).sample(records, 300)]
+        return section_titles(kb.store, 300)
 
 
 def encode_rate(backend: str, texts: list[str]) -> tuple[float, np.ndarray]:

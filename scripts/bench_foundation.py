@@ -21,6 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from section_titles import section_titles
+
 from kb import KnowledgeBase
 from kb.evaluation.debian import fetch_debian_package
 from kb.samples import sample_kb_path
@@ -73,7 +75,7 @@ def bench(name: str, folder: Path, reuse: bool, queries_wanted: int = 200) -> di
     }
     # Queries: hand-written ones plus section titles of random chunks (what users type is short).
     rng = random.Random(7)
-    titles = [" ".join(c.payload["header_path"][-1:]) or c.payload["title"] for c in kb.store.scroll()]
+    titles = section_titles(kb.store)
     queries = (HANDWRITTEN + rng.sample(titles, min(len(titles), queries_wanted)))[:queries_wanted]
     for q in queries[:20]:  # warm up caches and the model
         kb.search(q)

@@ -27,10 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from section_titles import section_titles
 
 from kb import KnowledgeBase
 from kb.embedding import build_embedder
 from kb.evaluation.metrics import percentile
+from kb.samples import sample_kb_path
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "evals" / "reports" / "bench-idle.md"
@@ -52,8 +54,10 @@ def timed(work: Callable[[], object], pause: float) -> tuple[float, float]:
 
 
 def main() -> None:
-    with KnowledgeBase.open(REPO / "indexes" / "sample", create=False) as kb:
-        titles = [" ".join(c.payload["header_path"][-1:]) or c.payload["title"] for c in kb.store.scroll(batch=1024)]
+    with KnowledgeBase.open(REPO / ".bench" / "bench-idle-index") as kb:  # the bundled sample KB, indexed once
+        if not kb.manifest.documents:
+            kb.reindex(sample_kb_path())
+        titles = section_titles(kb.store)
     queries = iter(random.Random(7).choices(titles, k=100_000))
     rng = np.random.default_rng(7)
     weights, rows = rng.random((384, 1536), dtype=np.float32), rng.random((12, 384), dtype=np.float32)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from section_titles import section_titles
 
 from kb import KnowledgeBase
 from kb.evaluation.debian import fetch_debian_package
@@ -64,12 +65,7 @@ def main() -> None:
         else:
             lines.append("- full index: not timed in this run (`--reuse`; run without it to time the build)")
         documents = len(kb.manifest.documents)
-        unchanged = []
-        for _ in range(5):
-            tick = time.perf_counter()
-            report = kb.reindex(corpus)
-            unchanged.append(time.perf_counter() - tick)
-            assert report.chunks_written == 0
+        unchanged = unchanged_runs(kb, corpus)
         lines.append(
             f"- reindex, nothing changed ({documents} documents): median {statistics.median(unchanged) * 1e3:.0f} ms "
             f"(of 5 runs; target < 1 s for 500)"
@@ -79,9 +75,7 @@ def main() -> None:
         original = path.read_text(encoding="utf-8")
         touched_runs, alone_runs = [], []
         for i in range(3):
-            path.write_text(
-                original.replace("</body>", f"<p>Benchmark edit {i} {time.time()}.</p></body>"), encoding="utf-8"
-            )
+            path.write_text(edited(original, i), encoding="utf-8")
             tick = time.perf_counter()
             doc = load_file(path, TOUCHED, kb.settings)
             chunks = kb.chunker().chunk(doc.parsed)
@@ -132,17 +126,12 @@ def at_ten_thousand(pages: Path, reuse: bool) -> list[str]:
         built = kb.reindex()
         build_s = time.perf_counter() - tick
         documents, chunks = len(kb.manifest.documents), kb.store.count()
-        nothing = []
-        for _ in range(5):
-            tick = time.perf_counter()
-            report = kb.reindex()
-            nothing.append(time.perf_counter() - tick)
-            assert report.chunks_written == 0 and not report.changed
+        nothing = unchanged_runs(kb)
         path = corpus / "s1" / "copy1" / TOUCHED
         original = path.read_text(encoding="utf-8")
         one, first = [], {}
         for i in range(4):
-            path.write_text(original.replace("</body>", f"<p>Benchmark edit {i} {time.time()}.</p></body>"), "utf-8")
+            path.write_text(edited(original, i), encoding="utf-8")
             tick = time.perf_counter()
             report = kb.reindex()
             one.append(time.perf_counter() - tick)
@@ -182,10 +171,25 @@ def at_ten_thousand(pages: Path, reuse: bool) -> list[str]:
     ]
 
 
+def unchanged_runs(kb: KnowledgeBase, folder: Path | None = None, runs: int = 5) -> list[float]:
+    """Seconds of ``runs`` reindexes that find nothing to do (asserted)."""
+    seconds = []
+    for _ in range(runs):
+        tick = time.perf_counter()
+        report = kb.reindex(folder)
+        seconds.append(time.perf_counter() - tick)
+        assert report.chunks_written == 0 and not report.changed, report.summary()
+    return seconds
+
+
+def edited(page: str, run: int) -> str:
+    """The HTML page with a paragraph added: a real change, different on every run and every call."""
+    return page.replace("</body>", f"<p>Benchmark edit {run} {time.time()}.</p></body>")
+
+
 def store_query_ms(kb: KnowledgeBase) -> float:
     """Hybrid retrieval p50 without the query embedding (ms), section titles as queries, after a warm-up round."""
-    records = [c.payload for c in kb.store.scroll(batch=4096)]
-    queries = [" ".join(r["header_path"][-1:]) or r["title"] for r in random.Random(7).sample(records, 200)]
+    queries = section_titles(kb.store, 200)
     search = kb.hybrid_search(k=10)
     for query in queries:
         search.search(query)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 from procmem import process_memory
+from section_titles import section_title
 
 from kb import KnowledgeBase, Principal
 from kb.evaluation.debian import fetch_debian_package
@@ -117,9 +118,8 @@ def query_figures(index: Path) -> dict:
     tick = time.perf_counter()
     kb = KnowledgeBase.open(index, create=False)
     opened = time.perf_counter() - tick
-    rng = random.Random(7)
     records = [c.payload for c in kb.store.scroll(batch=2048)]
-    queries = [" ".join(r["header_path"][-1:]) or r["title"] for r in rng.sample(records, 300)]
+    queries = [section_title(r) for r in random.Random(7).sample(records, 300)]
     sources = sorted({r["source"] for r in records})
     reader = Principal(groups=("half",))
     for name in sources[: len(sources) // 2]:
@@ -175,8 +175,9 @@ def store_scaling(index: Path, sizes: tuple[int, ...], save: Callable[[list[dict
     kb = KnowledgeBase.open(index, create=False)
     base = list(kb.store.scroll_points(batch=2048))
     bm25 = Bm25Encoder()
-    queries = [kb.embedder.embed([" ".join(p.payload["header_path"][-1:]) or "x"])[0] for p in random.Random(3).sample(base, 200)]
-    sparse = [bm25.embed_query(" ".join(p.payload["header_path"][-1:]) or "x") for p in random.Random(3).sample(base, 200)]
+    texts = [" ".join(p.payload["header_path"][-1:]) or "x" for p in random.Random(3).sample(base, 200)]
+    queries = [kb.embedder.embed([text])[0] for text in texts]
+    sparse = [bm25.embed_query(text) for text in texts]
     kb.close()
     rng = np.random.default_rng(11)
     rows = []
