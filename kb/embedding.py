@@ -224,11 +224,11 @@ class OnnxEmbedder(_PlainEmbedder):
 
     @property
     def onnx_path(self) -> Path:
-        from kb.onnx_export import EXPORT_REVISION
+        from kb.onnx_export import EXPORT_REVISION, FP32_EXPORT_REVISION
         from kb.settings import cache_dir
 
-        variant = "int8" if self.quantized else "fp32"
-        name = f"{_weights_sha256(self._path)[:16]}-embedder-{variant}-r{EXPORT_REVISION}.onnx"
+        variant, revision = ("int8", EXPORT_REVISION) if self.quantized else ("fp32", FP32_EXPORT_REVISION)
+        name = f"{_weights_sha256(self._path)[:16]}-embedder-{variant}-r{revision}.onnx"
         return cache_dir() / "onnx" / name
 
     def load(self) -> None:

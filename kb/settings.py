@@ -76,9 +76,9 @@ class EmbedderBackend(StrEnum):
     TORCH = "torch"
 
 
-# fp32: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster with rankings equal within noise on average
-# (tune-split mean nDCG@10 0.442 vs 0.443), but under it the default fusion falls below the dense leg on
-# python-faq's tune split (0.438 vs 0.444) and perl-faq loses 0.008: evals/reports/embedder-quality.md.
+# fp32: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster and ranks as well on the tune splits (default
+# fusion nDCG@10 within +-0.002 on three, +0.011 on perl-faq: evals/reports/embedder-quality.md), but the test
+# splits, read once, show a small loss (python-faq 0.426 vs 0.441; python-faq-xref hit@5 below the stock recipe's).
 DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.ONNX
 
 
