@@ -152,7 +152,7 @@ class Indexer:
         meta = {**source.metadata, **parsed.metadata}
         points, texts = [], []
         for chunk in parsed.chunks:
-            embed_text = self.embed_text(parsed.title, chunk)
+            embed_text = embedding_text(parsed.title, chunk, self.embedder.max_tokens, self.counter)
             record = ChunkRecord(
                 text=chunk.text,
                 doc_id=parsed.doc_id,
@@ -194,13 +194,6 @@ class Indexer:
             own_acl=parsed.own_acl,
         )
         return _Pending(entry, parsed.doc_id, planned.replaces, points, texts)
-
-    def embed_text(self, title: str, chunk: Chunk) -> str:
-        """What the embedder reads: title and heading path as context, then the chunk, within its limit."""
-        context = " > ".join([title, *[h for h in chunk.header_path if h != title]])
-        room = self.embedder.max_tokens - chunk.tokens - 1
-        context = self.counter.truncate(context, room) if room > 0 else ""
-        return f"{context}\n{chunk.text}" if context else chunk.text
 
     def _write(self, batch: list[_Pending], report: IngestReport) -> None:
         if not batch:
@@ -262,3 +255,12 @@ class Indexer:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def embedding_text(title: str, chunk: Chunk, max_tokens: int, counter: TokenCounter) -> str:
+    """What the embedder reads for ``chunk``: title and heading path as context, then the chunk, within the
+    embedder's ``max_tokens`` (the context is cut, never the chunk)."""
+    context = " > ".join([title, *[h for h in chunk.header_path if h != title]])
+    room = max_tokens - chunk.tokens - 1
+    context = counter.truncate(context, room) if room > 0 else ""
+    return f"{context}\n{chunk.text}" if context else chunk.text
