@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kb.citations import DROPPED, close_gaps
 from kb.tokens import STOPWORDS
 
 RECALL = 0.6
@@ -96,7 +97,7 @@ def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     out = []
     for piece in _SENTENCE.split(moved):
         cited = tuple(dict.fromkeys(int(n) for n in _MARKER.findall(piece or "")))
-        bare = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s+", " ", _MARKER.sub("", piece or ""))).strip()
+        bare = re.sub(r"\s+", " ", close_gaps(_MARKER.sub(DROPPED, piece or ""))).strip()
         if bare and any(ch.isalnum() for ch in bare):
             out.append((bare, cited))
     return out

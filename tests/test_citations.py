@@ -25,6 +25,15 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
         ("No markers at all.", 2, "No markers at all.", [], ["No markers at all."]),
         ("Run `lumen keys roll` [2]; then revoke it [9].", 2, "Run `lumen keys roll` [2]; then revoke it.", [2], []),
         ("Ask the customer. [1][1] [2]", 2, "Ask the customer. [1][2]", [1, 2], []),
+        # reStructuredText keeps its space before a role (the old cleanup printed "the:mod:`ctypes`").
+        (
+            "Use the :mod:`ctypes` module [1]. See :ref:`ctypes-callback-functions` [3].",
+            2,
+            "Use the :mod:`ctypes` module [1]. See :ref:`ctypes-callback-functions`.",
+            [1],
+            ["See :ref:`ctypes-callback-functions`."],
+        ),
+        ("Claim [1] . Then revoke it [9] now.", 1, "Claim [1]. Then revoke it now.", [1], ["Then revoke it now."]),
         (
             "Steps:\n1. Run the dry run [1].\n2. Deploy it [1].",
             1,

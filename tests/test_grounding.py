@@ -44,3 +44,22 @@ def test_support(text: str, ok: bool) -> None:
 def test_an_uncited_sentence_is_checked_against_every_source() -> None:
     assert unsupported("The owning team must review the fix before deploys resume.", SOURCES) == []
     assert unsupported("The owning team pays a fine of 300 euros.", SOURCES) != []
+
+
+def test_a_sentence_keeps_the_spaces_of_its_rst_roles_and_is_checked_as_written() -> None:
+    # From a python-faq answer: the sentence repeats its source word for word, but the old split glued
+    # "Xt's" to ":c:func:" and counted "s:c:func" as a fact no source has.
+    source = Numbered(
+        2,
+        "Tk has the equivalent of Xt's :c:func:`XtAddInput` call, which allows you to register a callback "
+        "function which will be called from the Tk mainloop when I/O is possible on a file descriptor. "
+        "See :ref:`tkinter-file-handlers`.",
+    )
+    answer = (
+        "Tk has the equivalent of Xt's :c:func:`XtAddInput()` call, which allows you to register a callback "
+        "function which will be called from the Tk mainloop when I/O is possible on a file descriptor. [2] "
+        "See :ref:`tkinter-file-handlers`. [2]"
+    )
+    assert [s for s, _ in sentences(answer)][1] == "See :ref:`tkinter-file-handlers`."
+    assert unsupported(answer, [source]) == []
+    assert unsupported(answer.replace("XtAddInput", "XtAddOutput"), [source]) != []  # a wrong name still fails
