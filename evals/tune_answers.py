@@ -2,12 +2,15 @@
 
     python evals/tune_answers.py --kb indexes/python-faq                    # every config below, local Qwen
     python evals/tune_answers.py --kb indexes/python-faq --configs 4/0,4/600
+    python evals/tune_answers.py --configs 4/900 --system-prompt evals/prompts/answer-first.txt
 
 Each config is ``answer_sources/answer_context_tokens``. For every tune question of python-faq (answerable and
 not) kb answers with the local generator, judged exactly as ``kb eval --answers`` judges: the answer cites a
 gold section, citation precision, false refusals, unanswerable refused, answers with a sentence no cited
 source supports (kb.grounding), prompt tokens (the generator's own), first-token and total time. Writes
 ``evals/reports/answers-tuning.md``; the test split is read afterwards, once, by ``kb eval``.
+``--system-prompt FILE`` answers with other instructions than kb's (a candidate prompt, compared on the same
+questions); the report names the file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kb import KnowledgeBase
+from kb import KnowledgeBase, prompting
 from kb.evaluation.gold import GoldResolver
 from kb.evaluation.questions import load_questions
 from kb.evaluation.report import summarize
@@ -43,8 +46,12 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=REPO / ".bench" / "corpora" / "python-faq")
     parser.add_argument("--configs", default="3/0,4/0,4/600,5/0")
     parser.add_argument("--out", type=Path, default=REPORT)
+    parser.add_argument("--system-prompt", type=Path, help="instructions to use instead of kb's SYSTEM_PROMPT")
     parser.add_argument("--limit", type=int, default=0, help="only the first N tune questions (a smoke test)")
     args = parser.parse_args()
+    if args.system_prompt:
+        # build_messages and the leak check read the module's SYSTEM_PROMPT when called: swap it before the first.
+        prompting.SYSTEM_PROMPT = args.system_prompt.read_text(encoding="utf-8").strip()
     questions = [q for q in load_questions(args.set) if q.split == "tune"]
     questions = questions[: args.limit] if args.limit else questions
     resolver = GoldResolver(args.corpus)
@@ -59,14 +66,17 @@ def main() -> None:
         answers = summarize(results)["answers"]
         rows.append((config, answers, time.perf_counter() - tick))
         print(config, json.dumps({c: round(answers[c], 3) for c in COLUMNS}), flush=True)
-        (args.out.with_suffix(f".{config.replace('/', '-')}.jsonl")).write_text(
+        tag = config.replace("/", "-") + (f".{args.system_prompt.stem}" if args.system_prompt else "")
+        (args.out.with_suffix(f".{tag}.jsonl")).write_text(
             "\n".join(json.dumps({"id": r.id, "answer": r.answer}) for r in results) + "\n"
         )
     answerable = sum(q.answerable for q in questions)
     lines = [
         "# What the generator reads (tune split)",
         "",
-        f"`python evals/tune_answers.py --configs {args.configs}` — {len(questions)} tune questions of "
+        f"`python evals/tune_answers.py --configs {args.configs}"
+        + (f" --system-prompt {args.system_prompt}" if args.system_prompt else "")
+        + f"` — {len(questions)} tune questions of "
         f"`{args.set.name}` ({answerable} answerable), local Qwen2.5-Coder-1.5B Q4_K_M, 2 cores. Config = "
         "`answer_sources`/`answer_context_tokens`.",
         "",
