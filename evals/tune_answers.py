@@ -52,6 +52,9 @@ def main() -> None:
     if args.system_prompt:
         # build_messages and the leak check read the module's SYSTEM_PROMPT when called: swap it before the first.
         prompting.SYSTEM_PROMPT = args.system_prompt.read_text(encoding="utf-8").strip()
+        prompting._instruction_runs.cache_clear()  # the leak check's word runs come from the old prompt
+        if args.out == REPORT:  # the committed report is the default prompt's: a candidate writes beside it
+            args.out = REPORT.with_name(f"answers-tuning-{args.system_prompt.stem}.md")
     questions = [q for q in load_questions(args.set) if q.split == "tune"]
     questions = questions[: args.limit] if args.limit else questions
     resolver = GoldResolver(args.corpus)

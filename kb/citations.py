@@ -134,9 +134,10 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
                 used.append(n)
         return "".join(f"[{n}]" for n in valid) if valid else ""
 
+    text = text.replace(DROPPED, " ")  # a NUL the model wrote is not a removed marker
     cleaned = _MARKER.sub(lambda m: (" " if m.group(0)[0].isspace() else "") + (keep_valid(m) or DROPPED), text)
     cleaned = _MARKER_RUN.sub(_dedupe_run, close_gaps(cleaned))
-    cleaned = re.sub(r"(\])[ \t]+([.,;:!?])", r"\1\2", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
+    cleaned = re.sub(r"(\])[ \t]+([.,;:!?])(?=\s|\Z)", r"\1\2", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
     cleaned = re.sub(r" +(\[\d+\])", r"\1", cleaned)
     cleaned = re.sub(r"(\S)(\[\d+\])", r"\1 \2", cleaned)
     uncited = [
@@ -155,7 +156,8 @@ def close_gaps(text: str) -> str:
     """``text`` with each ``DROPPED`` place closed up: a removed marker takes the spaces before it when
     punctuation follows ("revoke it [9]." -> "revoke it."). Only there: a space the text itself has before
     punctuation is part of it (reStructuredText's "the :mod:`ctypes` module", "see :ref:`x`")."""
-    text = re.sub(r"[ \t]*\x00+[ \t]*(?=[.,;:!?])", "", text)
+    # Punctuation that ends a clause (followed by a space or the end) pulls the text to it; ":ref:" does not.
+    text = re.sub(r"[ \t]*\x00+(?:[ \t]+(?=[.,;:!?](?:\s|\Z))|(?=[.,;:!?](?:\s|\Z)))", "", text)
     return re.sub(r"[ \t]*\x00+", "", text)
 
 

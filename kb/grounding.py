@@ -97,7 +97,8 @@ def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     out = []
     for piece in _SENTENCE.split(moved):
         cited = tuple(dict.fromkeys(int(n) for n in _MARKER.findall(piece or "")))
-        bare = re.sub(r"\s+", " ", close_gaps(_MARKER.sub(DROPPED, piece or ""))).strip()
+        piece = (piece or "").replace(DROPPED, " ")  # a NUL in the text is not a removed marker
+        bare = re.sub(r"\s+", " ", close_gaps(_MARKER.sub(DROPPED, piece))).strip()
         if bare and any(ch.isalnum() for ch in bare):
             out.append((bare, cited))
     return out

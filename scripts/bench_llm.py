@@ -1,7 +1,7 @@
 """How fast llama.cpp reads a prompt and writes tokens with kb's bundled Qwen, per build and setting.
 
     python scripts/bench_llm.py                                   # the llama-cpp-python installed in .venv
-    python scripts/bench_llm.py --build avx2=/tmp/llama-avx2      # and other builds (pip install --target DIR)
+    python scripts/bench_llm.py --build avx2=/tmp/llama-avx2      # and other builds (pip install --no-deps --target DIR)
 
 On a CPU an answer's time to first token is the prompt read (the sources and question, ~1,100 tokens at kb's
 defaults); the rest of the answer is token generation. Each configuration runs in its own process (a build
@@ -71,8 +71,10 @@ def run_config(build: str | None, flash_attn: bool, args: argparse.Namespace) ->
     if build:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (build, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, __file__, "--child", json.dumps([args.prompt_tokens, args.repeats, flash_attn])]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{build or 'installed build'}: the measurement failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -84,7 +86,7 @@ def main() -> None:
         metavar="NAME=DIR",
         help="another llama-cpp-python, installed with pip install --target DIR",
     )
-    parser.add_argument("--prompt-tokens", type=int, default=1100)
+    parser.add_argument("--prompt-tokens", type=int, default=1100, choices=range(64, 4000), metavar="64..3999")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -92,7 +94,11 @@ def main() -> None:
         print(json.dumps(measure(*json.loads(args.child))))
         return
     builds: list[tuple[str, str | None]] = [("installed", None)]
-    builds += [tuple(b.split("=", 1)) for b in args.build]  # type: ignore[misc]
+    for build in args.build:
+        name, _, path = build.partition("=")
+        if not path or not Path(path, "llama_cpp").is_dir():
+            parser.error(f"--build {build}: expected NAME=DIR, DIR holding a llama_cpp package (pip install --target)")
+        builds.append((name, path))
     rows = []
     for name, path in builds:
         for flash_attn in (False, True):
@@ -111,7 +117,7 @@ def main() -> None:
         "",
         f"A prompt of {args.prompt_tokens} README tokens read from an empty cache (best of {args.repeats}), then 64 "
         f"tokens generated greedily after a 64-token prompt; {rows[0][2]['threads']} threads, one process per row.",
-        "A build other than the installed one is a `pip install --target DIR llama-cpp-python` of the same version,"
+        "A build other than the installed one is a `pip install --no-deps --target DIR llama-cpp-python` of the same version,"
         " with `CMAKE_ARGS` from `scripts/llama_cmake_args.sh` (`KB_LLAMA_CPU=portable` for AVX2 only).",
         "",
         "| build | CPU kernels | flash attention | prompt tokens/s | prompt read s | generation tokens/s |",

@@ -20,7 +20,8 @@ case "$mode" in
   *) echo "KB_LLAMA_CPU=$mode: expected auto (this CPU's AVX-512/VNNI kernels) or portable (AVX2 only)" >&2; exit 2 ;;
 esac
 if [ "$mode" = auto ] && [ -r "$cpuinfo" ]; then
-  flags=" $(grep -m1 '^flags' "$cpuinfo" | cut -d: -f2) "
+  # No "flags" line (ARM has "Features"; some sandboxes have none): nothing to add, ggml ignores the x86 options.
+  flags=" $(grep -m1 '^flags' "$cpuinfo" | cut -d: -f2 || true) "
   has() {
     local flag
     for flag in "$@"; do [[ $flags == *" $flag "* ]] || return 1; done

@@ -35,6 +35,14 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
         ),
         ("Claim [1] . Then revoke it [9] now.", 1, "Claim [1]. Then revoke it now.", [1], ["Then revoke it now."]),
         (
+            "See [1] :ref:`x`. Use the [9] :mod:`y` module.",
+            1,
+            "See [1] :ref:`x`. Use the :mod:`y` module.",
+            [1],
+            ["Use the :mod:`y` module."],
+        ),
+        ("Keep a\x00b [1].", 1, "Keep a b [1].", [1], []),  # a NUL the model wrote is no removed marker
+        (
             "Steps:\n1. Run the dry run [1].\n2. Deploy it [1].",
             1,
             "Steps:\n1. Run the dry run [1].\n2. Deploy it [1].",

@@ -59,6 +59,18 @@ def test_a_cpu_without_the_whole_avx512_set_gets_avx2_only(tmp_path: Path, flags
     assert not any(k.startswith("GGML_AVX512") or k == "GGML_AVX_VNNI" for k in got)
 
 
+@pytest.mark.parametrize("flags_line", ["Features\t: fp asimd evtstrm aes crc32", ""], ids=["arm", "no-flags-line"])
+def test_a_cpuinfo_without_an_x86_flags_line_gets_the_base_flags_not_a_silent_exit(
+    tmp_path: Path, flags_line: str
+) -> None:
+    # ARM's cpuinfo says "Features", not "flags": grep found nothing and set -e/pipefail ended the script
+    # without a word, and install.sh with it.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags_line}\n")
+    result = subprocess.run(["bash", str(SCRIPT), str(cpuinfo)], capture_output=True, text=True)
+    assert options(result) == options(cmake_args(tmp_path, HASWELL))
+
+
 def test_portable_mode_leaves_out_what_the_build_host_has(tmp_path: Path) -> None:
     assert options(cmake_args(tmp_path, SAPPHIRE_RAPIDS, "portable")) == options(cmake_args(tmp_path, HASWELL))
 
