@@ -11,6 +11,10 @@ source supports (kb.grounding), prompt tokens (the generator's own), first-token
 ``evals/reports/answers-tuning.md``; the test split is read afterwards, once, by ``kb eval``.
 ``--system-prompt FILE`` answers with other instructions than kb's (a candidate prompt, compared on the same
 questions); the report names the file.
+
+Answers are generated with ``refuse_unsupported`` off, and each config is reported twice: as generated, and
+with the refusal applied (``+refuse``: an answer whose claims no source supports becomes a refusal). The rule
+is a function of the same answers and checks, so one generation measures both.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +34,7 @@ from kb import KnowledgeBase, prompting
 from kb.evaluation.gold import GoldResolver
 from kb.evaluation.questions import load_questions
 from kb.evaluation.report import summarize
-from kb.evaluation.runner import KbSystem, run
+from kb.evaluation.runner import KbSystem, QuestionResult, run
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "evals" / "reports" / "answers-tuning.md"
@@ -63,12 +68,19 @@ def main() -> None:
         sources, context = (int(v) for v in config.split("/"))
         tick = time.perf_counter()
         with KnowledgeBase.open(
-            args.kb, create=False, llm_backend="local", answer_sources=sources, answer_context_tokens=context
+            args.kb,
+            create=False,
+            llm_backend="local",
+            answer_sources=sources,
+            answer_context_tokens=context,
+            refuse_unsupported=False,
         ) as kb:
             results = run(KbSystem(kb), questions, resolver, answer_ids={q.id for q in questions})
-        answers = summarize(results)["answers"]
-        rows.append((config, answers, time.perf_counter() - tick))
-        print(config, json.dumps({c: round(answers[c], 3) for c in COLUMNS}), flush=True)
+        seconds = time.perf_counter() - tick
+        for name, judged in ((config, results), (f"{config} +refuse", refusing_unsupported(results))):
+            answers = summarize(judged)["answers"]
+            rows.append((name, answers, seconds))
+            print(name, json.dumps({c: round(answers[c], 3) for c in COLUMNS}), flush=True)
         tag = config.replace("/", "-") + (f".{args.system_prompt.stem}" if args.system_prompt else "")
         (args.out.with_suffix(f".{tag}.jsonl")).write_text(
             "\n".join(json.dumps({"id": r.id, "answer": r.answer}) for r in results) + "\n"
@@ -90,6 +102,19 @@ def main() -> None:
         lines.append(f"| {config} | " + " | ".join(f"{answers[c]:.3f}" for c in COLUMNS) + f" | {seconds:.0f} |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def refusing_unsupported(results: list[QuestionResult]) -> list[QuestionResult]:
+    """``results`` as kb's ``refuse_unsupported`` would have returned them: an answer that makes claims, none
+    of them supported by a source (kb.grounding, as ``unsupported`` recorded it), becomes a refusal."""
+    out = []
+    for row in results:
+        answer = row.answer
+        if answer and not answer["refused"] and answer["claims"] and len(answer["unsupported"]) >= answer["claims"]:
+            refused = {"refused": True, "cited": 0, "cited_on_gold": 0, "supported": False, "citations": []}
+            answer = answer | refused | {"token_f1": None, "rouge_l": None, "claims": 0, "unsupported": []}
+        out.append(replace(row, answer=answer))
+    return out
 
 
 if __name__ == "__main__":

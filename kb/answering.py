@@ -6,8 +6,9 @@
 
 Two guards keep answers honest. Before generation, when no retrieved chunk is at least
 ``refusal_floor`` similar to the question, kb refuses without calling the generator. After generation,
-an "I don't know" reply, or one that repeats the instructions, becomes a refusal; markers that point at no
-source are dropped and sentences without a citation are reported in ``Answer.uncited_sentences``.
+an "I don't know" reply, one that repeats the instructions, or one whose claims no source supports
+(``refuse_unsupported``) becomes a refusal; markers that point at no source are dropped and sentences without
+a citation are reported in ``Answer.uncited_sentences``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_
 from kb.context import expand
 from kb.embedding import Embedder
 from kb.errors import ConfigError
-from kb.grounding import unsupported
+from kb.grounding import support, ungrounded
 from kb.llm.base import ChatBackend
 from kb.prompting import build_messages, leaks_prompt
 from kb.reranking import CrossEncoderReranker
@@ -37,6 +38,7 @@ from kb.tokens import TokenCounter
 NO_SOURCES = "I don't know: the knowledge base has nothing relevant enough to answer this question."
 MODEL_REFUSAL = "I don't know: the sources found do not contain the answer."
 UNSAFE = "I can't answer that from the knowledge base."
+UNSUPPORTED = "I don't know: the sources found do not support an answer."
 EXTRACT_RELATIVE_FLOOR = 0.8
 LEAK_RUN = 8  # words of the instructions that make an answer a leak (leaks_prompt's min_run)
 _WORD = re.compile(r"[a-z']+", re.IGNORECASE)
@@ -235,6 +237,14 @@ class AnswerEngine:
         text, _, _ = parse_citations(raw, len(sources))
         text, inferred = attribute(text, sources)
         text, used, uncited = parse_citations(text, len(sources))
+        checks = support(text, sources, question)
+        unsupported = [c.sentence for c in checks if not c.supported]
+        if self.settings.refuse_unsupported and ungrounded(checks):
+            # Every claim is the model's own (the out-of-corpus question it answered from memory, or made up):
+            # kb answers from the documents or not at all. The withheld sentences stay inspectable.
+            return self._refusal(
+                question, "unsupported", UNSUPPORTED, sources, timings, unsupported_sentences=unsupported
+            )
         citations = [Citation.of(sources[n - 1]) for n in used]
         return self._answer(
             question,
@@ -243,14 +253,20 @@ class AnswerEngine:
             timings,
             citations=citations,
             uncited_sentences=uncited,
-            unsupported_sentences=unsupported(text, sources),
+            unsupported_sentences=unsupported,
             inferred_citations=inferred,
         )
 
     def _refusal(
-        self, question: str, reason: str, text: str, sources: list[Source], timings: dict[str, float]
+        self,
+        question: str,
+        reason: str,
+        text: str,
+        sources: list[Source],
+        timings: dict[str, float],
+        **fields: Any,
     ) -> Answer:
-        return self._answer(question, text, sources, timings, refused=True, refusal_reason=reason)
+        return self._answer(question, text, sources, timings, refused=True, refusal_reason=reason, **fields)
 
     def _answer(
         self, question: str, text: str, sources: list[Source], timings: dict[str, float], **fields: Any

@@ -108,7 +108,9 @@ class Answer:
     text: str
     citations: list[Citation] = field(default_factory=list)
     refused: bool = False
-    refusal_reason: str = ""  # "no_relevant_sources" (score floor) or "model" (the generator said so)
+    # "no_relevant_sources" (score floor or gate), "model" (the generator said so), "unsupported" (no source
+    # supports its claims) or "unsafe_output" (it repeated kb's instructions)
+    refusal_reason: str = ""
     uncited_sentences: list[str] = field(default_factory=list)
     unsupported_sentences: list[str] = field(default_factory=list)  # claims no cited source's words back up
     inferred_citations: list[int] = field(default_factory=list)  # markers kb added, not the generator

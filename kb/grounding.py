@@ -1,20 +1,23 @@
 """Is each sentence of an answer supported by the sources it cites? A check that needs no judge model.
 
-    checks = support(answer.text, answer.sources)
+    checks = support(answer.text, answer.sources, answer.question)
     [c.sentence for c in checks if not c.supported]      # what no cited source says
 
 A sentence is split off with its citation markers. Its *claims* are its content words (stop words and
 markers removed, light stemming) and, separately, its *facts*: numbers, versions, durations, identifiers
-(``billing.retry_limit``, ``--dry-run``, ``E4012``). The sentence is supported when
+(``billing.retry_limit``, ``--dry-run``, ``E4012``, ``SQS``). The sentence is supported when
 
 - every fact appears in the text of a source it cites (a wrong number or flag is the hallucination users get
   hurt by, and token overlap alone forgives it), and
 - at least ``RECALL`` of its content words appear in the sources it cites (or, for a sentence that cites
   nothing, in any source: such a sentence is counted as uncited elsewhere, here only its content is checked).
 
-Sentences with fewer than ``MIN_WORDS`` content words ("Follow these steps:") make no claim and are not
-counted either way. The threshold was chosen by reading every answer on the sample set
-(``evals/reports/grounding-validation.md``).
+An acronym the question itself uses ("How long are API request logs kept?") is its subject, not a fact the
+answer adds; codes with digits or punctuation stay facts even then (asked about E4030, an answer that explains
+it from a source about E4012 is the hallucination to catch). Sentences with fewer than ``MIN_WORDS`` content
+words ("Follow these steps:") make no claim and are not counted either way. The check is validated against a
+reader's labels of every sentence the local generator writes on the sample set
+(``scripts/grounding_report.py`` → ``evals/reports/grounding-validation.md``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _LIST_ITEM = re.compile(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+")
 _TOKEN = re.compile(r"--?[A-Za-z][\w-]*|[A-Za-z0-9][A-Za-z0-9_.:/\-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _FACT = re.compile(r"\d|[_.:/]|^-|[a-z][A-Z]|^[A-Z]{2,}\d*$")
+_ACRONYM = re.compile(r"^[A-Z]{2,}$")
 _STOP = STOPWORDS | frozenset(_FILLER.split())
 
 
@@ -104,11 +108,12 @@ def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence]) -> SentenceSupport:
+def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence], question: str = "") -> SentenceSupport:
     by_number = {s.number: s for s in sources}
     evidence = [by_number[n] for n in cited if n in by_number] or list(sources)
     tokens = _TOKEN.findall(sentence.replace("`", " "))
-    facts = [t for t in tokens if _FACT.search(t)]
+    asked = set(_TOKEN.findall(question))
+    facts = [t for t in tokens if _FACT.search(t) and not (_ACRONYM.match(t) and t in asked)]
     content = [_stem(t) for t in tokens if t.lower() not in _STOP and len(t) > 1]
     found = [t for source in evidence for t in _TOKEN.findall(source.text.replace("`", " "))]
     exact = {_normal(t) for t in found}
@@ -118,10 +123,16 @@ def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence]) -> S
     return SentenceSupport(sentence, tuple(cited), len(content), recall, missing)
 
 
-def support(text: str, sources: Sequence[Evidence]) -> list[SentenceSupport]:
-    """Every sentence of ``text`` checked against the sources it cites."""
-    return [check(sentence, cited, sources) for sentence, cited in sentences(text)]
+def support(text: str, sources: Sequence[Evidence], question: str = "") -> list[SentenceSupport]:
+    """Every sentence of ``text`` checked against the sources it cites (``question``: what was asked)."""
+    return [check(sentence, cited, sources, question) for sentence, cited in sentences(text)]
 
 
-def unsupported(text: str, sources: Sequence[Evidence]) -> list[str]:
-    return [c.sentence for c in support(text, sources) if not c.supported]
+def unsupported(text: str, sources: Sequence[Evidence], question: str = "") -> list[str]:
+    return [c.sentence for c in support(text, sources, question) if not c.supported]
+
+
+def ungrounded(checks: Sequence[SentenceSupport]) -> bool:
+    """Whether an answer makes claims and the sources support none of them."""
+    claims = [c for c in checks if c.is_claim]
+    return bool(claims) and not any(c.supported for c in claims)

@@ -276,6 +276,11 @@ class Settings(BaseSettings):
     refusal_floor: float = Field(
         0.30, description="Refuse without calling the generator when no source is at least this similar (cosine)."
     )
+    refuse_unsupported: bool = Field(
+        True,
+        description="Refuse a generated answer none of whose claims a source supports (kb.grounding): an answer "
+        "from the model's memory, or made up. False: return it, every sentence listed in unsupported_sentences.",
+    )
     answerability_gate: AnswerabilityGate | None = Field(
         None,
         description="Refuse without calling the generator when P(answerable) from retrieval signals is below the "

@@ -90,6 +90,49 @@ def test_model_refusal_is_a_normal_refused_answer(sample_kb: KnowledgeBase) -> N
     assert answer.sources  # what was found is still reported
 
 
+# What the bundled Qwen 1.5B wrote, word for word, for an out-of-corpus question the sample KB's sources pass
+# the cosine floor on (0.46): steps from its own memory, with markers pointing at unrelated sources.
+KEDA = "How do I configure Kubernetes pod autoscaling with KEDA?"
+KEDA_REPLY = (
+    "To configure Kubernetes pod autoscaling with KEDA, you can use the following steps:\n\n"
+    "1. Install KEDA on your Kubernetes cluster.\n2. Create a KEDA deployment for your application.\n"
+    "3. Configure the KEDA deployment to scale based on CPU or memory usage.\n\nSources: [1][2]"
+)
+
+
+def test_an_answer_no_source_supports_is_refused(sample_kb: KnowledgeBase) -> None:
+    with serve(FakeOpenAI(lambda body: KEDA_REPLY)) as url:
+        sample_kb.use_llm(llm_for(url))
+        events = list(sample_kb.ask_stream(KEDA))
+    answer = events[-1]
+    assert isinstance(answer, Answer)
+    assert answer.refused and answer.refusal_reason == "unsupported"
+    assert answer.text.startswith("I don't know") and answer.citations == []
+    assert "Install KEDA on your Kubernetes cluster." in answer.unsupported_sentences  # what was withheld
+    assert answer.sources  # and what was found
+
+
+def test_refuse_unsupported_off_returns_the_answer_with_every_sentence_flagged(
+    sample_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sample_kb.settings, "refuse_unsupported", False)
+    with serve(FakeOpenAI(lambda body: KEDA_REPLY)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask(KEDA)
+    assert not answer.refused and "Install KEDA" in answer.text
+    assert len(answer.unsupported_sentences) == 4
+
+
+def test_an_answer_with_one_supported_claim_is_kept(sample_kb: KnowledgeBase) -> None:
+    # Uncited sentences are checked against every source (and reported as uncited).
+    reply = "Rotate keys at least every 90 days. Kubernetes autoscales the rotation job with KEDA."
+    with serve(FakeOpenAI(lambda body: reply)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How often should API keys be rotated?")
+    assert not answer.refused
+    assert answer.unsupported_sentences == ["Kubernetes autoscales the rotation job with KEDA."]
+
+
 def test_unreachable_or_failing_endpoint_is_a_clear_error(sample_kb: KnowledgeBase) -> None:
     with serve(FakeOpenAI(lambda body: "", status=500)) as url:
         sample_kb.use_llm(llm_for(url))

@@ -287,3 +287,25 @@ def load_file_text(path: Path) -> str:
     from kb.settings import Settings
 
     return load_file(path, path.name, Settings()).parsed.text
+
+
+def test_tune_answers_replays_refuse_unsupported_on_the_same_answers() -> None:
+    from evals.tune_answers import refusing_unsupported
+    from kb.evaluation.report import summarize
+    from kb.evaluation.runner import QuestionResult
+
+    def row(qid: str, claims: int, unsupported: int, on_gold: int) -> QuestionResult:
+        answer = {
+            "text": "…", "refused": False, "cited": 1, "cited_on_gold": on_gold, "supported": bool(on_gold),
+            "citations": [], "token_f1": 0.5, "rouge_l": 0.5, "timings": {"total": 1.0}, "claims": claims,
+            "unsupported": [f"s{i}" for i in range(unsupported)], "prompt_tokens": 800,
+        }  # fmt: skip
+        return QuestionResult(qid, "q", True, "tune", 1, answer=answer)
+
+    rows = [row("all-unsupported", 2, 2, 0), row("one-supported", 2, 1, 1), row("no-claim", 0, 0, 0)]
+    replayed = refusing_unsupported(rows)
+    assert [r.answer["refused"] for r in replayed] == [True, False, False]
+    assert rows[0].answer["refused"] is False  # the measured answers are left as generated
+    before, after = summarize(rows)["answers"], summarize(replayed)["answers"]
+    assert (before["false_refusals"], after["false_refusals"]) == (0.0, 1 / 3)
+    assert after["unsupported_answers"] == 0.5  # one of the two answers still given has an unsupported sentence

@@ -63,3 +63,18 @@ def test_a_sentence_keeps_the_spaces_of_its_rst_roles_and_is_checked_as_written(
     assert [s for s, _ in sentences(answer)][1] == "See :ref:`tkinter-file-handlers`."
     assert unsupported(answer, [source]) == []
     assert unsupported(answer.replace("XtAddInput", "XtAddOutput"), [source]) != []  # a wrong name still fails
+
+
+def test_an_acronym_the_question_uses_is_its_subject_but_a_code_stays_a_fact() -> None:
+    # The sample set's s11: the local Qwen answered correctly from the monitoring page, which says "Logs … kept
+    # for 14 days" and never "API"; the acronym came from the question, and counting it as a fact no source has
+    # turned a right answer into a refusal.
+    source = Numbered(1, "Logs are JSON lines shipped to Loki and kept for 14 days.")
+    answer = "API request logs are kept for 14 days [1]."
+    assert unsupported(answer, [source]) != []  # an acronym the answer brings in itself is a fact
+    assert unsupported(answer, [source], question="How long are API request logs kept?") == []
+    assert unsupported(answer.replace("14", "30"), [source], question="How long are API request logs kept?") != []
+    # A code the question names is still a fact the cited source must contain.
+    e4012 = Numbered(1, "E4012 means the card issuer declined the retry attempt.")
+    asked = "What does error E4030 mean?"
+    assert unsupported("E4030 means the card issuer declined the retry attempt [1].", [e4012], asked) != []

@@ -183,7 +183,7 @@ def run(
         if wants_answer:
             record = system.answer(question.question)
             cited_hits = judge(resolver, question, record.cited)
-            checks = [] if record.refused else support(record.text, record.sources)
+            checks = [] if record.refused else support(record.text, record.sources, question.question)
             row.answer = {
                 "text": record.text,
                 "refused": record.refused,

@@ -9,6 +9,7 @@
     no_relevant_sources: "No source in the knowledge base is close to this question.",
     model: "The sources do not contain the answer.",
     unsafe_output: "The generated answer was withheld: it did not keep to the sources.",
+    unsupported: "The generated answer was withheld: no source supports what it says.",
   };
   const POLL_MS = 400;
 
