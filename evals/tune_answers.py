@@ -105,12 +105,12 @@ def main() -> None:
 
 
 def refusing_unsupported(results: list[QuestionResult]) -> list[QuestionResult]:
-    """``results`` as kb's ``refuse_unsupported`` would have returned them: an answer that makes claims, none
-    of them supported by a source (kb.grounding, as ``unsupported`` recorded it), becomes a refusal."""
+    """``results`` as kb's ``refuse_unsupported`` would have returned them: an answer whose claims no source
+    backs (``kb.grounding.ungrounded``, recorded by the runner as ``ungrounded``) becomes a refusal."""
     out = []
     for row in results:
         answer = row.answer
-        if answer and not answer["refused"] and answer["claims"] and len(answer["unsupported"]) >= answer["claims"]:
+        if answer and not answer["refused"] and answer["ungrounded"]:
             refused = {"refused": True, "cited": 0, "cited_on_gold": 0, "supported": False, "citations": []}
             answer = answer | refused | {"token_f1": None, "rouge_l": None, "claims": 0, "unsupported": []}
         out.append(replace(row, answer=answer))

@@ -237,10 +237,10 @@ class AnswerEngine:
         text, _, _ = parse_citations(raw, len(sources))
         text, inferred = attribute(text, sources)
         text, used, uncited = parse_citations(text, len(sources))
-        checks = support(text, sources, question)
+        checks = support(text, sources)
         unsupported = [c.sentence for c in checks if not c.supported]
-        if self.settings.refuse_unsupported and ungrounded(checks):
-            # Every claim is the model's own (the out-of-corpus question it answered from memory, or made up):
+        if self.settings.refuse_unsupported and ungrounded(checks, sources):
+            # No claim is backed by any source (an out-of-corpus question answered from memory, or made up):
             # kb answers from the documents or not at all. The withheld sentences stay inspectable.
             return self._refusal(
                 question, "unsupported", UNSUPPORTED, sources, timings, unsupported_sentences=unsupported

@@ -78,7 +78,11 @@ class SearchRequest(_Strict):
 class AskRequest(_Strict):
     question: StrictStr = Field(min_length=1, max_length=100_000)
     filters: dict[str, FilterValue] = Field(default_factory=dict)
-    stream: StrictBool = Field(False, description="Server-sent events: 'token' events, then one 'answer' event.")
+    stream: StrictBool = Field(
+        False,
+        description="Server-sent events: 'token' events, then one 'answer' event. An 'answer' event with "
+        "refused: true takes back the tokens before it (an answer no source supports is withheld after it streamed).",
+    )
 
 
 class ChatMessageModel(_Strict):

@@ -137,17 +137,57 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
         return "".join(f"[{n}]" for n in valid) if valid else ""
 
     text = text.replace(DROPPED, " ")  # a NUL the model wrote is not a removed marker
+    text, code = shield_code(text)
     cleaned = _MARKER.sub(lambda m: (" " if m.group(0)[0].isspace() else "") + (keep_valid(m) or DROPPED), text)
     cleaned = _MARKER_RUN.sub(_dedupe_run, close_gaps(cleaned))
     cleaned = re.sub(r"(\])[ \t]+([.,;:!?])(?=\s|\Z)", r"\1\2", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
     cleaned = re.sub(r" +(\[\d+\])", r"\1", cleaned)
     cleaned = re.sub(r"(\S)(\[\d+\])", r"\1 \2", cleaned)
     uncited = [
-        s.strip()
+        unshield(s.strip(), code)
         for s in _SENTENCE_BREAK.split(_move_trailing_markers(cleaned))
         if len(s.split()) >= 2 and not re.search(r"\[\d+\]", s) and any(ch.isalnum() for ch in s)
     ]
-    return cleaned, used, uncited
+    return unshield(cleaned, code), used, uncited
+
+
+_FENCED = re.compile(r"```[^\n]*\n.*?(?:\n[ \t]*```|\Z)", re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_LINE_END_MARKERS = re.compile(r"[ \t]+((?:\[\d+(?:\s*[,;]\s*\d+)*\][ \t]*)+)$", re.MULTILINE)
+_SHIELDED = re.compile(r"\x01(\d+)\x02")
+
+
+def shield_code(text: str, inline: bool = True) -> tuple[str, list[str]]:
+    """``text`` with each fenced code block (and, with ``inline``, each `code span`) replaced by a placeholder,
+    and the code replaced; :func:`unshield` puts it back.
+
+    In code, ``lists[1]`` or ``a[0]`` is indexing, not a citation: left to the marker rules, it became
+    ``lists [1]`` or ``a`` and the answer's code stopped working. A marker the model writes at the end of a code
+    line (``patronictl … --force [1]``) cites the block: it moves after the block, so the code can be copied.
+    """
+    spans: list[str] = []
+
+    def block(match: re.Match[str]) -> str:
+        markers: list[str] = []
+
+        def pull(end: re.Match[str]) -> str:
+            markers.extend(re.findall(r"\[[^\]]+\]", end.group(1)))
+            return ""
+
+        spans.append(_LINE_END_MARKERS.sub(pull, match.group(0)))
+        return f"\x01{len(spans) - 1}\x02" + (" " + "".join(dict.fromkeys(markers)) if markers else "")
+
+    def span(match: re.Match[str]) -> str:
+        spans.append(match.group(0))
+        return f"\x01{len(spans) - 1}\x02"
+
+    text = _FENCED.sub(block, text.replace("\x01", " "))
+    return (_INLINE_CODE.sub(span, text) if inline else text), spans
+
+
+def unshield(text: str, spans: list[str]) -> str:
+    """``text`` with the code :func:`shield_code` took out put back."""
+    return _SHIELDED.sub(lambda m: spans[int(m.group(1))], text) if spans else text
 
 
 _MARKER_RUN = re.compile(r"\[\d+\](?:\s*\[\d+\])+")
@@ -187,6 +227,7 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
     :class:`Answer` can say which citations kb inferred.
     """
     vocabularies = [set(_WORD.findall(s.text.lower())) for s in sources]
+    text, code = shield_code(text, inline=False)  # no marker is added inside a code block
     pieces = _PIECES.split(text)
     added: list[int] = []
     for i, piece in enumerate(pieces):
@@ -204,7 +245,7 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
             pieces[i] = f"{piece} [{number}]"
             if number not in added:
                 added.append(number)
-    return "".join(pieces), added
+    return unshield("".join(pieces), code), added
 
 
 def is_refusal(text: str) -> bool:

@@ -330,6 +330,8 @@ def _print_answer(answer: Answer, streamed: str = "") -> None:
         console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
     elif answer.text.strip() != streamed.strip():
         label = "refused" if answer.refused else "with checked citations"
+        if answer.refusal_reason == "unsupported":
+            label = "withdrawn, no source supports the text above"
         console.print(f"[dim]── {label}:[/]")
         console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
     if answer.citations:

@@ -1,6 +1,6 @@
 """Is each sentence of an answer supported by the sources it cites? A check that needs no judge model.
 
-    checks = support(answer.text, answer.sources, answer.question)
+    checks = support(answer.text, answer.sources)
     [c.sentence for c in checks if not c.supported]      # what no cited source says
 
 A sentence is split off with its citation markers. Its *claims* are its content words (stop words and
@@ -12,12 +12,11 @@ markers removed, light stemming) and, separately, its *facts*: numbers, versions
 - at least ``RECALL`` of its content words appear in the sources it cites (or, for a sentence that cites
   nothing, in any source: such a sentence is counted as uncited elsewhere, here only its content is checked).
 
-An acronym the question itself uses ("How long are API request logs kept?") is its subject, not a fact the
-answer adds; codes with digits or punctuation stay facts even then (asked about E4030, an answer that explains
-it from a source about E4012 is the hallucination to catch). Sentences with fewer than ``MIN_WORDS`` content
-words ("Follow these steps:") make no claim and are not counted either way. The check is validated against a
-reader's labels of every sentence the local generator writes on the sample set
-(``scripts/grounding_report.py`` → ``evals/reports/grounding-validation.md``).
+Sentences with fewer than ``MIN_WORDS`` content words ("Follow these steps:") make no claim and are not counted
+either way. ``ungrounded`` decides whether an answer is withheld, with a lower bar (see there).
+
+The check is validated against a reader's labels of every sentence the local generator writes on the sample
+set (``scripts/grounding_report.py`` → ``evals/reports/grounding-validation.md``).
 """
 
 from __future__ import annotations
@@ -27,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kb.citations import DROPPED, close_gaps
+from kb.citations import DROPPED, close_gaps, shield_code, unshield
 from kb.tokens import STOPWORDS
 
 RECALL = 0.6
+BACKED_RECALL = 0.5  # ungrounded(): the lower bar for "some source backs this claim"
 MIN_WORDS = 3
 _FILLER = "following follow steps step use using used set get make sure see note example"  # how-to filler
 _ABSENCE = re.compile(
@@ -43,7 +43,6 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _LIST_ITEM = re.compile(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+")
 _TOKEN = re.compile(r"--?[A-Za-z][\w-]*|[A-Za-z0-9][A-Za-z0-9_.:/\-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _FACT = re.compile(r"\d|[_.:/]|^-|[a-z][A-Z]|^[A-Z]{2,}\d*$")
-_ACRONYM = re.compile(r"^[A-Z]{2,}$")
 _STOP = STOPWORDS | frozenset(_FILLER.split())
 
 
@@ -97,23 +96,23 @@ def _normal(token: str) -> str:
 def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     """The answer's sentences (list items count as sentences), each with the source numbers it cites.
     A marker run after the full stop ("Claim. [1]") belongs to the sentence before it."""
-    moved = _LIST_ITEM.sub("", re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", text))
+    shielded, code = shield_code(text)  # ``a[1]`` in code is indexing, not a citation
+    moved = _LIST_ITEM.sub("", re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", shielded))
     out = []
     for piece in _SENTENCE.split(moved):
         cited = tuple(dict.fromkeys(int(n) for n in _MARKER.findall(piece or "")))
         piece = (piece or "").replace(DROPPED, " ")  # a NUL in the text is not a removed marker
-        bare = re.sub(r"\s+", " ", close_gaps(_MARKER.sub(DROPPED, piece))).strip()
+        bare = re.sub(r"\s+", " ", unshield(close_gaps(_MARKER.sub(DROPPED, piece)), code)).strip()
         if bare and any(ch.isalnum() for ch in bare):
             out.append((bare, cited))
     return out
 
 
-def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence], question: str = "") -> SentenceSupport:
+def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence]) -> SentenceSupport:
     by_number = {s.number: s for s in sources}
     evidence = [by_number[n] for n in cited if n in by_number] or list(sources)
     tokens = _TOKEN.findall(sentence.replace("`", " "))
-    asked = set(_TOKEN.findall(question))
-    facts = [t for t in tokens if _FACT.search(t) and not (_ACRONYM.match(t) and t in asked)]
+    facts = [t for t in tokens if _FACT.search(t)]
     content = [_stem(t) for t in tokens if t.lower() not in _STOP and len(t) > 1]
     found = [t for source in evidence for t in _TOKEN.findall(source.text.replace("`", " "))]
     exact = {_normal(t) for t in found}
@@ -123,16 +122,29 @@ def check(sentence: str, cited: Sequence[int], sources: Sequence[Evidence], ques
     return SentenceSupport(sentence, tuple(cited), len(content), recall, missing)
 
 
-def support(text: str, sources: Sequence[Evidence], question: str = "") -> list[SentenceSupport]:
-    """Every sentence of ``text`` checked against the sources it cites (``question``: what was asked)."""
-    return [check(sentence, cited, sources, question) for sentence, cited in sentences(text)]
+def support(text: str, sources: Sequence[Evidence]) -> list[SentenceSupport]:
+    """Every sentence of ``text`` checked against the sources it cites."""
+    return [check(sentence, cited, sources) for sentence, cited in sentences(text)]
 
 
-def unsupported(text: str, sources: Sequence[Evidence], question: str = "") -> list[str]:
-    return [c.sentence for c in support(text, sources, question) if not c.supported]
+def unsupported(text: str, sources: Sequence[Evidence]) -> list[str]:
+    return [c.sentence for c in support(text, sources) if not c.supported]
 
 
-def ungrounded(checks: Sequence[SentenceSupport]) -> bool:
-    """Whether an answer makes claims and the sources support none of them."""
+def ungrounded(checks: Sequence[SentenceSupport], sources: Sequence[Evidence]) -> bool:
+    """Whether an answer makes claims and no source backs any of them: grounds to withhold it, not just flag it.
+
+    Withholding costs the user the whole answer, so the bar is lower than a flag's: a claim is backed when
+    *any* source the generator read has its facts and ``BACKED_RECALL`` of its content words. A right answer
+    with a wrong marker ("API request logs are kept for 14 days [1]", [1] being the monitoring page and [2]
+    the retention table) or a paraphrase ("retried four times") is not withheld; an answer about a product no
+    source names (its name is a fact no source has) is.
+    """
     claims = [c for c in checks if c.is_claim]
-    return bool(claims) and not any(c.supported for c in claims)
+    if not claims:
+        return False
+    for claim in claims:
+        anywhere = check(claim.sentence, (), sources)
+        if anywhere.recall >= BACKED_RECALL and not anywhere.missing_facts:
+            return False
+    return True

@@ -89,7 +89,7 @@ def main() -> None:
         if row["refused"]:
             continue
         sources = [Numbered(s["number"], s["text"]) for s in row["sources"]]
-        checks = support(row["text"], sources, row["question"])
+        checks = support(row["text"], sources)
         claims_read = []
         for check in checks:
             label = labels.get((row["id"], check.sentence))
@@ -114,7 +114,7 @@ def main() -> None:
             table.append(f"| {row['id']} | {cell} | {said} | {truth}{mark} | {why} |")
         if claims_read:
             answers["judged"] += 1
-            rule, reader = ungrounded(checks), not any(claims_read)
+            rule, reader = ungrounded(checks, sources), not any(claims_read)
             answers["both"] += rule and reader
             answers["rule_only"] += rule and not reader
             answers["reader_only"] += reader and not rule

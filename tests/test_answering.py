@@ -123,6 +123,28 @@ def test_refuse_unsupported_off_returns_the_answer_with_every_sentence_flagged(
     assert len(answer.unsupported_sentences) == 4
 
 
+def test_a_right_answer_with_a_wrong_marker_is_flagged_not_withheld(sample_kb: KnowledgeBase) -> None:
+    def reply(body: dict) -> str:
+        # Cite a source that is not the retries page, as small models do.
+        prompt = user_message(body)
+        wrong = next(n for n in (1, 2, 3) if "retried 4 times" not in prompt.split(f"<source {n} ")[1][:2000])
+        return f"By default a failed charge is retried 4 times: after 1 day, 3 days, 5 days and 7 days [{wrong}]."
+
+    with serve(FakeOpenAI(reply)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How many times is a failed charge retried by default?")
+    assert not answer.refused and "retried 4 times" in answer.text
+    assert answer.unsupported_sentences  # the citation is still reported as not backing it
+
+
+def test_the_extractive_backend_is_never_withheld_as_unsupported(
+    extractive: KnowledgeBase, sample_questions: list[dict]
+) -> None:
+    reasons = {q["id"]: extractive.ask(q["question"]).refusal_reason for q in sample_questions}
+    assert "unsupported" not in reasons.values()
+    assert sum(reason == "" for reason in reasons.values()) >= 20  # and most are answered
+
+
 def test_an_answer_with_one_supported_claim_is_kept(sample_kb: KnowledgeBase) -> None:
     # Uncited sentences are checked against every source (and reported as uncited).
     reply = "Rotate keys at least every 90 days. Kubernetes autoscales the rotation job with KEDA."

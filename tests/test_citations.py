@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kb.citations import Source, is_refusal, parse_citations
+from kb.citations import Source, attribute, is_refusal, parse_citations
 from kb.document import Span
 from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
 
@@ -107,3 +107,28 @@ def test_attribution_cites_copied_sentences_only() -> None:
         "Rotate keys every 90 days with lumen keys roll. [1]",
         [],
     )
+
+
+def test_indexing_in_code_is_not_a_citation_and_code_stays_runnable() -> None:
+    # From a python-faq answer: the list example's lists[1] became "lists [1]" and a[0] lost its index.
+    raw = (
+        "Create one list per row: ```python\nlists = [[] for i in range(3)]\nlists[1].append(5)\nprint(a[0])\n```"
+        " [2] Use `a[7]` for the eighth."
+    )
+    text, used, _ = parse_citations(raw, n_sources=2)
+    assert "lists[1].append(5)\nprint(a[0])\n```" in text and "`a[7]`" in text
+    assert used == [2]
+
+
+def test_a_marker_at_the_end_of_a_code_line_cites_the_block_from_after_it() -> None:
+    raw = "Promote the replica [2]:\n\n```bash\npatronictl failover ledger --force [1]\n```\n\nThen check it [1]."
+    text, used, _ = parse_citations(raw, n_sources=2)
+    assert "```bash\npatronictl failover ledger --force\n``` [1]" in text
+    assert used == [2, 1]
+
+
+def test_kb_adds_no_marker_inside_a_code_block() -> None:
+    code = 'def verify(secret: str, header: str, body: bytes) -> bool:\n    return hmac.compare_digest(expected, header)'
+    source = Source(1, "n", "d", "Webhooks", "Verifying", Span(0, 1, 1, 1), "", code, 1.0, 1.0)
+    text, _ = attribute(f"Use this:\n\n```python\n{code}\n```\n", [source])
+    assert f"```python\n{code}\n```" in text

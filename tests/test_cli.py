@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from kb.cli import app
 from tests.conftest import write
+from tests.fake_openai import FakeOpenAI, serve
 
 runner = CliRunner()
 
@@ -68,6 +69,25 @@ def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch
 
     result = runner.invoke(app, ["ask", "How do I bake sourdough bread?", "--kb", str(index)])
     assert result.exit_code == 0 and "I don't know" in result.output and "no_relevant_sources" in result.output
+
+
+def test_ask_says_a_streamed_answer_no_source_supports_was_withdrawn(tmp_path: Path, monkeypatch) -> None:
+    # An OpenAI-compatible endpoint (tests/fake_openai.py: none can run here) that answers from "memory".
+    docs = tmp_path / "docs"
+    write(docs, "scaling.md", "# Scaling\n\n## Workers\n\nScale the billing workers to 24 replicas during a backlog.\n")
+    index = tmp_path / "idx"
+    assert runner.invoke(app, ["ingest", str(docs), "--kb", str(index)]).exit_code == 0
+    invented = "Install KEDA on your Kubernetes cluster [1]. Create a KEDA ScaledObject for the workers [1]."
+    with serve(FakeOpenAI(lambda body: invented)) as url:
+        monkeypatch.setenv("KB_LLM_BACKEND", "openai")
+        monkeypatch.setenv("KB_LLM_BASE_URL", url)
+        monkeypatch.setenv("KB_LLM_MODEL", "fake-model")
+        monkeypatch.setenv("KB_REFUSAL_FLOOR", "0")  # let the question reach the generator
+        result = runner.invoke(app, ["ask", "How do I autoscale the billing workers with KEDA?", "--kb", str(index)])
+    assert result.exit_code == 0, result.output
+    streamed, _, after = result.output.partition("── withdrawn, no source supports the text above:")
+    assert "Install KEDA" in streamed and "I don't know" in after  # what was shown, then that it is taken back
+    assert "refused (unsupported)" in after
 
 
 def test_ask_chat_reads_follow_ups_and_retrieves_with_the_conversation(tmp_path: Path, monkeypatch) -> None:

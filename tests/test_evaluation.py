@@ -299,6 +299,7 @@ def test_tune_answers_replays_refuse_unsupported_on_the_same_answers() -> None:
             "text": "…", "refused": False, "cited": 1, "cited_on_gold": on_gold, "supported": bool(on_gold),
             "citations": [], "token_f1": 0.5, "rouge_l": 0.5, "timings": {"total": 1.0}, "claims": claims,
             "unsupported": [f"s{i}" for i in range(unsupported)], "prompt_tokens": 800,
+            "ungrounded": claims > 0 and unsupported == claims,
         }  # fmt: skip
         return QuestionResult(qid, "q", True, "tune", 1, answer=answer)
 

@@ -45,6 +45,8 @@ SECRET_DOC = SECRET.replace("acl: [hr]\n", "acl: [hr]\nteam: payroll\n")  # a fa
 REFUSALS = {  # what the page says for each refusal reason (kb/web/static/app.js)
     "no_relevant_sources": "No source in the knowledge base is close to this question.",
     "model": "The sources do not contain the answer.",
+    "unsupported": "The generated answer was withheld: no source supports what it says.",
+    "unsafe_output": "The generated answer was withheld: it did not keep to the sources.",
 }
 WAIT_S = 60
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from kb.evaluation.gold import GoldResolver
 from kb.evaluation.metrics import rouge_l, token_f1
 from kb.evaluation.questions import Question
-from kb.grounding import Numbered, support
+from kb.grounding import Numbered, support, ungrounded
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import RetrievalMode
 
@@ -183,7 +183,7 @@ def run(
         if wants_answer:
             record = system.answer(question.question)
             cited_hits = judge(resolver, question, record.cited)
-            checks = [] if record.refused else support(record.text, record.sources, question.question)
+            checks = [] if record.refused else support(record.text, record.sources)
             row.answer = {
                 "text": record.text,
                 "refused": record.refused,
@@ -196,6 +196,8 @@ def run(
                 "timings": record.timings,
                 "claims": sum(c.is_claim for c in checks),
                 "unsupported": [c.sentence for c in checks if not c.supported],
+                # no claim backed by any source: what kb's refuse_unsupported withholds (evals replay it)
+                "ungrounded": ungrounded(checks, record.sources),
                 "prompt_tokens": record.prompt_tokens,
             }
         results.append(row)
