@@ -152,7 +152,7 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
 
 
 _FENCED = re.compile(r"```[^\n]*\n.*?(?:\n[ \t]*```|\Z)", re.DOTALL)
-_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_INLINE_CODE = re.compile(r"(`+)(?!`)[^\n]+?(?<!`)\1(?!`)")  # closed by a run as long: ``rst literal``
 _LINE_END_MARKERS = re.compile(r"[ \t]+((?:\[\d+(?:\s*[,;]\s*\d+)*\][ \t]*)+)$", re.MULTILINE)
 _SHIELDED = re.compile(r"\x01(\d+)\x02")
 

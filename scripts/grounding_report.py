@@ -128,14 +128,16 @@ def main() -> None:
         f"`evals/sets/sample.jsonl` answered by {backend} with `refuse_unsupported` off (drafts included); each "
         "sentence's verdict from `kb.grounding` against the label in `evals/sets/sample-grounding-labels.jsonl`, "
         "given by reading the sentence and the sources it cites. A sentence with no claim (fewer than three content "
-        "words, or one that says what the sources lack) counts as not flagged.",
+        "words, or one that says what the sources lack) counts as not flagged. Every sentence was read; a supported "
+        "one carries a generic reason, an unsupported one (or a judgement call) says why.",
         "",
         f"- sentences labelled: **{n}**; the check agrees on **{counts['agree']}/{n}**",
         f"- unsupported sentences (by the labels): {counts['unsupported']}; the check flags **{counts['caught']}** "
         f"and misses {counts['missed']}",
         f"- supported sentences the check flags anyway: **{counts['false_flags']}** of "
         f"{n - counts['unsupported']}",
-        f"- answers `refuse_unsupported` refuses (no claim supported): {answers['both'] + answers['rule_only']} of "
+        f"- answers `refuse_unsupported` withholds (no claim backed by any source): "
+        f"{answers['both'] + answers['rule_only']} of "
         f"{answers['judged']} judged; a reader would refuse {answers['both'] + answers['reader_only']}; "
         f"both agree on {answers['both']}, the rule alone on {answers['rule_only']}, the reader alone on "
         f"{answers['reader_only']}",

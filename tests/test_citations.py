@@ -6,6 +6,7 @@ import pytest
 
 from kb.citations import Source, attribute, is_refusal, parse_citations
 from kb.document import Span
+from kb.grounding import sentences
 from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
 
 
@@ -132,3 +133,11 @@ def test_kb_adds_no_marker_inside_a_code_block() -> None:
     source = Source(1, "n", "d", "Webhooks", "Verifying", Span(0, 1, 1, 1), "", code, 1.0, 1.0)
     text, _ = attribute(f"Use this:\n\n```python\n{code}\n```\n", [source])
     assert f"```python\n{code}\n```" in text
+
+
+def test_rst_double_backtick_literals_keep_the_markers_between_them() -> None:
+    raw = "Set it to one of ``create_prorations`` [1], ``none`` [1], or ``always_invoice`` [1]."
+    text, used, uncited = parse_citations(raw, n_sources=1)
+    assert text == raw and used == [1] and uncited == []
+    sentence, cited = sentences(raw)[0]
+    assert cited == (1,) and "[1]" not in sentence
