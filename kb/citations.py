@@ -151,38 +151,53 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
     return unshield(cleaned, code), used, uncited
 
 
-_FENCED = re.compile(r"```[^\n]*\n.*?(?:\n[ \t]*```|\Z)", re.DOTALL)
-_INLINE_CODE = re.compile(r"(`+)(?!`)[^\n]+?(?<!`)\1(?!`)")  # closed by a run as long: ``rst literal``
-_LINE_END_MARKERS = re.compile(r"[ \t]+((?:\[\d+(?:\s*[,;]\s*\d+)*\][ \t]*)+)$", re.MULTILINE)
+# A fence opens a line (indented, or after a list marker) or follows text when a language names it ("see:
+# ```python"); it closes with a run of the same character at least as long that starts a line and opens no
+# other block (a marker may follow it: "``` [2]"), or at the end.
+_FENCED = re.compile(
+    r"(?P<pre>^[ \t]*(?:(?:[-*+]|\d+[.)])[ \t]+)?|(?<=[^`~\n])[ \t]*(?=(?:`{3,}|~{3,})[A-Za-z]))"
+    r"(?P<code>(?P<fence>`{3,}|~{3,})[ \t]*[\w+#.-]*[ \t]*\r?\n.*?"
+    r"(?:(?P<close>\r?\n[ \t]*(?P=fence)[`~]*)(?![\w`~])|\Z))",
+    re.DOTALL | re.MULTILINE,
+)
+_INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)[^\n\x01]+?(?<!`)\1(?!`)")  # closed by a run as long: ``rst literal``
+# Markers at the end of a code line, after a word or a call: not a list literal (``x = [1]``, ``ports: [2]``).
+_LINE_END_MARKERS = re.compile(
+    r"(?<![\s=:,(\[{\]])[ \t]+((?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+)(?=\r?$)", re.MULTILINE
+)
 _SHIELDED = re.compile(r"\x01(\d+)\x02")
 
 
-def shield_code(text: str, inline: bool = True) -> tuple[str, list[str]]:
-    """``text`` with each fenced code block (and, with ``inline``, each `code span`) replaced by a placeholder,
-    and the code replaced; :func:`unshield` puts it back.
+def shield_code(text: str) -> tuple[str, list[str]]:
+    """``text`` with each fenced code block and each `code span` replaced by a placeholder; :func:`unshield`
+    puts the code back.
 
     In code, ``lists[1]`` or ``a[0]`` is indexing, not a citation: left to the marker rules, it became
-    ``lists [1]`` or ``a`` and the answer's code stopped working. A marker the model writes at the end of a code
-    line (``patronictl … --force [1]``) cites the block: it moves after the block, so the code can be copied.
+    ``lists [1]`` or ``a`` and the answer's code stopped working. A marker the model writes at the end of a line
+    of a closed block (``patronictl … --force [1]``) cites the block: it moves after the block, so the code can
+    be copied. An unclosed block (an answer cut at ``llm_max_tokens``) is left as it is.
     """
     spans: list[str] = []
 
     def block(match: re.Match[str]) -> str:
-        markers: list[str] = []
+        code, markers = match.group("code"), []
 
         def pull(end: re.Match[str]) -> str:
             markers.extend(re.findall(r"\[[^\]]+\]", end.group(1)))
             return ""
 
-        spans.append(_LINE_END_MARKERS.sub(pull, match.group(0)))
-        return f"\x01{len(spans) - 1}\x02" + (" " + "".join(dict.fromkeys(markers)) if markers else "")
+        if match.group("close"):
+            code = _LINE_END_MARKERS.sub(pull, code)
+        spans.append(code)
+        moved = " " + "".join(dict.fromkeys(markers)) if markers else ""
+        return f"{match.group('pre')}\x01{len(spans) - 1}\x02{moved}"
 
     def span(match: re.Match[str]) -> str:
         spans.append(match.group(0))
         return f"\x01{len(spans) - 1}\x02"
 
     text = _FENCED.sub(block, text.replace("\x01", " "))
-    return (_INLINE_CODE.sub(span, text) if inline else text), spans
+    return _INLINE_CODE.sub(span, text), spans
 
 
 def unshield(text: str, spans: list[str]) -> str:
@@ -227,7 +242,7 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
     :class:`Answer` can say which citations kb inferred.
     """
     vocabularies = [set(_WORD.findall(s.text.lower())) for s in sources]
-    text, code = shield_code(text, inline=False)  # no marker is added inside a code block
+    text, code = shield_code(text)  # no marker inside code, and a code span is not split at ". "
     pieces = _PIECES.split(text)
     added: list[int] = []
     for i, piece in enumerate(pieces):
@@ -235,7 +250,9 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
         # "Claim. [2]" already cites the claim: the marker stands in the next piece.
         if i % 2 or _MARKER.search(piece) or (follows and not _MARKER.sub("", follows).strip()):
             continue
-        words = _WORD.findall(piece.lower())
+        if _SHIELDED.fullmatch(piece.strip()):
+            continue  # a code block alone: kb does not guess its source
+        words = _WORD.findall(unshield(piece, code).lower())  # the words of code spans count
         if len(words) < 4:
             continue
         overlaps = [sum(w in vocab for w in words) / len(words) for vocab in vocabularies]

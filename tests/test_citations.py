@@ -141,3 +141,35 @@ def test_rst_double_backtick_literals_keep_the_markers_between_them() -> None:
     assert text == raw and used == [1] and uncited == []
     sentence, cited = sentences(raw)[0]
     assert cited == (1,) and "[1]" not in sentence
+
+
+@pytest.mark.parametrize(
+    "raw,text,used",
+    [
+        # A ``` inside a line is not a fence: the markers after it still count (it hid every one of them).
+        ("Run ```pip install kb``` first [1].\nThen configure it [2].\nBad one [9].",
+         "Run ```pip install kb``` first [1].\nThen configure it [2].\nBad one.", [1, 2]),
+        ("Code blocks start with ``` and end with it [1].\nThey can name a language [7].",
+         "Code blocks start with ``` and end with it [1].\nThey can name a language.", [1]),
+        # List literals at the end of a code line are code, not markers.
+        ("Make a list:\n```python\nnums = [1, 2]\nx = [0]\nports = [8080]\n```\nDone [1].",
+         "Make a list:\n```python\nnums = [1, 2]\nx = [0]\nports = [8080]\n```\nDone [1].", [1]),
+        ("Config [1]:\n```yaml\nports: [2]\nids: [1]\n```", "Config [1]:\n```yaml\nports: [2]\nids: [1]\n```", [1]),
+        # CRLF lines: the marker at the end of the code line still moves after the block.
+        ("Run it:\r\n```bash\r\ncmd --force [1]\r\n```\r\nDone [2].", "Run it:\r\n```bash\r\ncmd --force\r\n``` [1]\r\nDone [2].",
+         [1, 2]),
+        # An answer cut inside a block (llm_max_tokens) keeps its code as written.
+        ("Run:\n```bash\ncmd --force [1]\nls [3]", "Run:\n```bash\ncmd --force [1]\nls [3]", []),
+        # A block quoted inside a code span does not leak its placeholder.
+        ("Use ` ```sh\nls\n``` ` literally [1].", "Use ` ```sh\nls\n``` ` literally [1].", [1]),
+        ("~~~python\nprint(a[1])\n~~~\nDone [1].", "~~~python\nprint(a[1])\n~~~\nDone [1].", [1]),
+    ],
+)  # fmt: skip
+def test_code_shielding_keeps_prose_markers_and_code_as_written(raw: str, text: str, used: list[int]) -> None:
+    assert parse_citations(raw, n_sources=2)[:2] == (text, used)
+
+
+def test_kb_adds_no_marker_inside_a_code_span() -> None:
+    source = Source(2, "n", "d", "Install", "", Span(0, 1, 1, 1), "", "Install kb with pip install kb. Then run kb ask.", 1.0, 1.0)
+    text, added = attribute("Install kb with `pip install kb. Then run kb ask` to ask a question.", [source])
+    assert "`pip install kb. Then run kb ask`" in text and added == [2]
