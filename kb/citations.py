@@ -138,7 +138,13 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
 
     text = text.replace(DROPPED, " ")  # a NUL the model wrote is not a removed marker
     text, code = shield_code(text)
-    cleaned = _MARKER.sub(lambda m: (" " if m.group(0)[0].isspace() else "") + (keep_valid(m) or DROPPED), text)
+
+    def replace_marker(match: re.Match[str]) -> str:
+        lead = match.group(0)[: match.start(1) - 1 - match.start()]
+        # A line break before a marker is the text's own (a list item, a paragraph): only spaces become one.
+        return (lead if "\n" in lead else " " if lead else "") + (keep_valid(match) or DROPPED)
+
+    cleaned = _MARKER.sub(replace_marker, text)
     cleaned = _MARKER_RUN.sub(_dedupe_run, close_gaps(cleaned))
     cleaned = re.sub(r"(\])[ \t]+([.,;:!?])(?=\s|\Z)", r"\1\2", re.sub(r"[ \t]+\[", " [", cleaned)).strip()
     cleaned = re.sub(r" +(\[\d+\])", r"\1", cleaned)
@@ -213,6 +219,8 @@ def close_gaps(text: str) -> str:
     """``text`` with each ``DROPPED`` place closed up: a removed marker takes the spaces before it when
     punctuation follows ("revoke it [9]." -> "revoke it."). Only there: a space the text itself has before
     punctuation is part of it (reStructuredText's "the :mod:`ctypes` module", "see :ref:`x`")."""
+    # A removed marker that opens a line takes the punctuation and spaces after it ("[9]. Foo" -> "Foo").
+    text = re.sub(r"(?m)^([ \t]*)\x00+[.,;:!?]*[ \t]*", r"\1", text)
     # Punctuation that ends a clause (followed by a space or the end) pulls the text to it; ":ref:" does not.
     text = re.sub(r"[ \t]*\x00+(?:[ \t]+(?=[.,;:!?](?:\s|\Z))|(?=[.,;:!?](?:\s|\Z)))", "", text)
     return re.sub(r"[ \t]*\x00+", "", text)

@@ -50,6 +50,19 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
             [1],
             [],
         ),
+        # A marker that opens a line keeps the line break before it: the list item was joined to "Steps:".
+        (
+            "Steps:\n[1] Run the dry run.\n[1] Deploy it.",
+            1,
+            "Steps:\n[1] Run the dry run.\n[1] Deploy it.",
+            [1],
+            ["Deploy it."],  # a marker after a full stop cites the sentence before it
+        ),
+        ("Run it [1].\n[9] Then deploy it [1].", 1, "Run it [1].\nThen deploy it [1].", [1], []),
+        # A removed marker that opens a line takes its punctuation along (the text began ". Foo").
+        ("Run it [1].\n\n[9]. Then deploy it [1].", 1, "Run it [1].\n\nThen deploy it [1].", [1], []),
+        ("[9]. Deploy it now [1].", 1, "Deploy it now [1].", [1], []),
+        ("Lists:\n  [9] indented item here [1]", 1, "Lists:\n  indented item here [1]", [1], []),
     ],
 )
 def test_markers_are_validated_and_uncited_sentences_flagged(raw, n, text, used, uncited) -> None:
@@ -129,7 +142,9 @@ def test_a_marker_at_the_end_of_a_code_line_cites_the_block_from_after_it() -> N
 
 
 def test_kb_adds_no_marker_inside_a_code_block() -> None:
-    code = 'def verify(secret: str, header: str, body: bytes) -> bool:\n    return hmac.compare_digest(expected, header)'
+    code = (
+        "def verify(secret: str, header: str, body: bytes) -> bool:\n    return hmac.compare_digest(expected, header)"
+    )
     source = Source(1, "n", "d", "Webhooks", "Verifying", Span(0, 1, 1, 1), "", code, 1.0, 1.0)
     text, _ = attribute(f"Use this:\n\n```python\n{code}\n```\n", [source])
     assert f"```python\n{code}\n```" in text
@@ -170,6 +185,8 @@ def test_code_shielding_keeps_prose_markers_and_code_as_written(raw: str, text: 
 
 
 def test_kb_adds_no_marker_inside_a_code_span() -> None:
-    source = Source(2, "n", "d", "Install", "", Span(0, 1, 1, 1), "", "Install kb with pip install kb. Then run kb ask.", 1.0, 1.0)
+    source = Source(
+        2, "n", "d", "Install", "", Span(0, 1, 1, 1), "", "Install kb with pip install kb. Then run kb ask.", 1.0, 1.0
+    )
     text, added = attribute("Install kb with `pip install kb. Then run kb ask` to ask a question.", [source])
     assert "`pip install kb. Then run kb ask`" in text and added == [2]
