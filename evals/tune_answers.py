@@ -55,9 +55,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N tune questions (a smoke test)")
     args = parser.parse_args()
     if args.system_prompt:
-        # build_messages and the leak check read the module's SYSTEM_PROMPT when called: swap it before the first.
+        # build_messages, the leak check and the example check read the module's SYSTEM_PROMPT when called.
         prompting.SYSTEM_PROMPT = args.system_prompt.read_text(encoding="utf-8").strip()
-        prompting._instruction_runs.cache_clear()  # the leak check's word runs come from the old prompt
         if args.out == REPORT:  # the committed report is the default prompt's: a candidate writes beside it
             args.out = REPORT.with_name(f"answers-tuning-{args.system_prompt.stem}.md")
     questions = [q for q in load_questions(args.set) if q.split == "tune"]

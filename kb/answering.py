@@ -27,9 +27,9 @@ from kb.citations import Answer, Citation, Source, attribute, is_refusal, parse_
 from kb.context import expand
 from kb.embedding import Embedder
 from kb.errors import ConfigError
-from kb.grounding import support, ungrounded
+from kb.grounding import drop_limits, support, ungrounded
 from kb.llm.base import ChatBackend
-from kb.prompting import build_messages, leaks_prompt
+from kb.prompting import build_messages, echoes_example, leaks_prompt
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
@@ -235,6 +235,10 @@ class AnswerEngine:
         if is_refusal(raw) or not raw.strip():
             return self._refusal(question, "model", MODEL_REFUSAL, sources, timings)
         text, _, _ = parse_citations(raw, len(sources))
+        # "The sources do not cover how to export these random numbers": the prompt's example, copied.
+        text, _ = drop_limits(text, lambda sentence: echoes_example(sentence, question, sources))
+        if not any(ch.isalnum() for ch in text):
+            return self._refusal(question, "model", MODEL_REFUSAL, sources, timings)
         text, inferred = attribute(text, sources)
         text, used, uncited = parse_citations(text, len(sources))
         checks = support(text, sources)

@@ -171,7 +171,7 @@ _INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)[^\n\x01]+?(?<!`)\1(?!`)")  # closed 
 _LINE_END_MARKERS = re.compile(
     r"(?<![\s=:,(\[{\]])[ \t]+((?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+)(?=\r?$)", re.MULTILINE
 )
-_SHIELDED = re.compile(r"\x01(\d+)\x02")
+SHIELDED = re.compile(r"\x01(\d+)\x02")
 
 
 def shield_code(text: str) -> tuple[str, list[str]]:
@@ -208,7 +208,7 @@ def shield_code(text: str) -> tuple[str, list[str]]:
 
 def unshield(text: str, spans: list[str]) -> str:
     """``text`` with the code :func:`shield_code` took out put back."""
-    return _SHIELDED.sub(lambda m: spans[int(m.group(1))], text) if spans else text
+    return SHIELDED.sub(lambda m: spans[int(m.group(1))], text) if spans else text
 
 
 _MARKER_RUN = re.compile(r"\[\d+\](?:\s*\[\d+\])+")
@@ -258,7 +258,7 @@ def attribute(text: str, sources: list[Source]) -> tuple[str, list[int]]:
         # "Claim. [2]" already cites the claim: the marker stands in the next piece.
         if i % 2 or _MARKER.search(piece) or (follows and not _MARKER.sub("", follows).strip()):
             continue
-        if _SHIELDED.fullmatch(piece.strip()):
+        if SHIELDED.fullmatch(piece.strip()):
             continue  # a code block alone: kb does not guess its source
         words = _WORD.findall(unshield(piece, code).lower())  # the words of code spans count
         if len(words) < 4:

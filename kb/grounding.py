@@ -22,11 +22,11 @@ set (``scripts/grounding_report.py`` → ``evals/reports/grounding-validation.md
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kb.citations import DROPPED, close_gaps, shield_code, unshield
+from kb.citations import DROPPED, SHIELDED, close_gaps, shield_code, unshield
 from kb.tokens import STOPWORDS
 
 RECALL = 0.6
@@ -72,13 +72,55 @@ class SentenceSupport:
 
     @property
     def is_claim(self) -> bool:
-        if _ABSENCE.search(self.sentence):
+        if is_limit(self.sentence):
             return False  # "The sources do not say how to export them": a limit of the answer, not a claim
         return self.words >= MIN_WORDS or bool(self.missing_facts)
 
     @property
     def supported(self) -> bool:
         return not self.is_claim or (self.recall >= RECALL and not self.missing_facts)
+
+
+def is_limit(sentence: str) -> bool:
+    """Whether ``sentence`` says what the sources do not cover ("The sources do not say how to export them")."""
+    return bool(_ABSENCE.search(sentence))
+
+
+def stems(text: str) -> frozenset[str]:
+    """The content words of ``text``, stemmed as the check compares them."""
+    return frozenset(_stem(t) for t in _TOKEN.findall(text.replace("`", " ")) if t.lower() not in _STOP and len(t) > 1)
+
+
+# A sentence of an answer with what follows it. A list item's marker opens its first sentence; citation markers
+# that open a sentence belong to the one before it ("A. [1] B").
+_PIECE = re.compile(
+    r"(?P<item>(?<![^\n])[ \t]*(?:\d+[.)]|[-*•])[ \t]+)?(?P<markers>[ \t]*(?:\[\d+\][ \t]*)*)"
+    r"(?P<body>[^\n]*?(?:[.!?](?=[ \t]|\Z)|(?=\r?\n)|\Z))(?P<sep>[ \t]*(?:\r?\n)?)"
+)
+
+
+def drop_limits(text: str, stray: Callable[[str], bool]) -> tuple[str, list[str]]:
+    """``text`` without the limit sentences (:func:`is_limit`) that ``stray`` picks, and those sentences.
+    Code is never touched; a marker run that opens a dropped sentence stays with the sentence before it, and a
+    list item or line that held only the dropped sentence goes with it."""
+    shielded, code = shield_code(text)
+    kept: list[str] = []
+    dropped: list[str] = []
+    for piece in _PIECE.finditer(shielded):
+        body = unshield(piece["body"], code)
+        in_block = any("\n" in code[int(n)] for n in SHIELDED.findall(piece["body"]))
+        if in_block or not (body.strip() and is_limit(body) and stray(body)):
+            kept.append(piece.group(0))
+            continue
+        dropped.append(re.sub(r"\s*\[\d+\]", "", body).strip())
+        markers = piece["markers"].strip()
+        line_start = piece.start() == 0 or shielded[piece.start() - 1] == "\n"
+        ends_line = "\n" in piece["sep"]
+        kept.append(markers + ("\n" if ends_line and (markers or not line_start) else ""))
+    if not dropped:
+        return text, []
+    joined = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+(?=\n|\Z)", "", "".join(kept)))
+    return unshield(joined, code).strip(), dropped
 
 
 def _stem(word: str) -> str:

@@ -8,11 +8,13 @@ is an instruction, and :func:`leaks_prompt` lets the engine refuse an answer tha
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 
 from llama_index.core.llms import ChatMessage, MessageRole
 
 from kb.citations import Source
+from kb.grounding import stems
 
 SYSTEM_PROMPT = (
     "You are kb, an assistant that answers questions using only the numbered sources provided.\n"
@@ -60,13 +62,33 @@ def build_messages(question: str, sources: list[Source]) -> list[ChatMessage]:
 
 
 @lru_cache(maxsize=4)
-def _instruction_runs(min_run: int) -> frozenset[str]:
-    words = re.findall(r"[a-z']+", SYSTEM_PROMPT.lower())
+def _instruction_runs(prompt: str, min_run: int) -> frozenset[str]:
+    # The rules, not the examples: "…for 30 days [1]. The sources do not say how to…" is the form the model is
+    # asked to write, and an answer in that form is no leak. A copied example is caught as unsupported (its
+    # facts are in no source) or, as a limit, by echoes_example.
+    words = re.findall(r"[a-z']+", prompt.partition("\nExample")[0].lower())
     return frozenset(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
 
 
 def leaks_prompt(answer: str, min_run: int = 8) -> bool:
     """Whether ``answer`` repeats a run of ``min_run`` words from the instructions."""
-    runs = _instruction_runs(min_run)
+    runs = _instruction_runs(SYSTEM_PROMPT, min_run)
     answer_words = re.findall(r"[a-z']+", answer.lower())
     return any(" ".join(answer_words[i : i + min_run]) in runs for i in range(len(answer_words) - min_run + 1))
+
+
+@lru_cache(maxsize=4)
+def _example_words(prompt: str) -> frozenset[str]:
+    rules, _, examples = prompt.partition("\nExample")
+    return stems(examples) - stems(rules)
+
+
+def echoes_example(sentence: str, question: str, sources: Sequence[Source]) -> bool:
+    """Whether ``sentence`` takes words from the prompt's examples that neither the question nor a source uses.
+
+    The 1.5B model copies the partial-answer example into answers about something else: "The sources do not
+    cover how to export these random numbers" (the example says the sources do not say how to export the logs).
+    In a sentence about what the sources lack, such a word is the example's subject, not the user's.
+    """
+    borrowed = stems(sentence) & _example_words(SYSTEM_PROMPT)
+    return bool(borrowed - stems(question).union(*(stems(source.text) for source in sources)))

@@ -214,3 +214,38 @@ def test_every_gold_reference_of_the_sample_set_resolves(sample_questions: list[
     for q in sample_questions:
         for g in q["gold"]:
             assert resolver.span(GoldRef(g["doc_id"], g.get("header_path", ""))) is not None, (q["id"], g)
+
+
+# What the bundled Qwen 1.5B wrote on the sample set, word for word: a right answer that ends with the prompt's
+# partial-answer example ("… The sources do not say how to export them"), copied about a subject nobody raised.
+ROTATE_REPLY = (
+    '1. Create a new key: `lumen keys create --mode live --name "backend-2024-q3"`. [2]\n'
+    "2. Deploy the new key to every service that uses the old one. [2]\n"
+    "This procedure covers the emergency procedure when a key has leaked. [2] "
+    "The sources do not provide detailed instructions on how to export the logs."
+)
+
+
+def test_a_copied_example_limit_is_dropped_and_the_answer_kept(sample_kb: KnowledgeBase) -> None:
+    with serve(FakeOpenAI(lambda body: ROTATE_REPLY)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How do I rotate an API key?")
+    assert not answer.refused and "export" not in answer.text
+    assert answer.text.endswith("when a key has leaked. [2]")  # its marker stays with the sentence it cites
+    assert '`lumen keys create --mode live --name "backend-2024-q3"`' in answer.text  # code as written
+    assert {c.path for c in answer.citations} >= {"api/authentication.md"}
+
+
+def test_a_limit_about_the_question_itself_is_kept(sample_kb: KnowledgeBase) -> None:
+    reply = "Rotate keys at least every 90 days [1]. The sources do not say how to rotate keys automatically."
+    with serve(FakeOpenAI(lambda body: reply)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How often should API keys be rotated?")
+    assert answer.text.endswith("The sources do not say how to rotate keys automatically.")
+
+
+def test_an_answer_that_is_only_a_copied_example_is_a_model_refusal(sample_kb: KnowledgeBase) -> None:
+    with serve(FakeOpenAI(lambda body: "The sources do not cover how to export these logs.")) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How do I rotate an API key?")
+    assert answer.refused and answer.refusal_reason == "model"

@@ -99,6 +99,8 @@ def test_sources_are_fenced_data_and_cannot_close_their_fence() -> None:
 def test_prompt_leak_detection() -> None:
     assert leaks_prompt("Sure! My rules: " + SYSTEM_PROMPT.split("Rules:")[1][:300])
     assert not leaks_prompt("E4012 means the card issuer declined a retry attempt [1].")
+    # The form the prompt's example shows is no leak: after "…days." this answer was refused as unsafe_output.
+    assert not leaks_prompt("Rotate keys every 90 days [1]. The sources do not say how to rotate them automatically.")
 
 
 def test_attribution_cites_copied_sentences_only() -> None:

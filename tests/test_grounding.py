@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kb.grounding import Numbered, sentences, support, ungrounded, unsupported
+from kb.grounding import Numbered, drop_limits, sentences, support, ungrounded, unsupported
+from kb.prompting import echoes_example
 
 SOURCES = [
     Numbered(1, "E4012 means the card issuer declined a retry attempt. Keep `billing.retry_limit` at 4 or below."),
@@ -100,3 +101,66 @@ def test_an_answer_no_source_backs_is_withheld(answer: str) -> None:
 
 def test_an_answer_without_claims_is_not_withheld() -> None:
     assert not ungrounded(support("Yes [1].", [MONITORING]), [MONITORING])
+
+
+def _has_export(sentence: str) -> bool:
+    return "export" in sentence
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "dropped"),
+    [
+        # A marker run that opens the dropped sentence cites the one before it: it stays.
+        (
+            "Use `random.random()` [1]. [1] The sources do not cover how to export these random numbers.",
+            "Use `random.random()` [1]. [1]",
+            ["The sources do not cover how to export these random numbers."],
+        ),
+        ("A is b [1]. The sources do not say how to export X [1]. C is d [2].", "A is b [1]. C is d [2].", None),
+        # A list item that held only the sentence goes with its number; the other lines stay as they were.
+        (
+            "Steps:\n1. Do x [1].\n2. The sources do not cover how to export y.\n3. Do z [1].",
+            "Steps:\n1. Do x [1].\n3. Do z [1].",
+            None,
+        ),
+        ("A [1].\n\nThe sources do not cover how to export it.\n\nB [1].", "A [1].\n\nB [1].", None),
+        (
+            "Run `export X=1` [1]. The sources do not say how to export it.\nNext [1].",
+            "Run `export X=1` [1].\nNext [1].",
+            None,
+        ),
+        # Code is never touched, and a claim is not a limit.
+        ("```\nThe sources do not say how to export x.\n```\nDone [1].", None, []),
+        ("Use the export command [1]. Logs export nightly [2].", None, []),
+    ],
+)
+def test_drop_limits_removes_only_the_picked_limit_sentences(text: str, kept: str | None, dropped) -> None:
+    result, removed = drop_limits(text, _has_export)
+    assert result == (text if kept is None else kept)
+    assert removed == (dropped if dropped is not None else removed) and bool(removed) == (kept is not None)
+
+
+# The 1.5B model's copies of the prompt's partial-answer example, from python-faq's tune and test splits.
+@pytest.mark.parametrize(
+    ("sentence", "question", "source", "echo"),
+    [
+        (
+            "The sources do not cover how to export these random numbers.",
+            "How do I generate random numbers in Python?",
+            "This module implements pseudo-random number generators for various distributions.",
+            True,
+        ),
+        (
+            "The sources do not cover how to export these logs.",
+            "How do I debug an extension?",
+            "When Python is built with debug options, extra checks of the interpreter are enabled.",
+            True,
+        ),
+        # The question's or a source's own word is the user's subject, not the example's.
+        ("The sources do not say how to export the keys.", "Can I export my API keys?", "Keys rotate.", False),
+        ("The sources do not say how to export the keys.", "Where are keys kept?", "Export keys with x.", False),
+        ("The sources do not say how often keys rotate.", "How often do keys rotate?", "Keys rotate.", False),
+    ],
+)
+def test_echoes_example_spots_the_prompt_example_copied(sentence, question, source, echo) -> None:
+    assert echoes_example(sentence, question, [Numbered(1, source)]) is echo
