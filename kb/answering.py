@@ -237,7 +237,7 @@ class AnswerEngine:
         text, _, _ = parse_citations(raw, len(sources))
         # "The sources do not cover how to export these random numbers": the prompt's example, copied.
         text, _ = drop_limits(text, lambda sentence: echoes_example(sentence, question, sources))
-        if not any(ch.isalnum() for ch in text):
+        if not any(ch.isalnum() for ch in re.sub(r"\[\d+\]", "", text)):  # nothing left but markers
             return self._refusal(question, "model", MODEL_REFUSAL, sources, timings)
         text, inferred = attribute(text, sources)
         text, used, uncited = parse_citations(text, len(sources))

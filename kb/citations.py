@@ -18,6 +18,7 @@ from kb.document import Span
 from kb.records import ChunkRecord, split_header_path
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_MARKERS_TO_LINE_END = re.compile(r"[ \t]*(?:\[\d+(?:\s*[,;]\s*\d+)*\][ \t]*)*(?:\r?\n|\Z)")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # "billing.retry_limit" is not a sentence end
 _REFUSALS = ("i don't know", "i do not know", "i don’t know", "not in the sources", "cannot answer")
 
@@ -141,8 +142,10 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
 
     def replace_marker(match: re.Match[str]) -> str:
         lead = match.group(0)[: match.start(1) - 1 - match.start()]
-        # A line break before a marker is the text's own (a list item, a paragraph): only spaces become one.
-        return (lead if "\n" in lead else " " if lead else "") + (keep_valid(match) or DROPPED)
+        # A line break before a marker that opens a line of text is the text's own (a list item, a paragraph);
+        # markers alone on their line cite the line before and join it.
+        alone = _MARKERS_TO_LINE_END.match(match.string, match.end())
+        return (lead if "\n" in lead and not alone else " " if lead else "") + (keep_valid(match) or DROPPED)
 
     cleaned = _MARKER.sub(replace_marker, text)
     cleaned = _MARKER_RUN.sub(_dedupe_run, close_gaps(cleaned))

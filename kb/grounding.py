@@ -34,8 +34,8 @@ BACKED_RECALL = 0.5  # ungrounded(): the lower bar for "some source backs this c
 MIN_WORDS = 3
 _FILLER = "following follow steps step use using used set get make sure see note example"  # how-to filler
 _ABSENCE = re.compile(
-    r"\b(sources?|documents?|documentation|context)\b[^.]*\b(do|does|did)\s*(not|n't)\s+"
-    r"(say|mention|cover|contain|state|specify|describe|explain|include|provide)",
+    r"\b(sources?|documents?|documentation|context)\b[^.]*\b(do|does|did)\s*(not|n't|n’t)\s+"
+    r"(say|mention|cover|contain|state|specify|describe|explain|include|provide|detail|show|discuss|address)",
     re.IGNORECASE,
 )
 _MARKER = re.compile(r"\[(\d+)\]")
@@ -92,35 +92,64 @@ def stems(text: str) -> frozenset[str]:
 
 
 # A sentence of an answer with what follows it. A list item's marker opens its first sentence; citation markers
-# that open a sentence belong to the one before it ("A. [1] B").
+# that open a sentence belong to the one before it ("A. [1] B"). A sentence ends at . ! ? (and a closing quote
+# or bracket) before a line end or a word that does not go on in lower case ("e.g. as CSV" goes on).
 _PIECE = re.compile(
-    r"(?P<item>(?<![^\n])[ \t]*(?:\d+[.)]|[-*•])[ \t]+)?(?P<markers>[ \t]*(?:\[\d+\][ \t]*)*)"
-    r"(?P<body>[^\n]*?(?:[.!?](?=[ \t]|\Z)|(?=\r?\n)|\Z))(?P<sep>[ \t]*(?:\r?\n)?)"
+    r"(?P<item>(?<![^\n])[ \t]*(?:\d+[.)]|[-*+•◦‣])[ \t]+)?(?P<markers>[ \t]*(?:\[\d+\][ \t]*)*)"
+    r"(?P<body>[^\n]*?(?:[.!?][\"'”’)]*(?=[ \t]*(?:\r?\n|\Z)|[ \t]+[^a-z\s])|(?=\r?\n)|\Z))"
+    r"(?P<sep>[ \t]*(?:\r?\n)?)"
+)
+# A sentence whose subject is the sources: "The sources do not cover…", "(However, the documentation does not…".
+_SOURCES_SUBJECT = re.compile(
+    r"[(\"'“‘*_]*(?:(?:but|however|note|unfortunately)[,:]?\s+)?(?:the|these|this|those|provided|given)?\s*"
+    r"(?:provided\s+|given\s+|retrieved\s+)?(?:sources?|documents?|documentation|docs|context)\b",
+    re.IGNORECASE,
 )
 
 
 def drop_limits(text: str, stray: Callable[[str], bool]) -> tuple[str, list[str]]:
-    """``text`` without the limit sentences (:func:`is_limit`) that ``stray`` picks, and those sentences.
-    Code is never touched; a marker run that opens a dropped sentence stays with the sentence before it, and a
-    list item or line that held only the dropped sentence goes with it."""
+    """``text`` without the limit sentences that ``stray`` picks, and those sentences.
+
+    Only a whole sentence about the sources goes ("The sources do not cover how to export these logs."): not
+    one that also states a claim ("X is kept 30 days [1], but the sources do not say…"), nor one a marker
+    cites, nor code. A marker run that opens the dropped sentence stays with the sentence before it; a line
+    that held only the dropped sentence goes with it, a list item keeps its number for the rest of its line.
+    """
     shielded, code = shield_code(text)
-    kept: list[str] = []
-    dropped: list[str] = []
-    for piece in _PIECE.finditer(shielded):
-        body = unshield(piece["body"], code)
-        in_block = any("\n" in code[int(n)] for n in SHIELDED.findall(piece["body"]))
-        if in_block or not (body.strip() and is_limit(body) and stray(body)):
-            kept.append(piece.group(0))
+    pieces = list(_PIECE.finditer(shielded))
+    out, dropped, skip_blank = "", [], False
+    for i, piece in enumerate(pieces):
+        if skip_blank and not piece.group(0).strip():
+            skip_blank = False
             continue
-        dropped.append(re.sub(r"\s*\[\d+\]", "", body).strip())
-        markers = piece["markers"].strip()
+        skip_blank = False
+        following = pieces[i + 1]["markers"].strip() if i + 1 < len(pieces) else ""
+        if following or not _limit_to_drop(piece["body"], code, stray):
+            out += piece.group(0)
+            continue
+        dropped.append(unshield(piece["body"], code).strip())
+        markers, newline = piece["markers"].strip(), piece["sep"].lstrip(" \t")
         line_start = piece.start() == 0 or shielded[piece.start() - 1] == "\n"
-        ends_line = "\n" in piece["sep"]
-        kept.append(markers + ("\n" if ends_line and (markers or not line_start) else ""))
+        if markers and line_start:  # "A.\n[2] Limit.": [2] cites A
+            out = out.rstrip() + " " + markers + newline
+        elif markers:
+            out += markers + (newline or " ")
+        elif not line_start:
+            out = out.rstrip(" \t") + newline if newline else out
+        elif piece["item"] and not newline and i + 1 < len(pieces) and pieces[i + 1]["body"].strip():
+            out += piece["item"]  # the rest of the item's line follows
+        else:  # the whole line goes; so does one of the blank lines around it
+            skip_blank = out.endswith("\n\n") or out.endswith("\n\r\n") or not out
     if not dropped:
         return text, []
-    joined = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+(?=\n|\Z)", "", "".join(kept)))
-    return unshield(joined, code).strip(), dropped
+    return unshield(out, code).rstrip(), dropped
+
+
+def _limit_to_drop(body: str, code: list[str], stray: Callable[[str], bool]) -> bool:
+    if _MARKER.search(body) or any("\n" in code[int(n)] for n in SHIELDED.findall(body)):
+        return False  # a cited sentence is a claim; code is never touched
+    sentence = unshield(body, code).strip()
+    return bool(_SOURCES_SUBJECT.match(sentence)) and is_limit(sentence) and stray(sentence)
 
 
 def _stem(word: str) -> str:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from llama_index.core.llms import ChatMessage, MessageRole
 
 from kb.citations import Source
-from kb.grounding import stems
+from kb.grounding import is_limit, stems
 
 SYSTEM_PROMPT = (
     "You are kb, an assistant that answers questions using only the numbered sources provided.\n"
@@ -61,12 +61,19 @@ def build_messages(question: str, sources: list[Source]) -> list[ChatMessage]:
     ]
 
 
+def _rules_and_examples(prompt: str) -> tuple[str, list[str]]:
+    rules, marker, examples = prompt.partition("\nExample")
+    return rules, re.split(r"(?<=[.!?:])\s+", marker + examples)
+
+
 @lru_cache(maxsize=4)
 def _instruction_runs(prompt: str, min_run: int) -> frozenset[str]:
-    # The rules, not the examples: "…for 30 days [1]. The sources do not say how to…" is the form the model is
-    # asked to write, and an answer in that form is no leak. A copied example is caught as unsupported (its
-    # facts are in no source) or, as a limit, by echoes_example.
-    words = re.findall(r"[a-z']+", prompt.partition("\nExample")[0].lower())
+    # Not the example of a partial answer: "…30 days [1]. The sources do not say how to…" is the form the model
+    # is asked to write, and "…every 90 days [1]. The sources do not say how to…" was refused as a leak. A copy
+    # of the example's limit is echoes_example's to catch.
+    rules, examples = _rules_and_examples(prompt)
+    text = " ".join([rules, *(sentence for sentence in examples if not is_limit(sentence))])
+    words = re.findall(r"[a-z']+", text.lower())
     return frozenset(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
 
 
@@ -78,17 +85,17 @@ def leaks_prompt(answer: str, min_run: int = 8) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _example_words(prompt: str) -> frozenset[str]:
-    rules, _, examples = prompt.partition("\nExample")
-    return stems(examples) - stems(rules)
+def _example_limit_words(prompt: str) -> frozenset[str]:
+    rules, examples = _rules_and_examples(prompt)
+    return stems(" ".join(s for s in examples if is_limit(s))) - stems(rules)  # "export"
 
 
 def echoes_example(sentence: str, question: str, sources: Sequence[Source]) -> bool:
-    """Whether ``sentence`` takes words from the prompt's examples that neither the question nor a source uses.
+    """Whether ``sentence`` takes a word from the prompt's example of a limit ("The sources do not say how to
+    export them") that neither the question nor a source uses.
 
-    The 1.5B model copies the partial-answer example into answers about something else: "The sources do not
-    cover how to export these random numbers" (the example says the sources do not say how to export the logs).
-    In a sentence about what the sources lack, such a word is the example's subject, not the user's.
+    The 1.5B model copies that example into answers about something else: "The sources do not cover how to
+    export these random numbers". There, "export" is the example's subject, not the user's.
     """
-    borrowed = stems(sentence) & _example_words(SYSTEM_PROMPT)
+    borrowed = stems(sentence) & _example_limit_words(SYSTEM_PROMPT)
     return bool(borrowed - stems(question).union(*(stems(source.text) for source in sources)))

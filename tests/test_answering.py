@@ -245,7 +245,19 @@ def test_a_limit_about_the_question_itself_is_kept(sample_kb: KnowledgeBase) -> 
 
 
 def test_an_answer_that_is_only_a_copied_example_is_a_model_refusal(sample_kb: KnowledgeBase) -> None:
-    with serve(FakeOpenAI(lambda body: "The sources do not cover how to export these logs.")) as url:
+    with serve(FakeOpenAI(lambda body: "[1] The sources do not cover how to export these logs.")) as url:
         sample_kb.use_llm(llm_for(url))
         answer = sample_kb.ask("How do I rotate an API key?")
     assert answer.refused and answer.refusal_reason == "model"
+
+
+def test_an_answer_that_copies_the_prompt_examples_claims_is_refused(sample_kb: KnowledgeBase) -> None:
+    # The leak check reads the examples' claims still; only the form of a limit sentence is left out of it.
+    reply = (
+        "Rotate keys at least every 90 days [1]. Acme restarts failed jobs after 10 minutes [2]. "
+        "You can turn this off with acme.retry = false [1][2]."
+    )
+    with serve(FakeOpenAI(lambda body: reply)) as url:
+        sample_kb.use_llm(llm_for(url))
+        answer = sample_kb.ask("How often should API keys be rotated?")
+    assert answer.refused and answer.refusal_reason == "unsafe_output"

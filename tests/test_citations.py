@@ -59,6 +59,9 @@ from kb.prompting import SYSTEM_PROMPT, build_messages, leaks_prompt
             ["Deploy it."],  # a marker after a full stop cites the sentence before it
         ),
         ("Run it [1].\n[9] Then deploy it [1].", 1, "Run it [1].\nThen deploy it [1].", [1], []),
+        # Markers alone on their line cite the line before and join it, as before.
+        ("Kept 30 days\n[1]\nShown in the console\n[1]", 1, "Kept 30 days [1]\nShown in the console [1]", [1], []),
+        ("A is true.\n[9]\nB is so [1].", 1, "A is true.\nB is so [1].", [1], ["A is true."]),
         # A removed marker that opens a line takes its punctuation along (the text began ". Foo").
         ("Run it [1].\n\n[9]. Then deploy it [1].", 1, "Run it [1].\n\nThen deploy it [1].", [1], []),
         ("[9]. Deploy it now [1].", 1, "Deploy it now [1].", [1], []),

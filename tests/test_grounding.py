@@ -107,37 +107,39 @@ def _has_export(sentence: str) -> bool:
     return "export" in sentence
 
 
+LIMIT = "The sources do not cover how to export it."
+
+
 @pytest.mark.parametrize(
-    ("text", "kept", "dropped"),
+    ("text", "kept"),
     [
         # A marker run that opens the dropped sentence cites the one before it: it stays.
-        (
-            "Use `random.random()` [1]. [1] The sources do not cover how to export these random numbers.",
-            "Use `random.random()` [1]. [1]",
-            ["The sources do not cover how to export these random numbers."],
-        ),
-        ("A is b [1]. The sources do not say how to export X [1]. C is d [2].", "A is b [1]. C is d [2].", None),
-        # A list item that held only the sentence goes with its number; the other lines stay as they were.
-        (
-            "Steps:\n1. Do x [1].\n2. The sources do not cover how to export y.\n3. Do z [1].",
-            "Steps:\n1. Do x [1].\n3. Do z [1].",
-            None,
-        ),
-        ("A [1].\n\nThe sources do not cover how to export it.\n\nB [1].", "A [1].\n\nB [1].", None),
-        (
-            "Run `export X=1` [1]. The sources do not say how to export it.\nNext [1].",
-            "Run `export X=1` [1].\nNext [1].",
-            None,
-        ),
-        # Code is never touched, and a claim is not a limit.
-        ("```\nThe sources do not say how to export x.\n```\nDone [1].", None, []),
-        ("Use the export command [1]. Logs export nightly [2].", None, []),
+        ("Use `random.random()` [1]. [1] " + LIMIT, "Use `random.random()` [1]. [1]"),
+        ("A is b [1].\n[2] " + LIMIT + "\nC is d [2].", "A is b [1]. [2]\nC is d [2]."),
+        # A list item that held only the sentence goes with its number; the rest of an item's line keeps it.
+        ("Steps:\n1. Do x [1].\n2. " + LIMIT + "\n3. Do z [1].", "Steps:\n1. Do x [1].\n3. Do z [1]."),
+        ("Steps:\n1. " + LIMIT + " Do x [1].\n2. Do z [1].", "Steps:\n1. Do x [1].\n2. Do z [1]."),
+        ("Steps:\n+ Do x [1].\n+ " + LIMIT + "\n+ Do z [1].", "Steps:\n+ Do x [1].\n+ Do z [1]."),
+        ("A [1].\n\n" + LIMIT + "\n\nB [1].", "A [1].\n\nB [1]."),
+        ("A [1].\r\n\r\n" + LIMIT + "\r\n\r\nB [1].", "A [1].\r\n\r\nB [1]."),
+        ("Run `export X=1` [1]. " + LIMIT + "\nNext [1].", "Run `export X=1` [1].\nNext [1]."),
+        # A sentence ends at a closing bracket or quote, not at "e.g." inside it: the claims around it stay.
+        ("A is b [1]. (" + LIMIT + ") C is d [1].", "A is b [1]. C is d [1]."),
+        ("A is b [1]. The sources do not say how to export it, e.g. as CSV.", "A is b [1]."),
+        ("Line one [1].  \nLine two [1]. " + LIMIT, "Line one [1].  \nLine two [1]."),  # a hard break stays
+        # Not dropped: code, a claim, a limit a marker cites, a claim with a limit clause, a claim on "source".
+        ("```\n" + LIMIT + "\n```\nDone [1].", None),
+        ("Use the export command [1]. Logs export nightly [2].", None),
+        ("A is b [1]. The sources do not say how to export X [1]. C is d [2].", None),
+        ("A is b [1]. " + LIMIT + " [2] C is d [2].", None),
+        ("Logs are kept 30 days [1], but the sources do not say how to export them.", None),
+        ("No, the open-source product does not include export; it is in Enterprise only [1].", None),
     ],
 )
-def test_drop_limits_removes_only_the_picked_limit_sentences(text: str, kept: str | None, dropped) -> None:
+def test_drop_limits_removes_only_whole_uncited_limit_sentences(text: str, kept: str | None) -> None:
     result, removed = drop_limits(text, _has_export)
     assert result == (text if kept is None else kept)
-    assert removed == (dropped if dropped is not None else removed) and bool(removed) == (kept is not None)
+    assert len(removed) == (kept is not None)
 
 
 # The 1.5B model's copies of the prompt's partial-answer example, from python-faq's tune and test splits.
@@ -160,6 +162,11 @@ def test_drop_limits_removes_only_the_picked_limit_sentences(text: str, kept: st
         ("The sources do not say how to export the keys.", "Can I export my API keys?", "Keys rotate.", False),
         ("The sources do not say how to export the keys.", "Where are keys kept?", "Export keys with x.", False),
         ("The sources do not say how often keys rotate.", "How often do keys rotate?", "Keys rotate.", False),
+        # The example's other words are everyday ones: a limit about them is the user's (the first version
+        # dropped these caveats, and a partial answer then read as complete).
+        ("The sources do not say how to turn it off.", "Can I disable telemetry?", "Telemetry is on.", False),
+        ("The sources do not say why other jobs fail.", "Why did my build job fail?", "Jobs run.", False),
+        ("The sources do not say what happens after 30 days.", "How long is history kept?", "Kept.", False),
     ],
 )
 def test_echoes_example_spots_the_prompt_example_copied(sentence, question, source, echo) -> None:
