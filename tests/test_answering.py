@@ -27,6 +27,13 @@ def llm_for(url: str, **kwargs) -> OpenAICompatibleLLM:
     return OpenAICompatibleLLM(base_url=url, model_name="fake-model", **kwargs)
 
 
+def ask_replying(kb: KnowledgeBase, reply: str, question: str) -> Answer:
+    """``kb.ask(question)`` with a generator, over real HTTP, that replies ``reply``."""
+    with serve(FakeOpenAI(lambda body: reply)) as url:
+        kb.use_llm(llm_for(url))
+        return kb.ask(question)
+
+
 def test_extractive_answer_cites_the_section_it_quotes(extractive: KnowledgeBase) -> None:
     answer = extractive.ask("What does error E4012 mean and how do I fix it?")
     assert not answer.refused and answer.backend == "extractive"
@@ -83,9 +90,7 @@ def test_ask_stream_yields_text_then_the_answer(sample_kb: KnowledgeBase) -> Non
 
 
 def test_model_refusal_is_a_normal_refused_answer(sample_kb: KnowledgeBase) -> None:
-    with serve(FakeOpenAI(lambda body: "I don't know.")) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How do I rotate an API key?")
+    answer = ask_replying(sample_kb, "I don't know.", "How do I rotate an API key?")
     assert answer.refused and answer.refusal_reason == "model" and answer.citations == []
     assert answer.sources  # what was found is still reported
 
@@ -116,9 +121,7 @@ def test_refuse_unsupported_off_returns_the_answer_with_every_sentence_flagged(
     sample_kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sample_kb.settings, "refuse_unsupported", False)
-    with serve(FakeOpenAI(lambda body: KEDA_REPLY)) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask(KEDA)
+    answer = ask_replying(sample_kb, KEDA_REPLY, KEDA)
     assert not answer.refused and "Install KEDA" in answer.text
     assert len(answer.unsupported_sentences) == 4
 
@@ -148,9 +151,7 @@ def test_the_extractive_backend_is_never_withheld_as_unsupported(
 def test_an_answer_with_one_supported_claim_is_kept(sample_kb: KnowledgeBase) -> None:
     # Uncited sentences are checked against every source (and reported as uncited).
     reply = "Rotate keys at least every 90 days. Kubernetes autoscales the rotation job with KEDA."
-    with serve(FakeOpenAI(lambda body: reply)) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How often should API keys be rotated?")
+    answer = ask_replying(sample_kb, reply, "How often should API keys be rotated?")
     assert not answer.refused
     assert answer.unsupported_sentences == ["Kubernetes autoscales the rotation job with KEDA."]
 
@@ -227,9 +228,7 @@ ROTATE_REPLY = (
 
 
 def test_a_copied_example_limit_is_dropped_and_the_answer_kept(sample_kb: KnowledgeBase) -> None:
-    with serve(FakeOpenAI(lambda body: ROTATE_REPLY)) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How do I rotate an API key?")
+    answer = ask_replying(sample_kb, ROTATE_REPLY, "How do I rotate an API key?")
     assert not answer.refused and "export" not in answer.text
     assert answer.text.endswith("when a key has leaked. [2]")  # its marker stays with the sentence it cites
     assert '`lumen keys create --mode live --name "backend-2024-q3"`' in answer.text  # code as written
@@ -238,16 +237,14 @@ def test_a_copied_example_limit_is_dropped_and_the_answer_kept(sample_kb: Knowle
 
 def test_a_limit_about_the_question_itself_is_kept(sample_kb: KnowledgeBase) -> None:
     reply = "Rotate keys at least every 90 days [1]. The sources do not say how to rotate keys automatically."
-    with serve(FakeOpenAI(lambda body: reply)) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How often should API keys be rotated?")
+    answer = ask_replying(sample_kb, reply, "How often should API keys be rotated?")
     assert answer.text.endswith("The sources do not say how to rotate keys automatically.")
 
 
 def test_an_answer_that_is_only_a_copied_example_is_a_model_refusal(sample_kb: KnowledgeBase) -> None:
-    with serve(FakeOpenAI(lambda body: "[1] The sources do not cover how to export these logs.")) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How do I rotate an API key?")
+    answer = ask_replying(
+        sample_kb, "[1] The sources do not cover how to export these logs.", "How do I rotate an API key?"
+    )
     assert answer.refused and answer.refusal_reason == "model"
 
 
@@ -257,7 +254,5 @@ def test_an_answer_that_copies_the_prompt_examples_claims_is_refused(sample_kb: 
         "Rotate keys at least every 90 days [1]. Acme restarts failed jobs after 10 minutes [2]. "
         "You can turn this off with acme.retry = false [1][2]."
     )
-    with serve(FakeOpenAI(lambda body: reply)) as url:
-        sample_kb.use_llm(llm_for(url))
-        answer = sample_kb.ask("How often should API keys be rotated?")
+    answer = ask_replying(sample_kb, reply, "How often should API keys be rotated?")
     assert answer.refused and answer.refusal_reason == "unsafe_output"
