@@ -18,7 +18,7 @@ from kb.document import Span
 from kb.records import ChunkRecord, split_header_path
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_MARKERS_TO_LINE_END = re.compile(r"[ \t]*(?:\[\d+(?:\s*[,;]\s*\d+)*\][ \t]*)*(?:\r?\n|\Z)")
+_MARKER_ONLY_LINE = re.compile(r"(?m)^[ \t]*(?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+\r?$")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # "billing.retry_limit" is not a sentence end
 _REFUSALS = ("i don't know", "i do not know", "i don’t know", "not in the sources", "cannot answer")
 
@@ -140,11 +140,13 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
     text = text.replace(DROPPED, " ")  # a NUL the model wrote is not a removed marker
     text, code = shield_code(text)
 
+    marker_lines = {line.start() for line in _MARKER_ONLY_LINE.finditer(text)}
+
     def replace_marker(match: re.Match[str]) -> str:
         lead = match.group(0)[: match.start(1) - 1 - match.start()]
         # A line break before a marker that opens a line of text is the text's own (a list item, a paragraph);
         # markers alone on their line cite the line before and join it.
-        alone = _MARKERS_TO_LINE_END.match(match.string, match.end())
+        alone = match.start() + lead.rfind("\n") + 1 in marker_lines
         return (lead if "\n" in lead and not alone else " " if lead else "") + (keep_valid(match) or DROPPED)
 
     cleaned = _MARKER.sub(replace_marker, text)
@@ -175,6 +177,7 @@ _LINE_END_MARKERS = re.compile(
     r"(?<![\s=:,(\[{\]])[ \t]+((?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+)(?=\r?$)", re.MULTILINE
 )
 SHIELDED = re.compile(r"\x01(\d+)\x02")
+_SHIELDED_AND_MARKERS = re.compile(r"\x01(\d+)\x02((?:[ \t]*\[\d+\])*)")
 
 
 def shield_code(text: str) -> tuple[str, list[str]]:
@@ -210,8 +213,16 @@ def shield_code(text: str) -> tuple[str, list[str]]:
 
 
 def unshield(text: str, spans: list[str]) -> str:
-    """``text`` with the code :func:`shield_code` took out put back."""
-    return SHIELDED.sub(lambda m: spans[int(m.group(1))], text) if spans else text
+    """``text`` with the code :func:`shield_code` took out put back. Markers that follow a code block go on
+    the line after its closing fence: CommonMark closes a fence only on a line of its own ("``` [1]" would
+    carry the rest of the answer into the block)."""
+
+    def put_back(match: re.Match[str]) -> str:
+        code, markers = spans[int(match.group(1))], match.group(2)
+        newline = "\r\n" if "\r\n" in code else "\n"
+        return code + (newline + markers.strip() if markers and "\n" in code else markers)
+
+    return _SHIELDED_AND_MARKERS.sub(put_back, text) if spans else text
 
 
 _MARKER_RUN = re.compile(r"\[\d+\](?:\s*\[\d+\])+")

@@ -34,11 +34,12 @@ BACKED_RECALL = 0.5  # ungrounded(): the lower bar for "some source backs this c
 MIN_WORDS = 3
 _FILLER = "following follow steps step use using used set get make sure see note example"  # how-to filler
 _ABSENCE = re.compile(
-    r"\b(sources?|documents?|documentation|context)\b[^.]*\b(do|does|did)\s*(not|n't|n’t)\s+"
+    r"\b(sources?|documents?|documentation|context)\b[^.]{0,200}?\b(do|does|did)\s*(not|n't|n’t)\s+"
     r"(say|mention|cover|contain|state|specify|describe|explain|include|provide|detail|show|discuss|address)",
     re.IGNORECASE,
 )
 _MARKER = re.compile(r"\[(\d+)\]")
+_MARKER_LINE = re.compile(r"[ \t]*\r?\n[ \t]*((?:\[\d+\][ \t]*)+)(?=\r?\n|\Z)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _LIST_ITEM = re.compile(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+")
 _TOKEN = re.compile(r"--?[A-Za-z][\w-]*|[A-Za-z0-9][A-Za-z0-9_.:/\-]*[A-Za-z0-9]|[A-Za-z0-9]")
@@ -93,10 +94,12 @@ def stems(text: str) -> frozenset[str]:
 
 # A sentence of an answer with what follows it. A list item's marker opens its first sentence; citation markers
 # that open a sentence belong to the one before it ("A. [1] B"). A sentence ends at . ! ? (and a closing quote
-# or bracket) before a line end or a word that does not go on in lower case ("e.g. as CSV" goes on).
+# or bracket) before a line end or a word that does not go on in lower case ("e.g. as CSV" goes on), and not
+# after an abbreviation ("e.g. S3", "v. 2").
 _PIECE = re.compile(
     r"(?P<item>(?<![^\n])[ \t]*(?:\d+[.)]|[-*+•◦‣])[ \t]+)?(?P<markers>[ \t]*(?:\[\d+\][ \t]*)*)"
-    r"(?P<body>[^\n]*?(?:[.!?][\"'”’)]*(?=[ \t]*(?:\r?\n|\Z)|[ \t]+[^a-z\s])|(?=\r?\n)|\Z))"
+    r"(?P<body>[^\n]*?(?:(?<!\be\.g)(?<!\bi\.e)(?<!\bcf)(?<!\bvs)(?<!\b[vV])[.!?][\"'”’)]*"
+    r"(?=[ \t]*(?:\r?\n|\Z)|[ \t]+[^a-z\s])|(?=\r?\n)|\Z))"
     r"(?P<sep>[ \t]*(?:\r?\n)?)"
 )
 # A sentence whose subject is the sources: "The sources do not cover…", "(However, the documentation does not…".
@@ -168,6 +171,7 @@ def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     """The answer's sentences (list items count as sentences), each with the source numbers it cites.
     A marker run after the full stop ("Claim. [1]") belongs to the sentence before it."""
     shielded, code = shield_code(text)  # ``a[1]`` in code is indexing, not a citation
+    shielded = _MARKER_LINE.sub(r" \1", shielded)  # markers alone on their line cite the line before
     moved = _LIST_ITEM.sub("", re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", shielded))
     out = []
     for piece in _SENTENCE.split(moved):

@@ -71,10 +71,14 @@ def _instruction_runs(prompt: str, min_run: int) -> frozenset[str]:
     # Not the example of a partial answer: "…30 days [1]. The sources do not say how to…" is the form the model
     # is asked to write, and "…every 90 days [1]. The sources do not say how to…" was refused as a leak. A copy
     # of the example's limit is echoes_example's to catch.
+    # Each example sentence on its own: runs across them ("…after 10 minutes [2]. You can turn this off
+    # with…") are everyday phrasing, and "…after 15 minutes [1]. You can turn this off with…" was refused too.
     rules, examples = _rules_and_examples(prompt)
-    text = " ".join([rules, *(sentence for sentence in examples if not is_limit(sentence))])
-    words = re.findall(r"[a-z']+", text.lower())
-    return frozenset(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
+    runs: set[str] = set()
+    for part in [rules, *(sentence for sentence in examples if not is_limit(sentence))]:
+        words = re.findall(r"[a-z']+", part.lower())
+        runs.update(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
+    return frozenset(runs)
 
 
 def leaks_prompt(answer: str, min_run: int = 8) -> bool:
@@ -98,4 +102,8 @@ def echoes_example(sentence: str, question: str, sources: Sequence[Source]) -> b
     export these random numbers". There, "export" is the example's subject, not the user's.
     """
     borrowed = stems(sentence) & _example_limit_words(SYSTEM_PROMPT)
-    return bool(borrowed - stems(question).union(*(stems(source.text) for source in sources)))
+    if not borrowed:
+        return False
+    # Any word that starts with it counts as used: --export, kb.export(), exporter, data_export, re-export.
+    used = set(re.findall(r"[a-z0-9]+", " ".join([question, *(source.text for source in sources)]).lower()))
+    return any(not any(word.startswith(b) for word in used) for b in borrowed)

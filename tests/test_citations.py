@@ -104,6 +104,8 @@ def test_prompt_leak_detection() -> None:
     assert not leaks_prompt("E4012 means the card issuer declined a retry attempt [1].")
     # The form the prompt's example shows is no leak: after "…days." this answer was refused as unsafe_output.
     assert not leaks_prompt("Rotate keys every 90 days [1]. The sources do not say how to rotate them automatically.")
+    # Nor is a run across two example sentences: "…after 10 minutes [2]. You can turn this off with…".
+    assert not leaks_prompt("Idle sessions close after 15 minutes [1]. You can turn this off with idle = 0 [1].")
 
 
 def test_attribution_cites_copied_sentences_only() -> None:
@@ -142,8 +144,13 @@ def test_indexing_in_code_is_not_a_citation_and_code_stays_runnable() -> None:
 def test_a_marker_at_the_end_of_a_code_line_cites_the_block_from_after_it() -> None:
     raw = "Promote the replica [2]:\n\n```bash\npatronictl failover ledger --force [1]\n```\n\nThen check it [1]."
     text, used, _ = parse_citations(raw, n_sources=2)
-    assert "```bash\npatronictl failover ledger --force\n``` [1]" in text
+    # On the line after the closing fence: CommonMark does not close a fence on "``` [1]", so a renderer
+    # took the rest of the answer for code.
+    assert "```bash\npatronictl failover ledger --force\n```\n[1]\n\nThen check it [1]." in text
     assert used == [2, 1]
+    assert parse_citations(text, n_sources=2)[0] == text  # stable: kb parses its own text again
+    assert sentences(text)[0] == ("Promote the replica:", (2,))
+    assert sentences(text)[1][1] == (1,)  # the marker still cites the block
 
 
 def test_kb_adds_no_marker_inside_a_code_block() -> None:
@@ -176,7 +183,7 @@ def test_rst_double_backtick_literals_keep_the_markers_between_them() -> None:
          "Make a list:\n```python\nnums = [1, 2]\nx = [0]\nports = [8080]\n```\nDone [1].", [1]),
         ("Config [1]:\n```yaml\nports: [2]\nids: [1]\n```", "Config [1]:\n```yaml\nports: [2]\nids: [1]\n```", [1]),
         # CRLF lines: the marker at the end of the code line still moves after the block.
-        ("Run it:\r\n```bash\r\ncmd --force [1]\r\n```\r\nDone [2].", "Run it:\r\n```bash\r\ncmd --force\r\n``` [1]\r\nDone [2].",
+        ("Run it:\r\n```bash\r\ncmd --force [1]\r\n```\r\nDone [2].", "Run it:\r\n```bash\r\ncmd --force\r\n```\r\n[1]\r\nDone [2].",
          [1, 2]),
         # An answer cut inside a block (llm_max_tokens) keeps its code as written.
         ("Run:\n```bash\ncmd --force [1]\nls [3]", "Run:\n```bash\ncmd --force [1]\nls [3]", []),

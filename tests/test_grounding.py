@@ -127,7 +127,14 @@ LIMIT = "The sources do not cover how to export it."
         ("A is b [1]. (" + LIMIT + ") C is d [1].", "A is b [1]. C is d [1]."),
         ("A is b [1]. The sources do not say how to export it, e.g. as CSV.", "A is b [1]."),
         ("Line one [1].  \nLine two [1]. " + LIMIT, "Line one [1].  \nLine two [1]."),  # a hard break stays
+        ("A is b [1]. The sources do not say how to export it to S3, e.g. S3 or GCS buckets.", "A is b [1]."),
+        # Markers after a code block go on the line after its fence (CommonMark closes it only on its own line).
+        (
+            "Run:\n```\nkb backup\n```\n[1] " + LIMIT + "\nCheck it [1].",
+            "Run:\n```\nkb backup\n```\n[1]\nCheck it [1].",
+        ),
         # Not dropped: code, a claim, a limit a marker cites, a claim with a limit clause, a claim on "source".
+        ("A is b [1]. The sources do not say how to export it (e.g. CSV [1]).", None),
         ("```\n" + LIMIT + "\n```\nDone [1].", None),
         ("Use the export command [1]. Logs export nightly [2].", None),
         ("A is b [1]. The sources do not say how to export X [1]. C is d [2].", None),
@@ -167,6 +174,10 @@ def test_drop_limits_removes_only_whole_uncited_limit_sentences(text: str, kept:
         ("The sources do not say how to turn it off.", "Can I disable telemetry?", "Telemetry is on.", False),
         ("The sources do not say why other jobs fail.", "Why did my build job fail?", "Jobs run.", False),
         ("The sources do not say what happens after 30 days.", "How long is history kept?", "Kept.", False),
+        # Any form of the word counts as the user's: a flag, a name, a call, a compound.
+        ("The sources do not say how to export to S3.", "What does the --export flag do?", "Writes.", False),
+        ("The sources do not say how to export custom metrics.", "How do I set up node exporter?", "Run.", False),
+        ("The sources do not say how to export it.", "How do I back up?", "Call `kb.export()`.", False),
     ],
 )
 def test_echoes_example_spots_the_prompt_example_copied(sentence, question, source, echo) -> None:
