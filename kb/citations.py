@@ -18,7 +18,8 @@ from kb.document import Span
 from kb.records import ChunkRecord, split_header_path
 
 _MARKER = re.compile(r"\s*\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_MARKER_ONLY_LINE = re.compile(r"(?m)^[ \t]*(?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+\r?$")
+_ONE_LINE_MARKER = r"\[\d+(?:[ \t]*[,;][ \t]*\d+)*\]"  # [1], [1, 3]: a marker that stays on its line
+_MARKER_ONLY_LINE = re.compile(rf"(?m)^[ \t]*(?:{_ONE_LINE_MARKER}[ \t]*)+\r?$")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")  # "billing.retry_limit" is not a sentence end
 _REFUSALS = ("i don't know", "i do not know", "i don’t know", "not in the sources", "cannot answer")
 
@@ -174,7 +175,7 @@ _FENCED = re.compile(
 _INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)[^\n\x01]+?(?<!`)\1(?!`)")  # closed by a run as long: ``rst literal``
 # Markers at the end of a code line, after a word or a call: not a list literal (``x = [1]``, ``ports: [2]``).
 _LINE_END_MARKERS = re.compile(
-    r"(?<![\s=:,(\[{\]])[ \t]+((?:\[\d+(?:[ \t]*[,;][ \t]*\d+)*\][ \t]*)+)(?=\r?$)", re.MULTILINE
+    rf"(?<![\s=:,(\[{{\]])[ \t]+((?:{_ONE_LINE_MARKER}[ \t]*)+)(?=\r?$)", re.MULTILINE
 )
 SHIELDED = re.compile(r"\x01(\d+)\x02")
 _SHIELDED_AND_MARKERS = re.compile(r"\x01(\d+)\x02((?:[ \t]*\[\d+\])*)")
