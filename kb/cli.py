@@ -621,6 +621,9 @@ def eval_command(
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the answer sample and the bootstrap intervals.")] = 13,
     compare: Annotated[tuple[Path, Path] | None, typer.Option(help="Diff two report folders (A B).")] = None,
+    render: Annotated[
+        Path | None, typer.Option(help="Write a report folder's report.md again from its results (nothing re-run).")
+    ] = None,
 ) -> None:
     """Evaluate retrieval (and answers) on a question set, next to the stock LlamaIndex recipe."""
     from kb.evaluation.cli import compare_reports, run_evaluation
@@ -628,8 +631,16 @@ def eval_command(
     if compare is not None:
         print(compare_reports(*compare))
         return
+    if render is not None:
+        from kb.evaluation.report import rerender
+
+        if not (render / "results.jsonl").is_file() or not (render / "summary.json").is_file():
+            _fail(f"{render}: not a report folder (it needs results.jsonl and summary.json from kb eval --report)")
+        rerender(render)
+        console.print(f"report written to {render}/report.md")
+        return
     if question_set is None:
-        _fail("give a question set, or --compare A B")
+        _fail("give a question set, or --compare A B, or --render FOLDER")
     try:
         run_evaluation(
             question_set, kb_path, report, corpus, baseline, answers, baseline_answers, split, console, err_console,

@@ -21,8 +21,9 @@ import kb.evaluation.metrics as metrics_module
 from kb.evaluation.gold import GoldRef, GoldResolver, covers
 from kb.evaluation.metrics import hit_at, mrr_at, ndcg_at, paired_bootstrap, ranking_metrics, recall_at
 from kb.evaluation.questions import Question
-from kb.evaluation.runner import AnswerRecord, Retrieved, audit_rows, judge
+from kb.evaluation.runner import AnswerRecord, QuestionResult, Retrieved, audit_rows, judge
 from kb.knowledge_base import KnowledgeBase
+from kb.samples import sample_kb_path
 from tests.conftest import write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,3 +311,90 @@ def test_tune_answers_replays_refuse_unsupported_on_the_same_answers() -> None:
     before, after = summarize(rows)["answers"], summarize(replayed)["answers"]
     assert (before["false_refusals"], after["false_refusals"]) == (0.0, 1 / 3)
     assert after["unsupported_answers"] == 0.5  # one of the two answers still given has an unsupported sentence
+
+
+def _answered(qid: str, answerable: bool, fused_gold: list[list[int]], answer: dict) -> QuestionResult:
+    row = QuestionResult(qid, f"{qid}?", answerable, "test", 1 if answerable else 0)
+    items = [Retrieved("a.md", i * 100, i * 100 + 100, f"{qid}-{i}") for i in range(len(fused_gold))]
+    row.stages["fused"] = {"ids": [i.node_id for i in items], "gold_hits": fused_gold,
+                           "hits": audit_rows(items, fused_gold), "ms": 1.0}  # fmt: skip
+    timings = {"embed": 3.0, "retrieve": 4.0, "context": 3.0, "first_token": 1010.0, "total": 3010.0}
+    row.answer = {"refused": False, "supported": False, "cited": 0, "cited_on_gold": 0, "timings": timings,
+                  "token_f1": None, "rouge_l": None, "prompt_tokens": 500, "unsupported": []} | answer  # fmt: skip
+    return row
+
+
+def test_the_report_says_where_answers_are_won_or_lost_and_renders_again(tmp_path: Path) -> None:
+    """A report answers "which stage holds each goal back": did the gold reach the generator, what did it make
+    of it, and how long each stage took; ``kb eval --render`` writes it again from the results, keeping a note
+    added by hand, so a report's new table needs no hours of answers re-run."""
+    from typer.testing import CliRunner
+
+    from kb.cli import app
+    from kb.evaluation.report import write_report
+
+    read = lambda gold: {"read": [{"doc_id": "a.md", "span": [0, 100], "gold": gold, "text": ""}]}  # noqa: E731
+    rows = [
+        # The gold was read although it is not in the fused top 3 (small-to-big reads more than a chunk).
+        _answered("cited", True, [[], [], [], [0]], read([0]) | {"supported": True, "cited": 1}),
+        _answered("refused", True, [[0]], read([0]) | {"refused": True}),
+        _answered("missed", True, [[0]], read([0])),
+        _answered("unread-refused", True, [[0]], read([]) | {"refused": True}),  # fused top 1, but not read
+        _answered("unread-answered", True, [[]], read([])),
+        _answered("unanswerable", False, [[]], read([]) | {"refused": True}),
+    ]
+    context = {"command": "kb eval set.jsonl --answers 6", "kb setup": {"answers": {"sources": 3}}}
+    write_report(tmp_path, "Evaluation: t", {"kb": rows}, context)
+    report = (tmp_path / "report.md").read_text()
+    for line in [
+        "| the gold reached the generator | 3/5 |",
+        "| … and the answer cites it | 1/5 |",
+        "| … but the answer was refused | 1/5 |",
+        "| … but the answer does not cite it | 1/5 |",
+        "| the gold did not reach it: refused | 1/5 |",
+        "| the gold did not reach it: answered anyway | 1/5 |",
+        "| before the generator | 10 |",
+        "| reading the prompt | 1000 |",
+        "| writing the answer | 2000 |",
+    ]:
+        assert line in report, line
+    assert "kb: sources read" in report
+
+    # A run from before the sources were recorded is judged on the fused top n the generator answers from.
+    for row in rows:
+        row.answer.pop("read")
+    write_report(tmp_path, "Evaluation: t", {"kb": rows}, context)
+    report = (tmp_path / "report.md").read_text()
+    assert "kb: fused top 3" in report
+    assert "| the gold reached the generator | 3/5 |" in report and "| … but the answer was refused | 2/5 |" in report
+
+    noted = report.replace("- **command**", "- **note** (added by hand): corpus fetched as u8\n- **command**", 1)
+    (tmp_path / "report.md").write_text(noted)
+    (tmp_path / "report.md.before").write_text(noted)
+    result = CliRunner().invoke(app, ["eval", "--render", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    again = (tmp_path / "report.md").read_text()
+    assert "corpus fetched as u8" in again and again.splitlines()[0] == "# Evaluation: t"
+    assert [line for line in again.splitlines() if "note" not in line] == [
+        line for line in noted.splitlines() if "note" not in line
+    ]
+    missing = CliRunner().invoke(app, ["eval", "--render", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0 and "not a report folder" in missing.output
+
+
+def test_the_runner_records_the_sources_the_generator_read(sample_kb: KnowledgeBase) -> None:
+    """Each answer row carries the sources the generator was given, located and judged, so a report can tell
+    a gold that never reached the generator from one it was given and did not cite."""
+    from kb.evaluation.runner import KbSystem, run
+
+    sample_kb.use_llm(None)
+    question = Question("s01", "What does error E4012 mean and how do I fix it?", True,
+                        [GoldRef("product/billing/retries.md", "Payment Retries > Error E4012")], "", "test")  # fmt: skip
+    resolver = GoldResolver(sample_kb_path())
+    answer = sample_kb.ask(question.question)
+    [row] = run(KbSystem(sample_kb), [question], resolver, answer_ids={"s01"})
+    read = row.answer["read"]
+    assert [(r["doc_id"], tuple(r["span"])) for r in read] == [
+        (s.path, (s.span.start, s.span.end)) for s in answer.sources
+    ]
+    assert any(r["gold"] == [0] for r in read) and row.answer["supported"]

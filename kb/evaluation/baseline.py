@@ -111,7 +111,8 @@ class LlamaIndexBaseline:
         # CitationQueryEngine re-splits sources into numbered "Source n:" nodes; map each back to its file span.
         cited = [self._located(n) for n in response.source_nodes if f"[{_source_number(n)}]" in text]
         sources = [Numbered(_source_number(n), n.node.get_content()) for n in response.source_nodes]
-        return AnswerRecord(text, refused, cited, {"total": total}, sources)
+        read = [self._located(n) for n in response.source_nodes]
+        return AnswerRecord(text, refused, cited, {"total": total}, sources, read=read)
 
     def describe(self) -> dict[str, Any]:
         return {

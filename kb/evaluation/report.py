@@ -4,6 +4,7 @@ the question-by-question comparison of two report folders."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,14 @@ COMPARED = ("ndcg@10", "hit@5", "hit@1", "mrr@10")
 STAGE_PAIRS = (("fused", "dense"), ("fused", "bm25"), ("dense", "bm25"), ("reranked", "fused"))
 
 
-def summarize(rows: list[QuestionResult]) -> dict[str, Any]:
-    """Mean ranking metrics per stage (answerable questions), latency per stage, answer metrics."""
+# Before an answer's first token: what kb does before the generator starts reading its prompt.
+PREPARE = ("embed", "retrieve", "rerank", "gate", "context")
+
+
+def summarize(rows: list[QuestionResult], answer_sources: int = 3) -> dict[str, Any]:
+    """Mean ranking metrics per stage (answerable questions), latency per stage, answer metrics and where the
+    answers were won or lost (``answer_sources``: how many fused hits the generator reads, for rows that did not
+    record what it read)."""
     answerable = [r for r in rows if r.answerable]
     stages = list(rows[0].stages) if rows else []
     out: dict[str, Any] = {"questions": len(rows), "answerable": len(answerable), "stages": {}, "latency_ms": {}}
@@ -29,6 +36,48 @@ def summarize(rows: list[QuestionResult]) -> dict[str, Any]:
     answered = [r for r in rows if r.answer is not None]
     if answered:
         out["answers"] = answer_metrics(answered)
+        out["answer_stages"] = answer_stages(answered, answer_sources)
+    return out
+
+
+def _read_recorded(row: QuestionResult) -> bool:
+    return row.answer is not None and "read" in row.answer
+
+
+def gold_read(row: QuestionResult, depth: int) -> bool:
+    """Whether a gold section reached the generator: judged on the sources it read when the row recorded them
+    (runs since 2026-12-06), else on the fused top ``depth`` it answers from."""
+    if _read_recorded(row):
+        return any(hit["gold"] for hit in row.answer["read"])  # type: ignore[index]
+    return any(row.stages.get("fused", {}).get("gold_hits", [])[:depth])
+
+
+def answer_stages(rows: list[QuestionResult], depth: int) -> dict[str, Any]:
+    """Where each goal is held back: did the gold reach the generator, what the generator made of it, and the
+    time each stage of an answer took (p50 ms; the stages a system times)."""
+    answerable = [r for r in rows if r.answerable and r.answer]
+    read = [r for r in answerable if gold_read(r, depth)]
+    unread = [r for r in answerable if not gold_read(r, depth)]
+    refused = lambda group: sum(bool(r.answer and r.answer["refused"]) for r in group)  # noqa: E731
+    cited = sum(bool(r.answer and r.answer["supported"] and not r.answer["refused"]) for r in read)
+    out: dict[str, Any] = {
+        "answerable": len(answerable),
+        "gold_read": len(read),
+        "gold_read_cited": cited,
+        "gold_read_refused": refused(read),
+        "gold_read_not_cited": len(read) - cited - refused(read),
+        "gold_not_read_refused": refused(unread),
+        "gold_not_read_answered": len(unread) - refused(unread),
+        "judged_on": "sources read" if all(_read_recorded(r) for r in answerable) else f"fused top {depth}",
+    }
+    timed = [r.answer["timings"] for r in rows if r.answer and "first_token" in r.answer["timings"]]
+    if timed:
+        prepare = [sum(t.get(stage, 0.0) for stage in PREPARE) for t in timed]
+        out["time_ms_p50"] = {
+            "before the generator": percentile(prepare, 0.5),
+            "reading the prompt": percentile([t["first_token"] - p for t, p in zip(timed, prepare, strict=True)], 0.5),
+            "writing the answer": percentile([t["total"] - t["first_token"] for t in timed], 0.5),
+        }
     return out
 
 
@@ -98,7 +147,7 @@ def write_report(
         for system, rows in systems.items():
             for row in rows:
                 handle.write(json.dumps({"system": system, **asdict(row)}, ensure_ascii=False) + "\n")
-    summaries = {name: summarize(rows) for name, rows in systems.items()}
+    summaries = {name: summarize(rows, answer_sources(context, name)) for name, rows in systems.items()}
     diffs = differences(systems, seed)
     payload = {"context": context, "summary": summaries, "differences": diffs}
     (folder / "summary.json").write_text(json.dumps(payload, indent=1, default=str))
@@ -106,6 +155,34 @@ def write_report(
     text = render(title, summaries, context, diffs)
     (folder / "report.md").write_text(text)
     return text
+
+
+def answer_sources(context: dict[str, Any], system: str) -> int:
+    """How many sources ``system`` hands its generator, from its setup in the report's context (kb's setting;
+    the stock recipe answers from its fused top 3)."""
+    setup = context.get(f"{system} setup")
+    answers = setup.get("answers") if isinstance(setup, dict) else None
+    return int(answers.get("sources", 3)) if isinstance(answers, dict) else 3
+
+
+def rerender(folder: Path) -> str:
+    """Write ``folder``'s report again from its ``results.jsonl`` and ``summary.json`` (after the report's
+    format changed): the same rows, judged as they were, nothing re-run."""
+    from kb.evaluation.runner import QuestionResult
+
+    context = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["context"]
+    systems: dict[str, list[QuestionResult]] = {}
+    for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        systems.setdefault(row.pop("system"), []).append(QuestionResult(**row))
+    old = (folder / "report.md").read_text(encoding="utf-8").splitlines()
+    title = old[0].removeprefix("# ")
+    for line in old[1:]:  # a line added by hand to the head of the report (a note on the run) is kept
+        added = re.fullmatch(r"- \*\*(.+?)\*\*([^:]*): (.*)", line)
+        if added and added.group(1) not in context and added.group(1) + added.group(2) not in context:
+            context[added.group(1) + added.group(2)] = added.group(3)
+    seed = re.search(r"--seed (\d+)", str(context.get("command", "")))
+    return write_report(folder, title, systems, context, seed=int(seed.group(1)) if seed else 13)
 
 
 def render(
@@ -155,11 +232,44 @@ def render(
         for metric in summaries[answer_systems[0]]["answers"]:
             cells = " | ".join(f"{summaries[n]['answers'].get(metric, float('nan')):.3f}" for n in answer_systems)
             lines.append(f"| {metric} | {cells} |")
+        lines += _answer_stage_lines(summaries, answer_systems)
     lines += [
         "",
         "Files: `results.jsonl` (one row per system and question), `summary.json`, `recall_at_k.png`, `latency.png`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+_STAGE_ROWS = (
+    ("gold_read", "the gold reached the generator"),
+    ("gold_read_cited", "… and the answer cites it"),
+    ("gold_read_refused", "… but the answer was refused"),
+    ("gold_read_not_cited", "… but the answer does not cite it"),
+    ("gold_not_read_refused", "the gold did not reach it: refused"),
+    ("gold_not_read_answered", "the gold did not reach it: answered anyway"),
+)
+
+
+def _answer_stage_lines(summaries: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
+    """Where the answers were won or lost, per system, and how long each stage of an answer took."""
+    stages = {n: summaries[n]["answer_stages"] for n in names if "answer_stages" in summaries[n]}
+    if not stages:
+        return []
+    judged = "; ".join(f"{n}: {s['judged_on']}" for n, s in stages.items())
+    lines = _table_head(
+        f"Where the answers are won or lost, answerable questions (the gold is judged on — {judged}):",
+        "stage",
+        list(stages),
+    )
+    for key, label in _STAGE_ROWS:
+        cells = " | ".join(f"{s[key]}/{s['answerable']}" for s in stages.values())
+        lines.append(f"| {label} | {cells} |")
+    timed = {n: s["time_ms_p50"] for n, s in stages.items() if "time_ms_p50" in s}
+    if timed:
+        lines += _table_head("Time per stage of an answer, ms p50:", "stage", list(timed))
+        for stage in next(iter(timed.values())):
+            lines.append(f"| {stage} | " + " | ".join(f"{t[stage]:.0f}" for t in timed.values()) + " |")
+    return lines
 
 
 def _table_head(caption: str, first: str, columns: list[str]) -> list[str]:

@@ -47,6 +47,7 @@ class AnswerRecord:
     timings: dict[str, float]
     sources: list[Numbered] = field(default_factory=list)  # what the generator read, by citation number
     prompt_tokens: int | None = None
+    read: list[Retrieved] = field(default_factory=list)  # the same sources, located: did the gold reach it?
 
 
 class System(Protocol):
@@ -83,7 +84,8 @@ class KbSystem:
         answer = self.kb.ask(question)
         cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id, c.quote) for c in answer.citations]
         sources = [Numbered(s.number, s.text) for s in answer.sources]
-        return AnswerRecord(answer.text, answer.refused, cited, answer.timings, sources, answer.prompt_tokens)
+        read = [Retrieved(s.path, s.span.start, s.span.end, s.node_id, s.text) for s in answer.sources]
+        return AnswerRecord(answer.text, answer.refused, cited, answer.timings, sources, answer.prompt_tokens, read)
 
     def describe(self) -> dict[str, Any]:
         s = self.kb.settings
@@ -183,6 +185,7 @@ def run(
         if wants_answer:
             record = system.answer(question.question)
             cited_hits = judge(resolver, question, record.cited)
+            read_hits = judge(resolver, question, record.read)
             checks = [] if record.refused else support(record.text, record.sources)
             row.answer = {
                 "text": record.text,
@@ -199,6 +202,7 @@ def run(
                 # no claim backed by any source: what kb's refuse_unsupported withholds (evals replay it)
                 "ungrounded": ungrounded(checks, record.sources),
                 "prompt_tokens": record.prompt_tokens,
+                "read": audit_rows(record.read, read_hits),  # what the generator was given, judged
             }
         results.append(row)
         if checkpoint:
