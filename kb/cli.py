@@ -634,9 +634,15 @@ def eval_command(
     if render is not None:
         from kb.evaluation.report import rerender
 
+        if question_set is not None:
+            _fail("--render rewrites an existing report and runs nothing: give it without a question set")
+
         if not (render / "results.jsonl").is_file() or not (render / "summary.json").is_file():
             _fail(f"{render}: not a report folder (it needs results.jsonl and summary.json from kb eval --report)")
-        rerender(render)
+        try:
+            rerender(render)
+        except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            _fail(f"{render}: its results.jsonl or summary.json is not what kb eval writes ({exc!r})")
         console.print(f"report written to {render}/report.md")
         return
     if question_set is None:

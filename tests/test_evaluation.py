@@ -325,59 +325,82 @@ def _answered(qid: str, answerable: bool, fused_gold: list[list[int]], answer: d
 
 
 def test_the_report_says_where_answers_are_won_or_lost_and_renders_again(tmp_path: Path) -> None:
-    """A report answers "which stage holds each goal back": did the gold reach the generator, what did it make
-    of it, and how long each stage took; ``kb eval --render`` writes it again from the results, keeping a note
-    added by hand, so a report's new table needs no hours of answers re-run."""
+    """A report answers "which stage holds each goal back": did the gold reach the answer's sources, what
+    became of it (cited, not cited, refused by the relevance gate before any generation, refused after), and
+    how long each stage took; ``kb eval --render`` writes it again from the results, keeping a note added by
+    hand where it stood, so a report's new table needs no hours of answers re-run."""
     from typer.testing import CliRunner
 
     from kb.cli import app
     from kb.evaluation.report import write_report
 
-    read = lambda gold: {"read": [{"doc_id": "a.md", "span": [0, 100], "gold": gold, "text": ""}]}  # noqa: E731
+    def read(gold: list[int]) -> dict:
+        return {"read": [{"doc_id": "a.md", "span": [0, 100], "gold": gold, "text": ""}]}
+
+    gated = {"refused": True, "refusal_reason": "no_relevant_sources",
+             "timings": {"embed": 3.0, "retrieve": 4.0, "gate": 0.1, "generate": 0.0, "total": 8.0}}  # fmt: skip
+    cites = {"supported": True, "cited": 1}
     rows = [
-        # The gold was read although it is not in the fused top 3 (small-to-big reads more than a chunk).
-        _answered("cited", True, [[], [], [], [0]], read([0]) | {"supported": True, "cited": 1}),
-        _answered("refused", True, [[0]], read([0]) | {"refused": True}),
-        _answered("missed", True, [[0]], read([0])),
-        _answered("unread-refused", True, [[0]], read([]) | {"refused": True}),  # fused top 1, but not read
-        _answered("unread-answered", True, [[]], read([])),
+        # Read although not in the fused top 3 (small-to-big reads more than a chunk): judged on what was read.
+        *[_answered(f"cited-{i}", True, [[], [], [], [0]], read([0]) | cites) for i in range(4)],
+        *[_answered(f"missed-{i}", True, [[0]], read([0])) for i in range(2)],
+        _answered("gold-gated", True, [[0]], read([0]) | gated),
+        # Refused after generating, though it cited the gold (kb withdraws an unsupported answer): refused.
+        *[_answered(f"refused-{i}", True, [[0]], read([0]) | cites | {"refused": True}) for i in range(3)],
+        *[_answered(f"unread-answered-{i}", True, [[]], read([])) for i in range(5)],
+        *[_answered(f"unread-gated-{i}", True, [[0]], read([]) | gated) for i in range(6)],  # fused top 1, unread
+        *[_answered(f"unread-refused-{i}", True, [[]], read([]) | {"refused": True}) for i in range(7)],
         _answered("unanswerable", False, [[]], read([]) | {"refused": True}),
     ]
+    unanswered = QuestionResult("no-answer", "?", True, "test", 1)  # in the set, not in the answer sample
+    unanswered.stages = rows[0].stages
     context = {"command": "kb eval set.jsonl --answers 6", "kb setup": {"answers": {"sources": 3}}}
-    write_report(tmp_path, "Evaluation: t", {"kb": rows}, context)
+    write_report(tmp_path, "Evaluation: t", {"kb": [*rows, unanswered]}, context)
     report = (tmp_path / "report.md").read_text()
-    for line in [
-        "| the gold reached the generator | 3/5 |",
-        "| … and the answer cites it | 1/5 |",
-        "| … but the answer was refused | 1/5 |",
-        "| … but the answer does not cite it | 1/5 |",
-        "| the gold did not reach it: refused | 1/5 |",
-        "| the gold did not reach it: answered anyway | 1/5 |",
-        "| before the generator | 10 |",
+    expected = [
+        "| the gold was among the sources, and the answer cites it | 4/28 |",
+        "| … the answer does not cite it | 2/28 |",
+        "| … the relevance gate refused before generating | 1/28 |",
+        "| … the generated answer was refused | 3/28 |",
+        "| the gold was not among the sources: answered anyway | 5/28 |",
+        "| … refused by the relevance gate | 6/28 |",
+        "| … the generated answer was refused | 7/28 |",
+        "| before the generator | 10 |",  # the gated answers and the unanswerable one have no first token
         "| reading the prompt | 1000 |",
         "| writing the answer | 2000 |",
-    ]:
-        assert line in report, line
-    assert "kb: sources read" in report
+    ]
+    assert [line for line in report.splitlines() if line in expected] == expected
+    assert "kb, the sources retrieved for each answer" in report
 
-    # A run from before the sources were recorded is judged on the fused top n the generator answers from.
+    # Rows from before the sources and the refusal reason were recorded: judged on the fused top 3, an answer
+    # that cites the gold had it, and a refusal without a first token was the gate's.
     for row in rows:
         row.answer.pop("read")
+        row.answer.pop("refusal_reason", None)
     write_report(tmp_path, "Evaluation: t", {"kb": rows}, context)
     report = (tmp_path / "report.md").read_text()
-    assert "kb: fused top 3" in report
-    assert "| the gold reached the generator | 3/5 |" in report and "| … but the answer was refused | 2/5 |" in report
+    assert "kb, the top 3 it answers from" in report
+    expected = [
+        "| the gold was among the sources, and the answer cites it | 4/28 |",
+        "| … the answer does not cite it | 2/28 |",
+        "| … the relevance gate refused before generating | 7/28 |",
+        "| … the generated answer was refused | 3/28 |",
+        "| the gold was not among the sources: answered anyway | 5/28 |",
+        "| … refused by the relevance gate | 0/28 |",
+        "| … the generated answer was refused | 7/28 |",
+    ]
+    assert [line for line in report.splitlines() if line in expected] == expected
 
-    noted = report.replace("- **command**", "- **note** (added by hand): corpus fetched as u8\n- **command**", 1)
+    notes = "- **note** (added by hand, 2026-12-06 10:00): corpus fetched as u8\n- **note**: one\n- **note**: two"
+    noted = report.replace("- **command**: kb eval set.jsonl", f"{notes}\n- **command**: kb eval set.jsonl (sic)", 1)
     (tmp_path / "report.md").write_text(noted)
-    (tmp_path / "report.md.before").write_text(noted)
+    (tmp_path / "summary.json").write_text(  # a report written before the table existed
+        json.dumps({**json.loads((tmp_path / "summary.json").read_text()), "summary": {}})
+    )
     result = CliRunner().invoke(app, ["eval", "--render", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    again = (tmp_path / "report.md").read_text()
-    assert "corpus fetched as u8" in again and again.splitlines()[0] == "# Evaluation: t"
-    assert [line for line in again.splitlines() if "note" not in line] == [
-        line for line in noted.splitlines() if "note" not in line
-    ]
+    assert (tmp_path / "report.md").read_text() == noted
+    assert result.output.count("report written") == 1
     missing = CliRunner().invoke(app, ["eval", "--render", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "not a report folder" in missing.output
 
@@ -398,3 +421,25 @@ def test_the_runner_records_the_sources_the_generator_read(sample_kb: KnowledgeB
         (s.path, (s.span.start, s.span.end)) for s in answer.sources
     ]
     assert any(r["gold"] == [0] for r in read) and row.answer["supported"]
+    assert row.answer["refusal_reason"] is None
+
+
+def test_the_stock_recipe_records_the_sources_its_generator_read(sample_kb: KnowledgeBase) -> None:
+    """The stock recipe's answer rows say which sources its generator read, located in their files, so its
+    "where the answers are lost" table is judged the same way as kb's. The generator is a fake OpenAI server
+    (no second LLM runs here); the retrieval, CitationQueryEngine and the locating are real."""
+    from kb.evaluation.baseline import ANSWER_SOURCES, LlamaIndexBaseline
+    from kb.llm.openai_compat import OpenAICompatibleLLM
+    from tests.fake_openai import FakeOpenAI, serve
+
+    with serve(FakeOpenAI(lambda body: "E4012 means the card issuer declined a retry [1].")) as url:
+        llm = OpenAICompatibleLLM(base_url=url, model_name="fake-model")
+        baseline = LlamaIndexBaseline(sample_kb_path(), sample_kb.embed_model, llm)
+        record = baseline.answer("What does error E4012 mean and how do I fix it?")
+    assert baseline.describe()["answer_sources"] == ANSWER_SOURCES
+    assert len(record.read) == len(record.sources) >= 1
+    for located, source in zip(record.read, record.sources, strict=True):
+        text = load_file_text(sample_kb_path() / located.doc_id)
+        body = source.text.split("\n", 1)[1] if source.text.startswith("Source ") else source.text
+        assert text[located.start : located.end].startswith(body[:80].strip()[:40]), located
+    assert [c.doc_id for c in record.cited] == [record.read[0].doc_id]

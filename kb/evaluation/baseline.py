@@ -120,6 +120,7 @@ class LlamaIndexBaseline:
             "+ VectorStoreIndex(QdrantVectorStore local mode) "
             "+ BM25Retriever + QueryFusionRetriever(reciprocal_rerank, num_queries=1) "
             f"+ CitationQueryEngine (answers from the fused top {ANSWER_SOURCES}, citation_chunk_size=512)",
+            "answer_sources": ANSWER_SOURCES,
             "nodes": len(self.nodes),
             "ingest_s": {k: round(v, 2) for k, v in self.timings.items()},
         }

@@ -40,35 +40,70 @@ def summarize(rows: list[QuestionResult], answer_sources: int = 3) -> dict[str, 
     return out
 
 
+GATE_REFUSAL = "no_relevant_sources"  # kb's relevance gate: refused before the generator ran
+
+
 def _read_recorded(row: QuestionResult) -> bool:
     return row.answer is not None and "read" in row.answer
 
 
-def gold_read(row: QuestionResult, depth: int) -> bool:
-    """Whether a gold section reached the generator: judged on the sources it read when the row recorded them
-    (runs since 2026-12-06), else on the fused top ``depth`` it answers from."""
+def gold_retrieved(row: QuestionResult, depth: int) -> bool:
+    """Whether a gold section was among the sources retrieved for the answer: judged on those sources when the
+    row recorded them (runs since 2026-12-06), else on the top ``depth`` of the stage the answer is made from
+    (reranked when there is one, else fused) — and an answer that cites the gold had it, whatever the ranking."""
+    assert row.answer is not None
     if _read_recorded(row):
-        return any(hit["gold"] for hit in row.answer["read"])  # type: ignore[index]
-    return any(row.stages.get("fused", {}).get("gold_hits", [])[:depth])
+        return any(hit["gold"] for hit in row.answer["read"])
+    stage = row.stages.get("reranked") or row.stages.get("fused", {})
+    return bool(row.answer["supported"]) or any(stage.get("gold_hits", [])[:depth])
+
+
+def _refused_at_gate(answer: dict[str, Any]) -> bool:
+    if "refusal_reason" in answer:
+        return answer["refusal_reason"] == GATE_REFUSAL
+    # Rows from before the reason was recorded: kb times its gate, and a gated answer has no first token.
+    return bool(answer["refused"]) and "gate" in answer["timings"] and "first_token" not in answer["timings"]
+
+
+def answer_outcome(row: QuestionResult, depth: int) -> str:
+    """One answerable question's outcome, as a key of :data:`ANSWER_OUTCOMES`."""
+    assert row.answer is not None
+    answer, found = row.answer, gold_retrieved(row, depth)
+    if answer["refused"]:
+        refusal = "gated" if _refused_at_gate(answer) else "refused"
+        return f"gold_{refusal}" if found else f"no_gold_{refusal}"
+    if found:
+        return "gold_cited" if answer["supported"] else "gold_not_cited"
+    return "no_gold_answered"
+
+
+ANSWER_OUTCOMES = {
+    "gold_cited": "the gold was among the sources, and the answer cites it",
+    "gold_not_cited": "… the answer does not cite it",
+    "gold_gated": "… the relevance gate refused before generating",
+    "gold_refused": "… the generated answer was refused",
+    "no_gold_answered": "the gold was not among the sources: answered anyway",
+    "no_gold_gated": "… refused by the relevance gate",
+    "no_gold_refused": "… the generated answer was refused",
+}
 
 
 def answer_stages(rows: list[QuestionResult], depth: int) -> dict[str, Any]:
-    """Where each goal is held back: did the gold reach the generator, what the generator made of it, and the
-    time each stage of an answer took (p50 ms; the stages a system times)."""
+    """Where each goal is held back: did the gold reach the answer's sources, what became of it, and the time
+    each stage of an answer took (p50 ms; the stages a system times)."""
     answerable = [r for r in rows if r.answerable and r.answer]
-    read = [r for r in answerable if gold_read(r, depth)]
-    unread = [r for r in answerable if not gold_read(r, depth)]
-    refused = lambda group: sum(bool(r.answer and r.answer["refused"]) for r in group)  # noqa: E731
-    cited = sum(bool(r.answer and r.answer["supported"] and not r.answer["refused"]) for r in read)
+    outcomes = [answer_outcome(r, depth) for r in answerable]
+    recorded = sum(_read_recorded(r) for r in answerable)
+    judged = (
+        "the sources retrieved for each answer"
+        if recorded == len(answerable)
+        else f"the top {depth} it answers from" + (f" ({recorded} rows: the sources retrieved)" if recorded else "")
+    )
     out: dict[str, Any] = {
         "answerable": len(answerable),
-        "gold_read": len(read),
-        "gold_read_cited": cited,
-        "gold_read_refused": refused(read),
-        "gold_read_not_cited": len(read) - cited - refused(read),
-        "gold_not_read_refused": refused(unread),
-        "gold_not_read_answered": len(unread) - refused(unread),
-        "judged_on": "sources read" if all(_read_recorded(r) for r in answerable) else f"fused top {depth}",
+        "gold_retrieved": sum(o.startswith("gold_") for o in outcomes),
+        "outcomes": {key: outcomes.count(key) for key in ANSWER_OUTCOMES},
+        "judged_on": judged,
     }
     timed = [r.answer["timings"] for r in rows if r.answer and "first_token" in r.answer["timings"]]
     if timed:
@@ -159,30 +194,65 @@ def write_report(
 
 def answer_sources(context: dict[str, Any], system: str) -> int:
     """How many sources ``system`` hands its generator, from its setup in the report's context (kb's setting;
-    the stock recipe answers from its fused top 3)."""
+    the stock recipe's ``answer_sources``; 3 in reports written before it said so)."""
     setup = context.get(f"{system} setup")
-    answers = setup.get("answers") if isinstance(setup, dict) else None
-    return int(answers.get("sources", 3)) if isinstance(answers, dict) else 3
+    if not isinstance(setup, dict):
+        return 3
+    answers = setup.get("answers")
+    return int(answers.get("sources", 3) if isinstance(answers, dict) else setup.get("answer_sources", 3))
 
 
 def rerender(folder: Path) -> str:
     """Write ``folder``'s report again from its ``results.jsonl`` and ``summary.json`` (after the report's
-    format changed): the same rows, judged as they were, nothing re-run."""
+    format changed): the same rows, judged as they were, nothing re-run. Lines a person added to the head of
+    the old ``report.md`` (a note on the run), or edited there, are kept as written."""
     from kb.evaluation.runner import QuestionResult
 
     context = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["context"]
     systems: dict[str, list[QuestionResult]] = {}
     for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        systems.setdefault(row.pop("system"), []).append(QuestionResult(**row))
-    old = (folder / "report.md").read_text(encoding="utf-8").splitlines()
-    title = old[0].removeprefix("# ")
-    for line in old[1:]:  # a line added by hand to the head of the report (a note on the run) is kept
-        added = re.fullmatch(r"- \*\*(.+?)\*\*([^:]*): (.*)", line)
-        if added and added.group(1) not in context and added.group(1) + added.group(2) not in context:
-            context[added.group(1) + added.group(2)] = added.group(3)
+        if line.strip():
+            row = json.loads(line)
+            systems.setdefault(row.pop("system"), []).append(QuestionResult(**row))
+    old_path = folder / "report.md"
+    old = old_path.read_text(encoding="utf-8").splitlines() if old_path.is_file() else []
+    title = old[0].removeprefix("# ") if old and old[0].startswith("# ") else f"Evaluation: {folder.name}"
     seed = re.search(r"--seed (\d+)", str(context.get("command", "")))
-    return write_report(folder, title, systems, context, seed=int(seed.group(1)) if seed else 13)
+    text = write_report(folder, title, systems, context, seed=int(seed.group(1)) if seed else 13)
+    lines = text.splitlines()
+    start, end = _head(lines)
+    head, generated = lines[start:end], [True] * (end - start)  # generated: a line of the fresh render
+    old_start, old_end = _head(old)
+    anchor = -1  # where the last old line kept stands in the new head
+    for line in old[old_start:old_end]:
+        key = _HEAD_KEY.match(line)
+        same_key = [i for i, new in enumerate(head) if key and generated[i] and new.startswith(key.group(0))]
+        if line in head:
+            anchor = head.index(line)
+        elif same_key:  # a generated line edited by hand: the edit stands
+            anchor = same_key[0]
+            head[anchor], generated[anchor] = line, False
+        else:  # a line added by hand: after the line it followed
+            anchor += 1
+            head.insert(anchor, line)
+            generated.insert(anchor, False)
+    text = "\n".join(lines[:start] + head + lines[end:]) + "\n"
+    old_path.write_text(text, encoding="utf-8")
+    return text
+
+
+_HEAD_KEY = re.compile(r"- \*\*[^*]+\*\*:")  # a generated head line: "- **command**: …"
+
+
+def _head(lines: list[str]) -> tuple[int, int]:
+    """Where a report's head (the lines between the title and the first blank line after them) starts and ends."""
+    start = 1
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].strip():
+        end += 1
+    return start, end
 
 
 def render(
@@ -240,29 +310,16 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-_STAGE_ROWS = (
-    ("gold_read", "the gold reached the generator"),
-    ("gold_read_cited", "… and the answer cites it"),
-    ("gold_read_refused", "… but the answer was refused"),
-    ("gold_read_not_cited", "… but the answer does not cite it"),
-    ("gold_not_read_refused", "the gold did not reach it: refused"),
-    ("gold_not_read_answered", "the gold did not reach it: answered anyway"),
-)
-
-
 def _answer_stage_lines(summaries: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
     """Where the answers were won or lost, per system, and how long each stage of an answer took."""
     stages = {n: summaries[n]["answer_stages"] for n in names if "answer_stages" in summaries[n]}
     if not stages:
         return []
-    judged = "; ".join(f"{n}: {s['judged_on']}" for n, s in stages.items())
-    lines = _table_head(
-        f"Where the answers are won or lost, answerable questions (the gold is judged on — {judged}):",
-        "stage",
-        list(stages),
-    )
-    for key, label in _STAGE_ROWS:
-        cells = " | ".join(f"{s[key]}/{s['answerable']}" for s in stages.values())
+    judged = "; ".join(f"{n}, {s['judged_on']}" for n, s in stages.items())
+    lines = _table_head(f"Where the answers are won or lost, answerable questions (the gold judged on: {judged}):",
+                        "outcome", list(stages))  # fmt: skip
+    for key, label in ANSWER_OUTCOMES.items():
+        cells = " | ".join(f"{s['outcomes'][key]}/{s['answerable']}" for s in stages.values())
         lines.append(f"| {label} | {cells} |")
     timed = {n: s["time_ms_p50"] for n, s in stages.items() if "time_ms_p50" in s}
     if timed:

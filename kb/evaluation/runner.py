@@ -48,6 +48,7 @@ class AnswerRecord:
     sources: list[Numbered] = field(default_factory=list)  # what the generator read, by citation number
     prompt_tokens: int | None = None
     read: list[Retrieved] = field(default_factory=list)  # the same sources, located: did the gold reach it?
+    refusal_reason: str | None = None  # kb's Answer.refusal_reason ("no_relevant_sources": the generator never ran)
 
 
 class System(Protocol):
@@ -85,7 +86,10 @@ class KbSystem:
         cited = [Retrieved(c.path, c.span.start, c.span.end, c.node_id, c.quote) for c in answer.citations]
         sources = [Numbered(s.number, s.text) for s in answer.sources]
         read = [Retrieved(s.path, s.span.start, s.span.end, s.node_id, s.text) for s in answer.sources]
-        return AnswerRecord(answer.text, answer.refused, cited, answer.timings, sources, answer.prompt_tokens, read)
+        return AnswerRecord(
+            answer.text, answer.refused, cited, answer.timings, sources, answer.prompt_tokens, read,
+            answer.refusal_reason or None,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         s = self.kb.settings
@@ -202,7 +206,8 @@ def run(
                 # no claim backed by any source: what kb's refuse_unsupported withholds (evals replay it)
                 "ungrounded": ungrounded(checks, record.sources),
                 "prompt_tokens": record.prompt_tokens,
-                "read": audit_rows(record.read, read_hits),  # what the generator was given, judged
+                "read": audit_rows(record.read, read_hits),  # the sources retrieved for the answer, judged
+                "refusal_reason": record.refusal_reason,
             }
         results.append(row)
         if checkpoint:
