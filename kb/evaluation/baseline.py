@@ -109,9 +109,9 @@ class LlamaIndexBaseline:
         text = str(response)
         refused = "don't know" in text.lower() or "do not know" in text.lower()
         # CitationQueryEngine re-splits sources into numbered "Source n:" nodes; map each back to its file span.
-        cited = [self._located(n) for n in response.source_nodes if f"[{_source_number(n)}]" in text]
         sources = [Numbered(_source_number(n), n.node.get_content()) for n in response.source_nodes]
-        read = [self._located(n) for n in response.source_nodes]
+        read = [self._located(n) for n in response.source_nodes]  # locating reads the document: once per source
+        cited = [located for located, s in zip(read, sources, strict=True) if f"[{s.number}]" in text]
         return AnswerRecord(text, refused, cited, {"total": total}, sources, read=read)
 
     def describe(self) -> dict[str, Any]:

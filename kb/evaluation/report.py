@@ -210,10 +210,8 @@ def rerender(folder: Path) -> str:
 
     context = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["context"]
     systems: dict[str, list[QuestionResult]] = {}
-    for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            systems.setdefault(row.pop("system"), []).append(QuestionResult(**row))
+    for row in _result_rows(folder):
+        systems.setdefault(row.pop("system"), []).append(QuestionResult(**row))
     old_path = folder / "report.md"
     old = old_path.read_text(encoding="utf-8").splitlines() if old_path.is_file() else []
     title = old[0].removeprefix("# ") if old and old[0].startswith("# ") else f"Evaluation: {folder.name}"
@@ -356,10 +354,14 @@ def compare(a: Path, b: Path, system: str = "kb", stage: str = "fused") -> str:
     return "\n".join(out)
 
 
+def _result_rows(folder: Path) -> list[dict[str, Any]]:
+    """The rows of a report folder's ``results.jsonl``, each with its ``system``."""
+    lines = (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def _load(folder: Path, system: str) -> dict[str, dict[str, Any]]:
-    path = folder / "results.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r for r in rows if r["system"] == system}
+    return {r["id"]: r for r in _result_rows(folder) if r["system"] == system}
 
 
 def _ratio(a: float | None, b: float | None) -> str:
