@@ -64,7 +64,7 @@ class RerankerBackend(StrEnum):
 
 
 class EmbedderBackend(StrEnum):
-    """What runs the embedder: ONNX Runtime (fp32, or int8-quantized) or torch via sentence-transformers.
+    """What runs the embedder: OpenVINO, ONNX Runtime (fp32, or int8-quantized) or torch via sentence-transformers.
 
     ``auto``: an existing index keeps the backend it was built with; a new one gets ``DEFAULT_EMBEDDER_BACKEND``.
     The backend is part of the embedder identity an index records: vectors of one are not mixed with another's.
@@ -73,13 +73,15 @@ class EmbedderBackend(StrEnum):
     AUTO = "auto"
     ONNX = "onnx"
     ONNX_INT8 = "onnx-int8"
+    OPENVINO = "openvino"
     TORCH = "torch"
 
 
-# fp32: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster and ranks as well on the tune splits (default
-# fusion nDCG@10 within +-0.002 on three, +0.011 on perl-faq: evals/reports/embedder-quality.md), but the test
-# splits, read once, show a small loss (python-faq 0.426 vs 0.441; python-faq-xref hit@5 below the stock recipe's).
-DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.ONNX
+# OpenVINO runs the fp32 export in bfloat16 where the CPU has AMX or AVX-512 BF16: 3.5x ONNX Runtime's fp32 ingest
+# rate with fp32's vectors (cosine >= 0.9999; evals/reports/bench-embedder.md, embedder-quality-openvino.md), fp32
+# elsewhere. onnx: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster than onnx and ranks as well on the
+# tune splits, but the test splits, read once, show a small loss (python-faq 0.426 vs 0.441).
+DEFAULT_EMBEDDER_BACKEND = EmbedderBackend.OPENVINO
 
 
 class LlmBackend(StrEnum):
@@ -133,9 +135,10 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(32, ge=1, le=1024)
     embedder_backend: EmbedderBackend = Field(
         EmbedderBackend.AUTO,
-        description="onnx (fp32, default for new indexes), onnx-int8 or torch; auto: what the index was built with.",
+        description="openvino (default for new indexes: fp32's vectors, bfloat16 speed on CPUs with AMX), onnx "
+        "(fp32), onnx-int8 or torch; auto: what the index was built with.",
     )
-    embedder_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime intra-op threads; 0: every core.")
+    embedder_threads: int = Field(0, ge=0, le=64, description="OpenVINO / ONNX Runtime threads; 0: every core.")
 
     # --- chunking ---------------------------------------------------------------------------------
     chunk_max_tokens: int = Field(

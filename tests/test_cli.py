@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kb.cli import app
@@ -156,14 +157,16 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
     assert compared.exit_code == 0 and "0 better, 0 worse" in compared.output
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_llamaindex_nor_qdrant_client(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cold start is import time: the query path of the default index must not pull in torch (seconds),
     LlamaIndex (a second: kb's LlamaIndex faces load on demand) nor qdrant-client (only the server backend)."""
     import subprocess
     import sys
 
+    monkeypatch.setenv("KB_EMBEDDER_BACKEND", backend)
     docs = tmp_path / "docs"
     write(docs, "a.md", "# Failover\n\nRun zqfailover promote on the replica.\n")
     assert CliRunner().invoke(app, ["ingest", str(docs), "--kb", str(tmp_path / "idx")]).exit_code == 0

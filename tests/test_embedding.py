@@ -92,3 +92,75 @@ def test_an_index_refuses_another_backend_and_an_older_int8_export_asks_for_a_fu
     with KnowledgeBase.open(tmp_path / "idx", **settings) as kb:
         assert kb.info.embedder["export"] == EXPORT_REVISION
         assert kb.search("zqpromote", k=1)[0].doc_id == "docs:a.md"
+
+
+def test_openvino_gives_fp32s_vectors_at_any_padding(reference: np.ndarray) -> None:
+    """OpenVINO computes in bfloat16 on CPUs with AMX or AVX-512 BF16 (3.5x ONNX Runtime's fp32 rate here), in
+    fp32 elsewhere; either way the vectors stay fp32's, and the padding that bounds its per-shape kernel cache
+    changes nothing: one text at a time gives the batch's vectors."""
+    from kb.embedding import OpenVinoEmbedder
+
+    embedder = OpenVinoEmbedder()
+    vectors = np.asarray(embedder.embed(sample_texts()), dtype=np.float32)
+    assert embedder.precision in {"bf16", "f32"}
+    assert (vectors * reference).sum(axis=1).min() > 0.9999
+    single = np.asarray([embedder.embed([text])[0] for text in sample_texts()[:5]], dtype=np.float32)
+    assert (single * vectors[:5]).sum(axis=1).min() > 0.99999
+
+
+def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> None:
+    """OpenVINO keeps compiled kernels per input shape, about 1 MB each (a query of every length up to 256
+    tokens: +276 MB of memory, against ONNX Runtime's +7): the feed is padded to a multiple of 16 tokens and a
+    power-of-two number of rows, so a server sees at most 6 x 16 shapes."""
+    from kb.embedding import OpenVinoEmbedder
+
+    embedder = OpenVinoEmbedder(embed_batch_size=32)
+    embedder.load()
+    seen: set[tuple[int, ...]] = set()
+    infer = OpenVinoEmbedder._infer
+
+    def recording(self: OpenVinoEmbedder, feed: dict[str, np.ndarray]) -> np.ndarray:
+        seen.add(feed["input_ids"].shape)
+        return infer(self, feed)
+
+    words = ["rotate", "the", "api", "key", "before", "it", "leaks", "into", "a", "public", "repository"]
+    texts = [" ".join(words[i % len(words)] for i in range(n)) for n in range(1, 120, 3)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OpenVinoEmbedder, "_infer", recording)
+        for rows in range(1, 33, 5):
+            embedder.embed(texts[:rows])
+        for text in texts:
+            embedder.embed([text])
+    assert {rows for rows, _ in seen} <= {1, 2, 4, 8, 16, 32}
+    assert all(width % 16 == 0 for _, width in seen)
+    assert len(seen) <= 30, sorted(seen)
+
+
+def test_an_openvino_index_refuses_onnx_and_keeps_its_backend_under_auto(tmp_path: Path) -> None:
+    from kb import EmbedderMismatchError, KnowledgeBase
+    from tests.conftest import write
+
+    docs = write(tmp_path / "docs", "a.md", "# Failover\n\nRun zqpromote on the replica.\n").parent
+    settings = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
+    with KnowledgeBase.open(tmp_path / "idx", embedder_backend="openvino", **settings) as kb:
+        kb.ingest(docs)
+    with pytest.raises(EmbedderMismatchError, match="backend 'openvino'"):
+        KnowledgeBase.open(tmp_path / "idx", embedder_backend="onnx", **settings)
+    with KnowledgeBase.open(tmp_path / "idx", embedder_backend="auto", **settings) as kb:
+        assert kb.info.embedder["backend"] == "openvino"
+        assert kb.search("how do I promote the replica", k=1, mode="dense")[0].doc_id == "docs:a.md"
+
+
+def test_openvino_embeds_from_many_threads_at_once() -> None:
+    """A server embeds queries from its request threads concurrently; an OpenVINO infer request runs one
+    inference at a time (a shared one fails with "Infer Request is busy"), so each thread gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kb.embedding import OpenVinoEmbedder
+
+    embedder = OpenVinoEmbedder()
+    texts = sample_texts()[:8]
+    alone = np.asarray([embedder.embed([text])[0] for text in texts], dtype=np.float32)
+    with ThreadPoolExecutor(8) as pool:
+        together = np.asarray(list(pool.map(lambda text: embedder.embed([text])[0], texts * 4)), dtype=np.float32)
+    assert np.allclose(together, np.tile(alone, (4, 1)), atol=1e-5)
