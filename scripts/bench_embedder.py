@@ -1,4 +1,4 @@
-"""Embedder benchmark: torch vs ONNX Runtime (fp32, int8) on the same real chunks, in one run.
+"""Embedder benchmark: torch vs ONNX Runtime (fp32, int8) vs OpenVINO on the same real chunks, in one run.
 
     python scripts/bench_embedder.py            # writes evals/reports/bench-embedder.md
 
@@ -36,7 +36,7 @@ from kb.evaluation.metrics import percentile
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
 REPORT = REPO / "evals" / "reports" / "bench-embedder.md"
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 
 
 def queries_of(index: Path) -> list[str]:
@@ -147,7 +147,7 @@ def main() -> None:
         cos = (vectors[backend] * vectors["torch"]).sum(axis=1)
         rows[backend].update({"cos_min": float(cos.min()), "cos_p1": float(np.percentile(cos, 1)), "cos_mean": float(cos.mean()),
                               "ingest_vs_raw_torch": rows[backend]["ingest_chunks_per_s"] / rows["torch"]["passages_per_s"]})  # fmt: skip
-    for backend in ("onnx", "onnx-int8", "torch"):
+    for backend in ("onnx", "onnx-int8", "openvino", "torch"):
         index = WORK / f"bench-embedder-cold-{backend}"
         if index.exists() and not opens(index, backend):
             shutil.rmtree(index)  # built by a kb whose export differed: the index refuses it, as it should
@@ -156,7 +156,7 @@ def main() -> None:
                 kb.ingest(WORK / "bench-embedder-pages")
         rows[backend]["cold_search_s"], rows[backend]["imports"] = cold_search(backend, index)
     lines = [
-        "# Embedder: torch vs ONNX Runtime",
+        "# Embedder: torch vs ONNX Runtime vs OpenVINO",
         "",
         f"Command: `python scripts/bench_embedder.py` (2 cores, CPU only). Corpus: postgresql-doc-15 {version}, the "
         f"first 400 pages ({rows['onnx']['ingest_chunks']} chunks); raw encoding of the {len(texts)} texts that ingest "
