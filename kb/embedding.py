@@ -298,20 +298,23 @@ class OnnxEmbedder(_PlainEmbedder):
 class OpenVinoEmbedder(OnnxEmbedder):
     """kb's fp32 ONNX export of the model run by OpenVINO, at the CPU's fastest precision that keeps fp32's vectors.
 
-    On a CPU with AMX or AVX-512 BF16 OpenVINO computes in bfloat16 (its default there): 3.5x ONNX Runtime's
-    fp32 encoding rate on 2 cores, vectors within cosine 0.9999 of fp32 (``scripts/bench_embedder.py``); on
-    other CPUs it computes in fp32. Same tokenizer, batching, pooling and normalisation as :class:`OnnxEmbedder`;
-    the compiled model is cached next to the export (``KB_CACHE_DIR``/openvino), so a process starts in 0.1 s.
+    On a CPU with AMX OpenVINO computes in bfloat16 (its default there): 3.9x ONNX Runtime's fp32 encoding rate
+    on 2 cores, vectors within cosine 0.99995 of fp32 (``scripts/bench_embedder.py``); elsewhere in its default
+    for the CPU (fp32, or f16 on some ARM CPUs). Same tokenizer, batching, pooling and normalisation as
+    :class:`OnnxEmbedder`; the compiled model is cached in ``KB_CACHE_DIR``/openvino: a process starts in 0.1 s.
 
         >>> embedder = OpenVinoEmbedder()
         >>> embedder.precision in {"bf16", "f32"}, len(embedder.embed(["rotate the API key"])[0])
         (True, 384)
     """
 
-    def __init__(self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(
+        self, model_name: str = "all-MiniLM-L6-v2", embed_batch_size: int = 32, threads: int = 0, precision: str = ""
+    ) -> None:
         import threading
 
         super().__init__(model_name, embed_batch_size, quantized=False, threads=threads)
+        self._precision = precision  # "" = OpenVINO's default for the CPU; "f32" for the benchmark's comparison
         self._requests = threading.local()  # an infer request runs one inference at a time: one per thread
 
     def _open(self, path: Path) -> Any:
@@ -327,17 +330,25 @@ class OpenVinoEmbedder(OnnxEmbedder):
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": self.threads or (os.cpu_count() or 1),
-            "CPU_RUNTIME_CACHE_CAPACITY": 256,  # shapes: the padding below makes at most 6 x 16 of them
-        }
+            "CPU_RUNTIME_CACHE_CAPACITY": 256,  # kernels per input shape: _hidden_states keeps the shapes few
+        } | ({"INFERENCE_PRECISION_HINT": self._precision} if self._precision else {})
         cached = {**config, "CACHE_DIR": str(cache_dir() / "openvino")}
         try:  # the compiled model cached: 0.1 s to start instead of 0.3
             return openvino.Core().compile_model(str(path), "CPU", cached)
-        except RuntimeError:  # a cache folder it cannot write: compile every time
+        except RuntimeError:  # a cache folder it cannot use: compile without it
+            pass
+        try:
             return openvino.Core().compile_model(str(path), "CPU", config)
+        except RuntimeError as exc:
+            raise ModelNotAvailableError(
+                f"OpenVINO cannot load the embedder's ONNX export {path}: {str(exc).splitlines()[0]}. Delete the "
+                "file (kb exports it again), or set embedder_backend = 'onnx'"
+            ) from exc
 
     @property
     def precision(self) -> str:
-        """What the CPU computes in: ``bf16`` or ``f32``."""
+        """What the CPU computes in: OpenVINO's default for it (``bf16`` with AMX, ``f16`` on some ARM CPUs,
+        else ``f32``)."""
         self.load()
         return str(self._session.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
@@ -345,27 +356,47 @@ class OpenVinoEmbedder(OnnxEmbedder):
         return {i.get_any_name() for i in self._session.inputs}
 
     def _hidden_states(self, feed: dict[str, Any]) -> Any:
+        """OpenVINO keeps compiled kernels per input shape: a query of every length up to 255 words grew a
+        process by +208 MB, ONNX Runtime by +7 (evals/reports/bench-openvino.md). So it only ever sees a few:
+        a batch runs as sub-batches of a power-of-two number of texts (33 = 32 + 1: no row computed for
+        nothing), each padded to a multiple of 16 tokens (masked, so the vectors do not change)."""
         import numpy as np
 
-        # OpenVINO keeps compiled kernels per input shape (about 1 MB each: +276 MB after a query of every length
-        # up to 256 tokens, against ONNX Runtime's +7). Padding to a few shapes bounds that: the width to a
-        # multiple of 16 tokens (masked, so the vectors do not change), the rows to a power of two.
         rows, width = feed["input_ids"].shape
-        padded_rows = 1 << (rows - 1).bit_length()
-        padded_width = max(width, min(-(-width // _WIDTH_STEP) * _WIDTH_STEP, max_seq_length(self._path)))
-        if (padded_rows, padded_width) != (rows, width):
-            feed = {
-                name: np.pad(array, ((0, padded_rows - rows), (0, padded_width - width)))
-                for name, array in feed.items()
-            }
-            feed["attention_mask"][rows:, 0] = 1  # a padding row attends to one token: no empty softmax
-        return self._infer(feed)[:rows, :width]
+        limit = max_seq_length(self._path)
+        hidden: Any = None
+        start = 0
+        for size in _powers_of_two(rows):
+            part = {name: array[start : start + size] for name, array in feed.items()}
+            used = int(part["attention_mask"].sum(axis=1).max())
+            padded = max(used, min(-(-used // _WIDTH_STEP) * _WIDTH_STEP, limit))
+            part = {name: _fit(array, padded) for name, array in part.items()}
+            states = self._infer(part)
+            if hidden is None:
+                hidden = np.zeros((rows, width, states.shape[2]), dtype=states.dtype)
+            hidden[start : start + size, : min(padded, width)] = states[:, :width]
+            start += size
+        return hidden
 
     def _infer(self, feed: dict[str, Any]) -> Any:
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self._session.create_infer_request()
         return request.infer(feed)[0]
+
+
+def _powers_of_two(n: int) -> list[int]:
+    """``n`` as a sum of powers of two, largest first (48 → [32, 16])."""
+    return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
+
+
+def _fit(array: Any, width: int) -> Any:
+    """``array`` (rows × tokens) cut or zero-padded to ``width`` tokens."""
+    import numpy as np
+
+    if array.shape[1] >= width:
+        return array[:, :width]
+    return np.pad(array, ((0, 0), (0, width - array.shape[1])))
 
 
 _WIDTH_STEP = 16

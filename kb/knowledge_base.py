@@ -10,6 +10,7 @@ for hit in kb.search("how do I rotate the API key?", k=5, filters={"product": "b
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import weakref
@@ -265,7 +266,7 @@ class KnowledgeBase:
     # -- parts ---------------------------------------------------------------------------------------
     @property
     def embedder(self) -> Embedder:
-        """The embedder this index is built with (ONNX Runtime or torch; see ``embedder_backend``)."""
+        """The embedder this index is built with (OpenVINO, ONNX Runtime or torch; see ``embedder_backend``)."""
         if self._embedder is None:
             self._embedder = self._build_embedder(self.identity)
         return self._embedder
@@ -954,7 +955,16 @@ def _backend(settings: Settings, info: IndexInfo | None) -> str:
         return settings.embedder_backend.value
     if info is not None:
         return ModelIdentity.recorded(info.embedder).backend
+    if DEFAULT_EMBEDDER_BACKEND is EmbedderBackend.OPENVINO and not _installed("openvino"):
+        return EmbedderBackend.ONNX.value  # a platform without OpenVINO's wheels (Windows on ARM, musl)
     return DEFAULT_EMBEDDER_BACKEND.value
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # in sys.modules as None: its import was blocked
+        return False
 
 
 def _check_compatible(folder: Path, info: IndexInfo, identity: ModelIdentity, settings: Settings) -> None:

@@ -77,7 +77,7 @@ class EmbedderBackend(StrEnum):
     TORCH = "torch"
 
 
-# OpenVINO runs the fp32 export in bfloat16 where the CPU has AMX or AVX-512 BF16: 3.5x ONNX Runtime's fp32 ingest
+# OpenVINO runs the fp32 export in bfloat16 where the CPU has AMX: 3.5x ONNX Runtime's fp32 ingest
 # rate with fp32's vectors (cosine >= 0.9999; evals/reports/bench-embedder.md, embedder-quality-openvino.md), fp32
 # elsewhere. onnx: torch's vectors exactly. int8 (opt-in) encodes 1.8x faster than onnx and ranks as well on the
 # tune splits, but the test splits, read once, show a small loss (python-faq 0.426 vs 0.441).

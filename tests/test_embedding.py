@@ -96,22 +96,22 @@ def test_an_index_refuses_another_backend_and_an_older_int8_export_asks_for_a_fu
 
 def test_openvino_gives_fp32s_vectors_at_any_padding(reference: np.ndarray) -> None:
     """OpenVINO computes in bfloat16 on CPUs with AMX or AVX-512 BF16 (3.5x ONNX Runtime's fp32 rate here), in
-    fp32 elsewhere; either way the vectors stay fp32's, and the padding that bounds its per-shape kernel cache
-    changes nothing: one text at a time gives the batch's vectors."""
+    its default for the CPU elsewhere; either way the vectors stay fp32's, and the sub-batches and padding that
+    bound its per-shape kernel cache change nothing: one text at a time gives the batch's vectors."""
     from kb.embedding import OpenVinoEmbedder
 
     embedder = OpenVinoEmbedder()
     vectors = np.asarray(embedder.embed(sample_texts()), dtype=np.float32)
-    assert embedder.precision in {"bf16", "f32"}
+    assert embedder.precision in {"bf16", "f16", "f32"}
     assert (vectors * reference).sum(axis=1).min() > 0.9999
     single = np.asarray([embedder.embed([text])[0] for text in sample_texts()[:5]], dtype=np.float32)
     assert (single * vectors[:5]).sum(axis=1).min() > 0.99999
 
 
 def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> None:
-    """OpenVINO keeps compiled kernels per input shape, about 1 MB each (a query of every length up to 256
-    tokens: +276 MB of memory, against ONNX Runtime's +7): the feed is padded to a multiple of 16 tokens and a
-    power-of-two number of rows, so a server sees at most 6 x 16 shapes."""
+    """OpenVINO keeps compiled kernels per input shape (a query of every length up to 255 words: +208 MB of
+    memory, against ONNX Runtime's +7; evals/reports/bench-openvino.md): a batch runs as power-of-two
+    sub-batches, each padded to a multiple of 16 tokens, so a server sees a few dozen shapes."""
     from kb.embedding import OpenVinoEmbedder
 
     embedder = OpenVinoEmbedder(embed_batch_size=32)
@@ -134,6 +134,12 @@ def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> No
     assert {rows for rows, _ in seen} <= {1, 2, 4, 8, 16, 32}
     assert all(width % 16 == 0 for _, width in seen)
     assert len(seen) <= 30, sorted(seen)
+    # No row is computed for nothing: 33 texts run as 32 + 1, not padded to 64.
+    seen.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OpenVinoEmbedder, "_infer", recording)
+        OpenVinoEmbedder(embed_batch_size=48).embed(texts[:33])
+    assert sorted(rows for rows, _ in seen) == [1, 32]
 
 
 def test_an_openvino_index_refuses_onnx_and_keeps_its_backend_under_auto(tmp_path: Path) -> None:
@@ -164,3 +170,36 @@ def test_openvino_embeds_from_many_threads_at_once() -> None:
     with ThreadPoolExecutor(8) as pool:
         together = np.asarray(list(pool.map(lambda text: embedder.embed([text])[0], texts * 4)), dtype=np.float32)
     assert np.allclose(together, np.tile(alone, (4, 1)), atol=1e-5)
+
+
+def test_a_new_index_falls_back_to_onnx_where_openvino_is_not_installed(tmp_path: Path) -> None:
+    """OpenVINO publishes no wheels for some platforms (Windows on ARM, musl): a new index there gets the onnx
+    backend instead of recording one it cannot load and then refusing the fix its error suggests."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write
+
+    docs = write(tmp_path / "docs", "a.md", "# Failover\n\nRun zqpromote on the replica.\n").parent
+    probe = (
+        "import sys\nsys.modules['openvino'] = None\n"  # as if it were not installed
+        "from kb import KnowledgeBase\n"
+        f"with KnowledgeBase.open({str(tmp_path / 'idx')!r}, chunk_max_tokens=64, chunk_min_tokens=8) as kb:\n"
+        f"    kb.ingest({str(docs)!r})\n"
+        "    print(kb.info.embedder['backend'], kb.search('zqpromote', k=1)[0].doc_id)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.split() == ["onnx", "docs:a.md"]
+
+
+def test_a_broken_export_names_its_file_and_the_way_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kb.embedding import OpenVinoEmbedder
+    from kb.errors import ModelNotAvailableError
+
+    monkeypatch.setenv("KB_CACHE_DIR", str(tmp_path))
+    embedder = OpenVinoEmbedder()
+    embedder.onnx_path.parent.mkdir(parents=True)
+    embedder.onnx_path.write_bytes(b"not an onnx graph")  # a disk that filled up mid-export
+    with pytest.raises(ModelNotAvailableError, match=rf"{embedder.onnx_path.name}.*Delete the file"):
+        embedder.embed(["rotate the API key"])
