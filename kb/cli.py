@@ -31,6 +31,7 @@ from rich.table import Table
 from kb.acl import Principal
 from kb.citations import Answer
 from kb.document import Span
+from kb.embedding import ModelIdentity
 from kb.errors import KbError
 from kb.indexing import IngestReport, Progress
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
@@ -373,10 +374,7 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
     table.add_row("documents", str(state.documents))
     table.add_row("chunks", str(state.chunks))
     table.add_row("disk", f"{state.disk_bytes / 1e6:.1f} MB")
-    table.add_row(
-        "embedder",
-        f"{state.embedder['name']} ({state.embedder['dimension']}-d, sha256 {state.embedder['sha256'][:12]}…)",
-    )
+    table.add_row("embedder", ModelIdentity.recorded(state.embedder).describe())  # with the backend that runs it
     table.add_row("chunking", ", ".join(f"{k}={v}" for k, v in state.chunking.items()))
     table.add_row("last ingest", _when(state.updated_at))
     if state.legacy_documents:

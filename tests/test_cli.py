@@ -37,6 +37,8 @@ def test_ingest_search_status_round_trip(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--kb", str(index), "--json"])
     status = json.loads(result.output)
     assert (status["documents"], status["chunks"]) == (2, 2)
+    shown = runner.invoke(app, ["status", "--kb", str(index)], terminal_width=200)  # names what runs the embedder
+    assert shown.exit_code == 0 and f"{status['embedder']['backend']})" in shown.output, shown.output
 
 
 def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
