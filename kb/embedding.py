@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -262,6 +263,15 @@ class OnnxEmbedder(_PlainEmbedder):
     def _input_names(self) -> set[str]:
         return {i.name for i in self._session.get_inputs()}
 
+    def _batches(self, order: Any) -> Iterator[Any]:
+        """The texts (indices, shortest first) of each batch the model runs."""
+        for start in range(0, len(order), self.embed_batch_size):
+            yield order[start : start + self.embed_batch_size]
+
+    def _width(self, longest: int) -> int:
+        """The token width a batch whose longest text has ``longest`` tokens is padded to."""
+        return longest
+
     def _hidden_states(self, feed: dict[str, Any]) -> Any:
         """The model's last hidden states (batch, tokens, dimension) for one padded batch."""
         (hidden,) = self._session.run(None, feed)
@@ -282,9 +292,9 @@ class OnnxEmbedder(_PlainEmbedder):
         inputs = self._input_names()
         order = by_length(encodings)
         out: Any = None
-        for start in range(0, len(order), self.embed_batch_size):
-            members = order[start : start + self.embed_batch_size]
-            feed = batch_feed(encodings, members, inputs)
+        for members in self._batches(order):
+            longest = max(len(encodings[i].ids) for i in members)
+            feed = batch_feed(encodings, members, inputs, self._width(longest))
             hidden = self._hidden_states(feed)
             mask = feed["attention_mask"][:, :, None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
@@ -355,30 +365,21 @@ class OpenVinoEmbedder(OnnxEmbedder):
     def _input_names(self) -> set[str]:
         return {i.get_any_name() for i in self._session.inputs}
 
+    # OpenVINO keeps compiled kernels per input shape: a query of every length up to 255 words grew a process by
+    # +208 MB, ONNX Runtime by +7 (evals/reports/bench-openvino.md). So it only ever sees a few: batches of a
+    # power-of-two number of texts (33 = 32 + 1: no row computed for nothing), each padded to a multiple of 16
+    # tokens (masked, so the vectors do not change).
+    def _batches(self, order: Any) -> Iterator[Any]:
+        for batch in super()._batches(order):
+            start = 0
+            for size in _powers_of_two(len(batch)):
+                yield batch[start : start + size]
+                start += size
+
+    def _width(self, longest: int) -> int:
+        return max(longest, min(-(-longest // _WIDTH_STEP) * _WIDTH_STEP, max_seq_length(self._path)))
+
     def _hidden_states(self, feed: dict[str, Any]) -> Any:
-        """OpenVINO keeps compiled kernels per input shape: a query of every length up to 255 words grew a
-        process by +208 MB, ONNX Runtime by +7 (evals/reports/bench-openvino.md). So it only ever sees a few:
-        a batch runs as sub-batches of a power-of-two number of texts (33 = 32 + 1: no row computed for
-        nothing), each padded to a multiple of 16 tokens (masked, so the vectors do not change)."""
-        import numpy as np
-
-        rows, width = feed["input_ids"].shape
-        limit = max_seq_length(self._path)
-        hidden: Any = None
-        start = 0
-        for size in _powers_of_two(rows):
-            part = {name: array[start : start + size] for name, array in feed.items()}
-            used = int(part["attention_mask"].sum(axis=1).max())
-            padded = max(used, min(-(-used // _WIDTH_STEP) * _WIDTH_STEP, limit))
-            part = {name: _fit(array, padded) for name, array in part.items()}
-            states = self._infer(part)
-            if hidden is None:
-                hidden = np.zeros((rows, width, states.shape[2]), dtype=states.dtype)
-            hidden[start : start + size, : min(padded, width)] = states[:, :width]
-            start += size
-        return hidden
-
-    def _infer(self, feed: dict[str, Any]) -> Any:
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self._session.create_infer_request()
@@ -388,15 +389,6 @@ class OpenVinoEmbedder(OnnxEmbedder):
 def _powers_of_two(n: int) -> list[int]:
     """``n`` as a sum of powers of two, largest first (48 → [32, 16])."""
     return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
-
-
-def _fit(array: Any, width: int) -> Any:
-    """``array`` (rows × tokens) cut or zero-padded to ``width`` tokens."""
-    import numpy as np
-
-    if array.shape[1] >= width:
-        return array[:, :width]
-    return np.pad(array, ((0, 0), (0, width - array.shape[1])))
 
 
 _WIDTH_STEP = 16
@@ -439,8 +431,9 @@ def _dimension(path: Path) -> int:
     return int(json.loads((path / "config.json").read_text())["hidden_size"])
 
 
+@lru_cache(maxsize=8)
 def max_seq_length(path: Path) -> int:
-    """Tokens the model reads, [CLS] and [SEP] included."""
+    """Tokens the model reads, [CLS] and [SEP] included (read once per model: queries ask for it)."""
     config = path / "sentence_bert_config.json"
     if config.is_file():
         return int(json.loads(config.read_text()).get("max_seq_length", 512))

@@ -159,9 +159,12 @@ def onnx_session(path: Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def batch_feed(encodings: list[Any], members: np.ndarray | list[int], inputs: set[str]) -> dict[str, np.ndarray]:
-    """Padded input arrays for the encodings ``members`` (a batch is padded to its longest member)."""
-    width = max(len(encodings[i].ids) for i in members)
+def batch_feed(
+    encodings: list[Any], members: np.ndarray | list[int], inputs: set[str], width: int = 0
+) -> dict[str, np.ndarray]:
+    """Padded input arrays for the encodings ``members`` (a batch is padded to its longest member, or to
+    ``width`` when that is longer)."""
+    width = max(width, *(len(encodings[i].ids) for i in members))
     feed = {name: np.zeros((len(members), width), dtype=np.int64) for name in INPUTS}
     for row, i in enumerate(members):
         encoding = encodings[i]

@@ -160,7 +160,7 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
-def test_kb_search_on_an_embedded_onnx_index_loads_neither_torch_nor_llamaindex_nor_qdrant_client(
+def test_kb_search_on_an_embedded_index_loads_neither_torch_nor_llamaindex_nor_qdrant_client(
     tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cold start is import time: the query path of the default index must not pull in torch (seconds),

@@ -117,7 +117,7 @@ def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> No
     embedder = OpenVinoEmbedder(embed_batch_size=32)
     embedder.load()
     seen: set[tuple[int, ...]] = set()
-    infer = OpenVinoEmbedder._infer
+    infer = OpenVinoEmbedder._hidden_states
 
     def recording(self: OpenVinoEmbedder, feed: dict[str, np.ndarray]) -> np.ndarray:
         seen.add(feed["input_ids"].shape)
@@ -126,7 +126,7 @@ def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> No
     words = ["rotate", "the", "api", "key", "before", "it", "leaks", "into", "a", "public", "repository"]
     texts = [" ".join(words[i % len(words)] for i in range(n)) for n in range(1, 120, 3)]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OpenVinoEmbedder, "_infer", recording)
+        patch.setattr(OpenVinoEmbedder, "_hidden_states", recording)
         for rows in range(1, 33, 5):
             embedder.embed(texts[:rows])
         for text in texts:
@@ -137,7 +137,7 @@ def test_openvino_sees_a_few_shapes_whatever_the_lengths_and_batch_sizes() -> No
     # No row is computed for nothing: 33 texts run as 32 + 1, not padded to 64.
     seen.clear()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(OpenVinoEmbedder, "_infer", recording)
+        patch.setattr(OpenVinoEmbedder, "_hidden_states", recording)
         OpenVinoEmbedder(embed_batch_size=48).embed(texts[:33])
     assert sorted(rows for rows, _ in seen) == [1, 32]
 
