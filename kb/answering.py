@@ -47,7 +47,7 @@ AnswerEvent = str | Answer
 """Items of :meth:`AnswerEngine.stream`: answer text as it is generated, then the final :class:`Answer`."""
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`*(\"'])|\n{2,}")
-_NOISE_LINE = re.compile(r"^\s*(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,})")
+_NOISE_LINE = re.compile(r"^\s*+(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,})")
 
 
 class LeakGuard:

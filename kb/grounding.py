@@ -39,9 +39,11 @@ _ABSENCE = re.compile(
     re.IGNORECASE,
 )
 _MARKER = re.compile(r"\[(\d+)\]")
-_MARKER_LINE = re.compile(r"[ \t]*\r?\n[ \t]*((?:\[\d+\][ \t]*)+)(?=\r?\n|\Z)")
+# The patterns below that start with a run of blanks start only where the run starts (a lookbehind, or a run
+# consumed in one piece): tried from each of its characters, a long run of blanks took quadratic time.
+_MARKER_LINE = re.compile(r"(?:(?<![ \t])[ \t]+)?\r?\n[ \t]*((?:\[\d+\][ \t]*)+)(?=\r?\n|\Z)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
-_LIST_ITEM = re.compile(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+")
+_LIST_ITEM = re.compile(r"(?m)^\s*+((?:\d+[.)]|[-*•])\s+)?")  # blank lines are consumed once: see _unlist
 _TOKEN = re.compile(r"--?[A-Za-z][\w-]*|[A-Za-z0-9][A-Za-z0-9_.:/\-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _FACT = re.compile(r"\d|[_.:/]|^-|[a-z][A-Z]|^[A-Z]{2,}\d*$")
 _STOP = STOPWORDS | frozenset(_FILLER.split())
@@ -104,7 +106,7 @@ _PIECE = re.compile(
 )
 # A sentence whose subject is the sources: "The sources do not cover…", "(However, the documentation does not…".
 _SOURCES_SUBJECT = re.compile(
-    r"[(\"'“‘*_]*(?:(?:but|however|note|unfortunately)[,:]?\s+)?(?:the|these|this|those|provided|given)?\s*"
+    r"[(\"'“‘*_]*(?:(?:but|however|note|unfortunately)[,:]?\s++)?(?:the|these|this|those|provided|given)?\s*"
     r"(?:provided\s+|given\s+|retrieved\s+)?(?:sources?|documents?|documentation|docs|context)\b",
     re.IGNORECASE,
 )
@@ -167,12 +169,17 @@ def _normal(token: str) -> str:
     return token.strip(".:/-").lower()
 
 
+def _unlist(match: re.Match[str]) -> str:
+    # A list item's marker goes with the blanks before it; blanks before a line that is no list item stay.
+    return "" if match.group(1) is not None else match.group(0)
+
+
 def sentences(text: str) -> list[tuple[str, tuple[int, ...]]]:
     """The answer's sentences (list items count as sentences), each with the source numbers it cites.
     A marker run after the full stop ("Claim. [1]") belongs to the sentence before it."""
     shielded, code = shield_code(text)  # ``a[1]`` in code is indexing, not a citation
     shielded = _MARKER_LINE.sub(r" \1", shielded)  # markers alone on their line cite the line before
-    moved = _LIST_ITEM.sub("", re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", shielded))
+    moved = _LIST_ITEM.sub(_unlist, re.sub(r"([.!?])((?:\s*\[\d+\])+)", r"\2\1", shielded))
     out = []
     for piece in _SENTENCE.split(moved):
         cited = tuple(dict.fromkeys(int(n) for n in _MARKER.findall(piece or "")))

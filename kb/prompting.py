@@ -38,7 +38,9 @@ _TAG_LIKE = re.compile(r"</?\s*(source|sources|question|system|instructions?)\b[
 
 def fence(text: str) -> str:
     """Source text with anything that looks like our fences defused."""
-    return _TAG_LIKE.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
+    # Nothing after the last ">" can be a tag: searched, "<source" repeated with no ">" took quadratic time.
+    end = text.rfind(">") + 1
+    return _TAG_LIKE.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text[:end]) + text[end:]
 
 
 def build_messages(question: str, sources: list[Source]) -> list[ChatMessage]:

@@ -192,7 +192,7 @@ def split_header_path(value: Any) -> list[str]:
     return []
 
 
-_MARKDOWN_HEADING = re.compile(r"\A#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_MARKDOWN_HEADING = re.compile(r"\A#{1,6}[ \t]+(.(?:.*[^ \t#\n])?)[ \t#]*$", re.MULTILINE)  # linear: see kb.web.view
 
 
 def _header_path_of(value: Any, text: str) -> list[str]:

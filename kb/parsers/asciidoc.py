@@ -22,10 +22,12 @@ import re
 from kb.document import Block, BlockKind, ParsedDocument, fill_gaps
 from kb.parsers.frontmatter import split_front_matter
 
-_ATX = re.compile(r"^(={1,6}|#{1,6})[ \t]+(\S.*?)(?:[ \t]+\1)?[ \t]*$")
+# A title ends with a non-blank (the lookbehind): tried at each blank of a long run, the lazy title took
+# quadratic time. Possessive ids likewise in _ANCHOR.
+_ATX = re.compile(r"^(={1,6}|#{1,6})[ \t]+(\S.*?)(?<![ \t])(?:[ \t]+\1)?[ \t]*$")
 _SETEXT_LEVELS = {"=": 0, "-": 1, "~": 2, "^": 3, "+": 4}
 _UNDERLINE = re.compile(r"^([=\-~^+])\1+[ \t]*$")
-_ANCHOR = re.compile(r"^\[\[([A-Za-z_:][\w:.-]*)(?:,[^\]]*)?\]\]\s*$|^\[#([A-Za-z_:][\w:.-]*)[^\]]*\]\s*$")
+_ANCHOR = re.compile(r"^\[\[([A-Za-z_:][\w:.-]*+)(?:,[^\]]*)?\]\]\s*$|^\[#([A-Za-z_:][\w:.-]*+)[^\]]*\]\s*$")
 _INLINE_ANCHOR = re.compile(r"^\[\[([A-Za-z_:][\w:.-]*)(?:,[^\]]*)?\]\]\s*")
 _DELIMITERS: dict[str, BlockKind] = {
     "-": BlockKind.CODE,  # ---- listing

@@ -93,7 +93,7 @@ def _block_end(lines: list[str], i: int) -> int:
 def _kind(first_line: str, block_text: str) -> BlockKind:
     if _TABLE_START.match(first_line):
         return BlockKind.TABLE
-    if _CODE_START.match(first_line) or re.search(r"::\s*\n\s*\n[ \t]+\S", block_text):
+    if _CODE_START.match(first_line) or re.search(r"::[^\S\n]*\n\s*\n[ \t]+\S", block_text):
         return BlockKind.CODE
     if _LIST_START.match(first_line):
         return BlockKind.LIST

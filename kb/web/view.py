@@ -26,7 +26,9 @@ MAX_FACET_VALUES = 200  # per field: a filter with more choices than this is not
 _INT64 = 2**63
 _NOTHING = "\x00nothing"  # an ACL value no chunk carries (an empty readable list reads nothing)
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
+# The title runs to its last character that is not a blank or "#" (a lazy title, tried at each blank of a long
+# run, took quadratic time); a title of one "#" stays one.
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.(?:.*[^ \t#\n])?)[ \t#]*$")
 _UNDERLINE = re.compile(r"^([=\-~^\"'`#*+.:_])\1{2,}\s*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
