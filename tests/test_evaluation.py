@@ -253,6 +253,33 @@ def test_an_evaluation_cut_short_resumes_without_answering_again(tmp_path: Path)
     assert checkpoint.path.with_suffix(".stale.jsonl").is_file()
 
 
+class _OtherSectionSystem(_CountingSystem):
+    """Ranks another page first, then the gold's page but another of its sections."""
+
+    def retrieve(self, stage: str, question: str, k: int) -> list[Retrieved]:
+        return [Retrieved("b.md", 0, 10, "n-b"), Retrieved("a.md", 50, 100, "n-a")]
+
+
+def test_a_hit_on_the_gold_page_but_another_section_counts_for_documents_not_sections(tmp_path: Path) -> None:
+    """The stock recipe's nodes are often whole pages: ``doc hit@k`` says how a ranking fares at that grain,
+    next to the section-level metrics that decide kb's defaults."""
+    from kb.evaluation.report import summarize, write_report
+    from kb.evaluation.runner import run
+
+    write(tmp_path, "a.md", "# A\n\n" + "text " * 40)
+    questions = [Question("q1", "Q1?", True, [GoldRef("a.md", span=(0, 10))], "", "test")]
+    rows = run(_OtherSectionSystem(), questions, GoldResolver(tmp_path))
+    assert rows[0].stages["fused"]["doc_hits"] == [False, True]
+    fused = summarize(rows)["stages"]["fused"]
+    assert (fused["hit@5"], fused["doc hit@1"], fused["doc hit@5"]) == (0.0, 0.0, 1.0)
+    write_report(tmp_path / "report", "t", {"kb": rows}, {"command": "test"})
+    assert "| fused | doc hit@5 | 1.000 |" in (tmp_path / "report" / "report.md").read_text()
+    # Rows written before documents were judged render without those lines, not with zeros.
+    del rows[0].stages["fused"]["doc_hits"]
+    write_report(tmp_path / "old", "t", {"kb": rows}, {"command": "test"})
+    assert "| doc hit@" not in (tmp_path / "old" / "report.md").read_text()
+
+
 def test_the_stock_recipe_is_judged_on_the_text_of_html_pages_not_their_markup(
     sample_kb: KnowledgeBase, tmp_path: Path
 ) -> None:

@@ -63,6 +63,19 @@ def ranking_metrics(gold_hits: Sequence[int | Sequence[int]], n_gold: int) -> di
     return out
 
 
+DOCUMENT_CUTOFFS = (1, 5)
+
+
+def document_metrics(doc_hits: Sequence[bool]) -> dict[str, float]:
+    """Whether one of the top k comes from a gold's document, whatever its section: what a ranking of whole pages
+    is judged by (the stock LlamaIndex recipe's 1,024-token nodes are often a whole page), next to kb's sections.
+
+    >>> document_metrics([False, True, True])
+    {'doc hit@1': 0.0, 'doc hit@5': 1.0}
+    """
+    return {f"doc hit@{k}": float(any(doc_hits[:k])) for k in DOCUMENT_CUTOFFS}
+
+
 def paired_bootstrap(
     a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 13, level: float = 0.95
 ) -> tuple[float, float, float]:

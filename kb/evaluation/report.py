@@ -9,11 +9,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kb.evaluation.metrics import mean, paired_bootstrap, percentile, ranking_metrics
+from kb.evaluation.metrics import (
+    DOCUMENT_CUTOFFS,
+    document_metrics,
+    mean,
+    paired_bootstrap,
+    percentile,
+    ranking_metrics,
+)
 from kb.evaluation.runner import QuestionResult
 
 HEADLINE = ("hit@1", "hit@3", "hit@5", "hit@10", "mrr@10", "ndcg@10", "recall@5", "recall@10")
 COMPARED = ("ndcg@10", "hit@5", "hit@1", "mrr@10")
+DOCUMENT_HEADLINE = tuple(f"doc hit@{k}" for k in DOCUMENT_CUTOFFS)
 STAGE_PAIRS = (("fused", "dense"), ("fused", "bm25"), ("dense", "bm25"), ("reranked", "fused"))
 
 
@@ -31,6 +39,9 @@ def summarize(rows: list[QuestionResult], answer_sources: int = 3) -> dict[str, 
     for stage in stages:
         per_q = [ranking_metrics(r.stages[stage]["gold_hits"], r.n_gold) for r in answerable]
         out["stages"][stage] = {m: mean([q[m] for q in per_q]) for m in HEADLINE}
+        if answerable and all("doc_hits" in r.stages[stage] for r in answerable):  # rows since 2026-12-07
+            docs = [document_metrics(r.stages[stage]["doc_hits"]) for r in answerable]
+            out["stages"][stage].update({m: mean([d[m] for d in docs]) for m in DOCUMENT_HEADLINE})
         ms = [r.stages[stage]["ms"] for r in rows]
         out["latency_ms"][stage] = {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)}
     answered = [r for r in rows if r.answer is not None]
@@ -265,14 +276,17 @@ def render(
         "",
         f"Ranking metrics over the {summaries[kb_name]['answerable']} answerable questions "
         f"({summaries[kb_name]['questions']} in all); a chunk is relevant to a gold it covers (at least half of the "
-        "chunk in the gold, or half of the gold in the chunk), and credits every gold it covers.",
+        "chunk in the gold, or half of the gold in the chunk), and credits every gold it covers. `doc hit@k`: one of "
+        "the top k comes from a gold's document, whatever its section (how whole-page nodes fare).",
         "",
     ]
     header = "| stage | metric | " + " | ".join(names) + (" | kb ÷ baseline |" if base else " |")
     lines += [header, "|" + "---|" * (len(names) + (3 if base else 2))]
     for stage in summaries[kb_name]["stages"]:
-        for metric in HEADLINE:
+        for metric in HEADLINE + DOCUMENT_HEADLINE:
             values = [summaries[n]["stages"].get(stage, {}).get(metric) for n in names]
+            if metric in DOCUMENT_HEADLINE and all(v is None for v in values):
+                continue  # results from before documents were judged
             cells = " | ".join("—" if v is None else f"{v:.3f}" for v in values)
             ratio = f" | {_ratio(values[0], values[1])}" if base else ""
             lines.append(f"| {stage} | {metric} | {cells}{ratio} |")

@@ -133,7 +133,7 @@ class QuestionResult:
     answerable: bool
     split: str
     n_gold: int
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> {ids, gold_hits, ms}
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> {ids, gold_hits, doc_hits, ms}
     answer: dict[str, Any] | None = None
 
 
@@ -175,6 +175,7 @@ def run(
                 progress(done, len(questions))
             continue
         row = QuestionResult(question.id, question.question, question.answerable, question.split, len(question.gold))
+        gold_docs = {gold.doc_id for gold in question.gold}
         for stage in system.stages:
             tick = time.perf_counter()
             items = system.retrieve(stage, question.question, k)
@@ -183,6 +184,7 @@ def run(
             row.stages[stage] = {
                 "ids": [i.node_id for i in items],
                 "gold_hits": credited,
+                "doc_hits": [i.doc_id in gold_docs for i in items],
                 "hits": audit_rows(items, credited),
                 "ms": ms,
             }
