@@ -109,9 +109,10 @@ def ingest(index: Path, done: dict[str, dict], save: Callable[[dict[str, dict]],
                 break
         chunks = kb.store.count()
         disk = kb.store.disk_bytes()
+        embedder = kb.identity.backend
     seconds = sum(r["seconds"] for r in rows.values())
     return {"sources": rows, "chunks": chunks, "seconds": seconds, "chunks_per_s": chunks / seconds,
-            "disk_mb": disk / 1e6, "peak_rss_mb": process_memory()["peak_mb"]}  # fmt: skip
+            "disk_mb": disk / 1e6, "peak_rss_mb": process_memory()["peak_mb"], "embedder": embedder}  # fmt: skip
 
 
 def query_figures(index: Path) -> dict:
@@ -301,7 +302,7 @@ def render(f: dict) -> str:
         f"# Scale: {ing['chunks']:,} real chunks, the store alone to {max(r['size'] for r in f['store']):,}",
         "",
         "Commands: " + "; ".join(f"`{c}` ({', '.join(s for s, d in f['commands'].items() if d == c)})"
-                                 for c in dict.fromkeys(f["commands"].values())) + " (2 cores, 24 GB, CPU only; ONNX fp32 embedder).",
+                                 for c in dict.fromkeys(f["commands"].values())) + f" (2 cores, 24 GB, CPU only; embedder backend: {ing.get('embedder', 'onnx')}).",
         "",
         *[f"Note: {n}" for n in f["notes"]],
         *([""] if f["notes"] else []),
@@ -352,6 +353,12 @@ def render(f: dict) -> str:
         "| chunks | dense p50 ms | dense p95 ms |",
         "|---|---|---|",
         *[f"| {r['size']:,} | {r['dense p50 ms']:.0f} | {r['dense p95 ms']:.0f} |" for r in f["local_mode"]],
+        "",
+        "Raw data (`scripts/bench_summary.py` reads it):",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in f.items() if k != "ingest_rows"}, indent=1),
+        "```",
     ]
     return "\n".join(lines) + "\n"
 

@@ -117,6 +117,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     with KnowledgeBase.open(WORK / "index", llm_backend="extractive") as kb:
+        lines[2] += f" Embedder backend: {kb.identity.backend}."
 
         def ask_forever() -> None:
             n = 0

@@ -95,6 +95,7 @@ def main() -> None:
         if not kb.manifest.documents:
             kb.ingest(sample_kb_path())
         chunks = kb.store.count()
+        backend = kb.identity.backend
     extra = dict(item.split("=", 1) for item in args.env)
     traces = Path(tempfile.mkdtemp(prefix="kb-memtrace-"))
     if args.trace:
@@ -139,7 +140,7 @@ def main() -> None:
         "# HTTP memory soak",
         "",
         f"`python scripts/soak_http.py --requests {args.requests}{' ' + flags if flags else ''}` on {args.kb.name} "
-        f"({chunks:,} chunks), {args.clients} clients, {os.cpu_count()} cores. Mix per 10 requests: 3 /search "
+        f"({chunks:,} chunks, embedder backend {backend}), {args.clients} clients, {os.cpu_count()} cores. Mix per 10 requests: 3 /search "
         "(plain, filtered, k=50), 3 /ask (extractive), 2 /ask streams cut after the first event, 2 bad requests. "
         "The server is `kb serve` as shipped: glibc malloc arenas capped at 2 (`kb.api.cap_malloc_arenas`) unless "
         "`MALLOC_ARENA_MAX` is set.",
