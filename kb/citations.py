@@ -169,12 +169,13 @@ def parse_citations(text: str, n_sources: int) -> tuple[str, list[int], list[str
 # ```python"); it closes with a run of the same character at least as long that starts a line and opens no
 # other block (a marker may follow it: "``` [2]"), or at the end. After text, the blanks before a fence are
 # tried from their run's start only (or from its second character after a backtick or tilde): tried from every
-# blank, a long run of blanks cost quadratic time (18 s for 40,000 spaces).
+# blank, a long run of blanks cost quadratic time (18 s for 40,000 spaces). The language name's blanks are
+# possessive for the same reason: a fence and a long run of blanks, cut off at the token limit.
 _FENCE_AFTER_TEXT = r"(?=(?:`{3,}|~{3,})[A-Za-z])"
 _FENCED = re.compile(
     rf"(?P<pre>^[ \t]*(?:(?:[-*+]|\d+[.)])[ \t]+)?|(?<=[^`~ \t\n])[ \t]*{_FENCE_AFTER_TEXT}"
     rf"|(?<=[`~][ \t])[ \t]*{_FENCE_AFTER_TEXT})"
-    r"(?P<code>(?P<fence>`{3,}|~{3,})[ \t]*[\w+#.-]*[ \t]*\r?\n.*?"
+    r"(?P<code>(?P<fence>`{3,}|~{3,})[ \t]*+[\w+#.-]*+[ \t]*+\r?\n.*?"
     r"(?:(?P<close>\r?\n[ \t]*(?P=fence)[`~]*)(?![\w`~])|\Z))",
     re.DOTALL | re.MULTILINE,
 )
@@ -236,6 +237,9 @@ _MARKER_RUN = re.compile(r"\[\d+\](?:\s*\[\d+\])+")
 DROPPED = "\x00"  # where a marker was removed, until close_gaps closes the gap
 
 
+_GAP = r"(?:(?<![ \t])[ \t]+|(?<![ \t\x00]))\x00+"  # removed markers, with the blanks before them
+
+
 def close_gaps(text: str) -> str:
     """``text`` with each ``DROPPED`` place closed up: a removed marker takes the spaces before it when
     punctuation follows ("revoke it [9]." -> "revoke it."). Only there: a space the text itself has before
@@ -243,8 +247,9 @@ def close_gaps(text: str) -> str:
     # A removed marker that opens a line takes the punctuation and spaces after it ("[9]. Foo" -> "Foo").
     text = re.sub(r"(?m)^([ \t]*)\x00+[.,;:!?]*[ \t]*", r"\1", text)
     # Punctuation that ends a clause (followed by a space or the end) pulls the text to it; ":ref:" does not.
-    text = re.sub(r"(?<![ \t])[ \t]*\x00+(?:[ \t]+(?=[.,;:!?](?:\s|\Z))|(?=[.,;:!?](?:\s|\Z)))", "", text)
-    return re.sub(r"(?<![ \t])[ \t]*\x00+", "", text)
+    # Each starts where a run of blanks or of removed markers starts: tried inside a run, it took quadratic time.
+    text = re.sub(_GAP + r"(?:[ \t]+(?=[.,;:!?](?:\s|\Z))|(?=[.,;:!?](?:\s|\Z)))", "", text)
+    return re.sub(_GAP, "", text)
 
 
 def _dedupe_run(match: re.Match[str]) -> str:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,12 +40,12 @@ def read(report: str) -> str:
     return (REPORTS / report).read_text(encoding="utf-8")
 
 
-def json_block(report: str) -> dict:
+def json_block(report: str) -> RawData:
     """The report's raw data: its last fenced json block."""
     blocks = re.findall(r"```json\n(.*?)\n```", read(report), re.S)
     if not blocks:
         raise SystemExit(f"{REPORTS / report}: no ```json block of raw data; re-run the benchmark that writes it")
-    return json.loads(blocks[-1])
+    return RawData(json.loads(blocks[-1]), report)
 
 
 def numbers(report: str, pattern: str) -> tuple[float, ...]:
@@ -55,10 +56,28 @@ def numbers(report: str, pattern: str) -> tuple[float, ...]:
     return tuple(float(g.replace(",", "")) for g in found.groups())
 
 
+def word(report: str, pattern: str) -> str:
+    """What ``pattern``'s group captures in ``report``."""
+    found = re.search(pattern, read(report))
+    if found is None:
+        raise SystemExit(f"{REPORTS / report}: no line matches {pattern!r}; the report's format changed")
+    return found.group(1)
+
+
 def backend(report: str) -> str:
-    """The embedder backend a report names (reports from before they named it: "onnx", the default then)."""
-    found = re.search(r"[Ee]mbedder backend:? ([\w-]+)", read(report))
-    return found.group(1) if found else "onnx"
+    """The embedder backend a report names."""
+    return word(report, r"[Ee]mbedder backend:? ([\w-]+)")
+
+
+class RawData(dict):
+    """A report's raw data: a missing key stops the script with the report's name, not a bare KeyError."""
+
+    def __init__(self, data: dict, report: str) -> None:
+        super().__init__({k: RawData(v, report) if isinstance(v, dict) else v for k, v in data.items()})
+        self.report = report
+
+    def __missing__(self, key: str) -> Any:
+        raise SystemExit(f"{REPORTS / self.report}: its raw data has no {key!r}; the report's format changed")
 
 
 def command(row: Row) -> str:
@@ -111,7 +130,7 @@ def scale_rows() -> list[Row]:
             "not measured",
             "≤ 1.3× / ≤ 2×",
             f"{p50:.2f}× / {p95:.2f}× ({hybrid['p50']:.1f} / {hybrid['p95']:.1f} ms against "
-            f"{embed['p50']:.1f} / {embed['p95']:.1f} ms, {ingest.get('embedder', 'onnx')})",
+            f"{embed['p50']:.1f} / {embed['p95']:.1f} ms, {ingest['embedder']})",
             p50 <= 1.3 and p95 <= 2,
             "bench-scale.md",
             measured_by,
@@ -145,9 +164,11 @@ def reindex_row() -> Row:
 
 
 def soak_rows() -> list[Row]:
-    anon = [float(a) for a in re.findall(r"^\| \d+ \|.*\| \d+ \((\d+) / \d+\) \|", read("soak.md"), re.M)]
-    if len(anon) < 10:
-        raise SystemExit(f"{REPORTS / 'soak.md'}: fewer than 10 rounds with an RSS column")
+    text = read("soak.md")
+    rounds = re.findall(r"^\| \d+ \|", text, re.M)
+    anon = [float(a) for a in re.findall(r"^\| \d+ \|.*\| \d+ \((\d+) / \d+\) \|", text, re.M)]
+    if "| RSS MB (anon / file) |" not in text or len(anon) != len(rounds) or len(anon) < 10:
+        raise SystemExit(f"{REPORTS / 'soak.md'}: not a table of 10 or more rounds with an 'RSS MB (anon / file)' column")
     warm = anon[5]  # the index's caches fill during the first rounds
     http_rss, http_rss_end, http_anon, http_anon_end = numbers(
         "soak-http.md", r"After warm-up \(\d+ requests\) → end: RSS (\d+) → (\d+) MB, anon (\d+) → (\d+) MB"

@@ -95,8 +95,9 @@ def main() -> None:
         if not kb.manifest.documents:
             kb.ingest(sample_kb_path())
         chunks = kb.store.count()
-        backend = kb.identity.backend
+        recorded = kb.identity.backend
     extra = dict(item.split("=", 1) for item in args.env)
+    backend = extra.get("KB_EMBEDDER_BACKEND", recorded)  # what the server runs: the index's, unless set for it
     traces = Path(tempfile.mkdtemp(prefix="kb-memtrace-"))
     if args.trace:
         here = str(Path(__file__).resolve().parent / "memtrace")

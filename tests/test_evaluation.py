@@ -277,7 +277,7 @@ def test_a_hit_on_the_gold_page_but_another_section_counts_for_documents_not_sec
     # Rows written before documents were judged render without those lines, not with zeros.
     del rows[0].stages["fused"]["doc_hits"]
     write_report(tmp_path / "old", "t", {"kb": rows}, {"command": "test"})
-    assert "| doc hit@" not in (tmp_path / "old" / "report.md").read_text()
+    assert "doc hit@" not in (tmp_path / "old" / "report.md").read_text()  # neither lines nor their caption
 
 
 def test_the_stock_recipe_is_judged_on_the_text_of_html_pages_not_their_markup(

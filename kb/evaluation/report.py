@@ -272,12 +272,18 @@ def render(
     lines = [f"# {title}", ""]
     for key, value in context.items():
         lines.append(f"- **{key}**: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    judged_documents = any(DOCUMENT_HEADLINE[0] in stage for s in summaries.values() for stage in s["stages"].values())
     lines += [
         "",
         f"Ranking metrics over the {summaries[kb_name]['answerable']} answerable questions "
         f"({summaries[kb_name]['questions']} in all); a chunk is relevant to a gold it covers (at least half of the "
-        "chunk in the gold, or half of the gold in the chunk), and credits every gold it covers. `doc hit@k`: one of "
-        "the top k comes from a gold's document, whatever its section (how whole-page nodes fare).",
+        "chunk in the gold, or half of the gold in the chunk), and credits every gold it covers."
+        + (
+            " `doc hit@k`: one of the top k comes from a gold's document, whatever its section (how whole-page "
+            "nodes fare)."
+            if judged_documents
+            else ""
+        ),
         "",
     ]
     header = "| stage | metric | " + " | ".join(names) + (" | kb ÷ baseline |" if base else " |")

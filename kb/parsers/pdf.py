@@ -212,7 +212,8 @@ def _apply_outline(lines: list[_Line], outline: list[tuple[int, str, int]]) -> l
     for level, title, page in outline:
         candidates = showing.get((page, _normal(title)), [])
         begin = max(cursor, start_of_page.get(page, len(lines)))
-        found = next((i for i in candidates[bisect_left(candidates, begin) :] if not lines[i].heading_level), None)
+        after = range(bisect_left(candidates, begin), len(candidates))  # indices: a slice would copy the rest
+        found = next((candidates[j] for j in after if not lines[candidates[j]].heading_level), None)
         if found is not None:
             lines[found].heading_level = level
             cursor = found + 1
