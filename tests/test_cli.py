@@ -127,6 +127,16 @@ def test_reindex_dry_run_then_apply(tmp_path: Path) -> None:
     assert (report["added_ids"], report["deleted_ids"]) == (["docs:c.md"], ["docs:b.md"])
 
 
+def test_eval_of_a_set_that_names_no_corpus_says_to_pass_one(tmp_path: Path) -> None:
+    # It said "corpus folder None not found".
+    repo = Path(__file__).resolve().parent.parent
+    questions = tmp_path / "mine.jsonl"
+    questions.write_text((repo / "evals/sets/sample.jsonl").read_text())
+    result = runner.invoke(app, ["eval", str(questions), "--kb", str(tmp_path / "idx")])
+    assert result.exit_code != 0 and not (tmp_path / "idx").exists()
+    assert "names no corpus" in result.output and "--corpus" in result.output and "None" not in result.output
+
+
 def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monkeypatch) -> None:
     """kb eval end to end on the sample set: both systems, every stage, the report folder, and --compare."""
     monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
@@ -151,6 +161,7 @@ def test_eval_runs_kb_and_the_baseline_and_writes_a_report(tmp_path: Path, monke
     }
     text = (report / "report.md").read_text()
     assert "| fused | ndcg@10 |" in text and "kb ÷ baseline" in text and "citation_precision" in text
+    assert f"--corpus {repo / 'kb/sample_kb'}" in text  # the recorded command runs again as written
     assert "95% interval" in text and "| kb/fused | kb/dense | ndcg@10 |" in text
     rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
     assert {r["system"] for r in rows} == {"kb", "llamaindex", "llamaindex-256"} and len(rows) == 3 * 26

@@ -40,8 +40,14 @@ def run_evaluation(
     if split != "all":
         questions = [q for q in questions if q.split == split]
     meta = _meta(question_set)
+    named = corpus is not None
     corpus = corpus or (Path(meta["corpus"]) if "corpus" in meta else None)
-    if corpus is None or not corpus.is_dir():
+    if corpus is None:
+        raise KbError(
+            f"{question_set} names no corpus ({question_set.with_suffix('.meta.json').name} has no 'corpus'): "
+            "pass --corpus FOLDER, the documents its gold references point into"
+        )
+    if not corpus.is_dir():
         raise KbError(
             f"corpus folder {corpus} not found: pass --corpus, or build it ({meta.get('builder', 'see evals/')})"
         )
@@ -53,6 +59,7 @@ def run_evaluation(
         "question set": f"{question_set} ({len(questions)} questions, split {split})",
         "corpus": f"{corpus} — packages {meta.get('packages', 'n/a')}",
         "command": f"kb eval {question_set} --kb {kb_path} --split {split}"
+        + (f" --corpus {corpus}" if named else "")
         + (f" --answers {answers}" if answers else "")
         + (f" --baseline-answers {baseline_answers}" if baseline_answers else "")
         + ("" if with_baseline else " --no-baseline")
