@@ -48,25 +48,22 @@ def json_block(report: str) -> RawData:
     return RawData(json.loads(blocks[-1]), report)
 
 
-def numbers(report: str, pattern: str) -> tuple[float, ...]:
-    """The numbers ``pattern``'s groups capture in ``report`` (thousands separators allowed)."""
+def captured(report: str, pattern: str) -> tuple[str, ...]:
+    """What ``pattern``'s groups capture in ``report``, or a message naming the report and the pattern."""
     found = re.search(pattern, read(report), re.S)
     if found is None:
         raise SystemExit(f"{REPORTS / report}: no line matches {pattern!r}; the report's format changed")
-    return tuple(float(g.replace(",", "")) for g in found.groups())
+    return found.groups()
 
 
-def word(report: str, pattern: str) -> str:
-    """What ``pattern``'s group captures in ``report``."""
-    found = re.search(pattern, read(report))
-    if found is None:
-        raise SystemExit(f"{REPORTS / report}: no line matches {pattern!r}; the report's format changed")
-    return found.group(1)
+def numbers(report: str, pattern: str) -> tuple[float, ...]:
+    """The numbers ``pattern``'s groups capture in ``report`` (thousands separators allowed)."""
+    return tuple(float(g.replace(",", "")) for g in captured(report, pattern))
 
 
 def backend(report: str) -> str:
     """The embedder backend a report names."""
-    return word(report, r"[Ee]mbedder backend:? ([\w-]+)")
+    return captured(report, r"[Ee]mbedder backend:? ([\w-]+)")[0]
 
 
 class RawData(dict):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kb.records import ChunkRecord
+from kb.records import ATX_TITLE, ChunkRecord
 from kb.store.base import ACL_FIELD, ChunkStore
 
 DEFAULT_AROUND = 40  # chunks shown on each side of the cited one: a section and its neighbours
@@ -26,9 +26,7 @@ MAX_FACET_VALUES = 200  # per field: a filter with more choices than this is not
 _INT64 = 2**63
 _NOTHING = "\x00nothing"  # an ACL value no chunk carries (an empty readable list reads nothing)
 
-# The title runs to its last character that is not a blank or "#" (a lazy title, tried at each blank of a long
-# run, took quadratic time); a title of one "#" stays one.
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.(?:.*[^ \t#\n])?)[ \t#]*$")
+_ATX = re.compile(rf"^ {{0,3}}(#{{1,6}})[ \t]+{ATX_TITLE}")
 _UNDERLINE = re.compile(r"^([=\-~^\"'`#*+.:_])\1{2,}\s*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
