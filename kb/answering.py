@@ -29,7 +29,7 @@ from kb.embedding import Embedder
 from kb.errors import ConfigError
 from kb.grounding import drop_limits, support, ungrounded
 from kb.llm.base import ChatBackend
-from kb.prompting import build_messages, echoes_example, leaks_prompt
+from kb.prompting import ANSWER_WORD, build_messages, echoes_example, leaks_prompt, repeats_instructions
 from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
@@ -50,33 +50,70 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`*(\"'])|\n{2,}")
 _NOISE_LINE = re.compile(r"^\s*+(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,})")
 
 
+class WordsSoFar:
+    """The words (runs of one character class, ``pattern``) of a text that only grows, kept in time linear in
+    what is appended: a word is final once a character outside the class follows it, so only the last one can
+    still grow. ``fold`` lowers each piece before matching, as :func:`leaks_prompt` lowers the whole answer
+    (the same thing: ``str.lower`` maps character by character, except Greek final sigma, no ASCII letter)."""
+
+    def __init__(self, pattern: re.Pattern[str], fold: bool = False) -> None:
+        self.pattern = pattern
+        self.fold = fold
+        self.words: list[str] = []
+        self.starts: list[int] = []  # offsets in the text as matched (lowered, with fold)
+        self.length = 0
+        self._open = False  # whether the last word reaches the end, so the next piece may continue it
+
+    def extend(self, piece: str) -> int:
+        """Append ``piece``; return the index of the first word it added or changed."""
+        first = len(self.words)
+        if not piece:
+            return first
+        scanned = piece.lower() if self.fold else piece
+        base, end = self.length, 0
+        for match in self.pattern.finditer(scanned):
+            if match.start() == 0 and self._open:
+                self.words[-1] += match.group()
+                first = len(self.words) - 1
+            else:
+                self.words.append(match.group())
+                self.starts.append(base + match.start())
+            end = match.end()
+        self.length += len(scanned)
+        self._open = end == len(scanned)
+        return first
+
+
 class LeakGuard:
     """Releases streamed text only once it cannot be the start of a repeat of kb's instructions.
 
     :func:`leaks_prompt` recognises a run of ``LEAK_RUN`` words of the instructions. Holding back the last
     ``LEAK_RUN - 1`` words (and the word being written) means the first word of such a run is still held
     when its last word arrives, so a leaking answer is stopped before any of the run reaches the client.
+    Each delta costs time in its own length (the runs its words complete), not the answer's: at the largest
+    ``llm_max_tokens`` re-reading the whole answer per token took 15 s of CPU.
     """
 
     def __init__(self) -> None:
         self.text = ""
         self.released = 0
         self.leaked = False
+        self._compared = WordsSoFar(ANSWER_WORD, fold=True)  # what leaks_prompt compares
+        self._shown = WordsSoFar(_WORD)  # where the held-back words start
 
     def feed(self, delta: str) -> str:
         self.text += delta
-        if leaks_prompt(self.text):
+        if repeats_instructions(self._compared.words, self._compared.extend(delta), LEAK_RUN):
             self.leaked = True
             return ""
-        starts = [m.start() for m in _WORD.finditer(self.text)]
+        self._shown.extend(delta)
+        starts = self._shown.starts
         hold = starts[-LEAK_RUN] if len(starts) >= LEAK_RUN else 0
         return self._release(min(hold, len(self.text)))
 
     def finish(self) -> str:
-        if leaks_prompt(self.text):
-            self.leaked = True
-            return ""
-        return self._release(len(self.text))
+        """The rest of the answer: every run of it was checked as it arrived."""
+        return "" if self.leaked else self._release(len(self.text))
 
     def _release(self, upto: int) -> str:
         if upto <= self.released:
@@ -108,9 +145,7 @@ class AnswerEngine:
     def backend(self) -> str:
         return "extractive" if self.llm is None else self.llm.metadata.model_name
 
-    def answer(
-        self, question: str, on_token: Callable[[str], None] | None = None, also: Sequence[str] = ()
-    ) -> Answer:
+    def answer(self, question: str, on_token: Callable[[str], None] | None = None, also: Sequence[str] = ()) -> Answer:
         """Answer ``question``; ``on_token`` receives the generated text as it streams; ``also``: other
         phrasings of it retrieved for too (a follow-up as typed, next to its standalone rewrite)."""
         for event in self.stream(question, also):

@@ -63,6 +63,10 @@ def build_messages(question: str, sources: list[Source]) -> list[ChatMessage]:
     ]
 
 
+ANSWER_WORD = re.compile(r"[a-z']+")
+"""A word of an answer, as :func:`leaks_prompt` compares them: lowered first, then matched."""
+
+
 def _rules_and_examples(prompt: str) -> tuple[str, list[str]]:
     rules, marker, examples = prompt.partition("\nExample")
     return rules, re.split(r"(?<=[.!?:])\s+", marker + examples)
@@ -78,16 +82,34 @@ def _instruction_runs(prompt: str, min_run: int) -> frozenset[str]:
     rules, examples = _rules_and_examples(prompt)
     runs: set[str] = set()
     for part in [rules, *(sentence for sentence in examples if not is_limit(sentence))]:
-        words = re.findall(r"[a-z']+", part.lower())
+        words = ANSWER_WORD.findall(part.lower())
         runs.update(" ".join(words[i : i + min_run]) for i in range(len(words) - min_run + 1))
     return frozenset(runs)
 
 
 def leaks_prompt(answer: str, min_run: int = 8) -> bool:
     """Whether ``answer`` repeats a run of ``min_run`` words from the instructions."""
+    return repeats_instructions(ANSWER_WORD.findall(answer.lower()), min_run=min_run)
+
+
+def repeats_instructions(words: Sequence[str], since: int = 0, min_run: int = 8) -> bool:
+    """Whether a run of ``min_run`` of ``words`` (an answer's, see :data:`ANSWER_WORD`) that ends at index
+    ``since`` or later repeats the instructions: a stream checks only the runs its newest words complete."""
     runs = _instruction_runs(SYSTEM_PROMPT, min_run)
-    answer_words = re.findall(r"[a-z']+", answer.lower())
-    return any(" ".join(answer_words[i : i + min_run]) in runs for i in range(len(answer_words) - min_run + 1))
+    vocabulary = _instruction_vocabulary(SYSTEM_PROMPT, min_run)
+    first = max(0, since - min_run + 1)
+    # A word the instructions never use rules out every run through it, without joining (a stream's one
+    # ever-growing "word" would otherwise be copied and hashed min_run times per token).
+    known = [word in vocabulary for word in words[first:]]
+    return any(
+        all(known[i - first : i - first + min_run]) and " ".join(words[i : i + min_run]) in runs
+        for i in range(first, len(words) - min_run + 1)
+    )
+
+
+@lru_cache(maxsize=4)
+def _instruction_vocabulary(prompt: str, min_run: int) -> frozenset[str]:
+    return frozenset(word for run in _instruction_runs(prompt, min_run) for word in run.split(" "))
 
 
 @lru_cache(maxsize=4)

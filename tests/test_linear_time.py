@@ -83,6 +83,20 @@ assert doc.blocks[0].kind == "heading" and doc.blocks[0].title.split() == ["a", 
 from kb.parsers.asciidoc import parse_asciidoc
 assert parse_asciidoc("[#" + "a" * 800_000 + "\\n\\nBody.\\n").blocks
 """,
+    # A streamed answer is guarded against repeating the instructions token by token: re-reading the whole answer
+    # per token took 15 s of CPU at 8,192 tokens (the largest llm_max_tokens), minutes at 30,000.
+    "streamed answer of 30,000 tokens, guarded against leaking the instructions": """
+from kb.answering import LeakGuard
+from kb.prompting import SYSTEM_PROMPT
+deltas = [f" word{i % 7}" for i in range(30_000)]
+guard = LeakGuard()
+shown = "".join(guard.feed(d) for d in deltas) + guard.finish()
+assert shown == "".join(deltas) and not guard.leaked
+guard = LeakGuard()
+for d in deltas + SYSTEM_PROMPT.split("Rules:")[1][:300].split(" "):
+    guard.feed(d + " ")
+assert guard.leaked
+""",
     # The web page's document view renders every chunk of a page: 52 ms per 4,000-character chunk before.
     "markdown heading with a long run of spaces, document view": """
 from kb.web.view import readable_blocks
