@@ -53,8 +53,9 @@ _NOISE_LINE = re.compile(r"^\s*+(#{1,6}\s|[=\-~^*+`|:]{3,}\s*$|```|\|?\s*:?-{3,}
 class WordsSoFar:
     """The words (runs of one character class, ``pattern``) of a text that only grows, kept in time linear in
     what is appended: a word is final once a character outside the class follows it, so only the last one can
-    still grow. ``fold`` lowers each piece before matching, as :func:`leaks_prompt` lowers the whole answer
-    (the same thing: ``str.lower`` maps character by character, except Greek final sigma, no ASCII letter)."""
+    still grow. ``fold`` lowers each piece before matching, as :func:`leaks_prompt` lowers the whole answer.
+    Piece by piece gives the same words: ``str.lower`` maps each character on its own, except a Greek capital
+    sigma, which lowers to a non-ASCII letter either way."""
 
     def __init__(self, pattern: re.Pattern[str], fold: bool = False) -> None:
         self.pattern = pattern
