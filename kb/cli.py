@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 from kb.acl import Principal
 from kb.citations import Answer
@@ -40,8 +41,10 @@ from kb.settings import RetrievalMode
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Answers from your own documents, cited.")
 source_app = typer.Typer(no_args_is_help=True, help="The sources of an index: named folders with their own settings.")
 app.add_typer(source_app, name="source")
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: paths, headings and document text are printed as they are ("docs/[wip].md", "[[install]]"), never
+# read as style tags or terminal links; kb's own styling is given as Text parts.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 AsOption = Annotated[
     list[str] | None,
@@ -53,7 +56,7 @@ KbOption = Annotated[
 
 
 def _fail(message: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -63,7 +66,7 @@ def _open(path: Path, for_rebuild: bool = False, create: bool = False) -> Iterat
     try:
         with KnowledgeBase.open(path, for_rebuild=for_rebuild, create=create) as kb:
             if kb.damage.damaged:
-                err_console.print(f"[yellow]warning:[/] {kb.damage.describe(str(path))}", highlight=False)
+                err_console.print(Text.assemble(("warning:", "yellow"), " ", kb.damage.describe(str(path))))
             yield kb
     except KbError as exc:
         _fail(str(exc))
@@ -151,7 +154,7 @@ def reindex(
             console.print(f"plan: {report.summary()}" + (" (full rebuild)" if full else ""))
             for label, ids in (("add", report.added), ("change", report.changed), ("delete", report.deleted)):
                 for doc_id in ids[:50]:
-                    console.print(f"  {label:6} {doc_id}", highlight=False)
+                    console.print(f"  {label:6} {doc_id}")
                 if len(ids) > 50:
                     console.print(f"  … and {len(ids) - 50} more to {label}")
             _print_refusal(report)
@@ -170,7 +173,7 @@ def _finish_report(report: IngestReport, kb: KnowledgeBase, as_json: bool) -> No
 
 def _print_refusal(report: IngestReport) -> None:
     if report.refused_deletes:
-        err_console.print(f"[bold red]deletions refused:[/] {report.refused_deletes}", highlight=False)
+        err_console.print(Text.assemble(("deletions refused:", "bold red"), " ", report.refused_deletes))
 
 
 def _ingest_with_progress(kb: KnowledgeBase, folder: Path, metadata: dict[str, Any], quiet: bool) -> IngestReport:
@@ -183,7 +186,7 @@ def _with_progress(work: Callable[[Progress], IngestReport], quiet: bool, label:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.description}", style="dim"),
+        TextColumn("{task.description}", style="dim", markup=False),
         console=err_console,
         transient=True,
         disable=quiet,
@@ -211,7 +214,7 @@ def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
     table.add_row("time", f"{report.seconds:.2f}s ({stages})")
     console.print(table)
     for skipped in report.skipped[:20]:
-        console.print(f"  [yellow]skipped[/] {skipped.doc_id!r}: {skipped.reason}", highlight=False)
+        console.print(Text.assemble("  ", ("skipped", "yellow"), f" {skipped.doc_id!r}: {skipped.reason}"))
     if len(report.skipped) > 20:
         console.print(f"  … and {len(report.skipped) - 20} more (kb ingest --json lists all)")
     _print_refusal(report)
@@ -237,7 +240,7 @@ def search(
         try:
             hits = kb.search(query, k=k, filters=where or None, mode=mode, user=user, rerank=rerank)
             if rerank and kb.reranker is None:
-                err_console.print(f"[yellow]note:[/] {kb.reranker_note}", highlight=False)
+                err_console.print(Text.assemble(("note:", "yellow"), " ", kb.reranker_note))
         except KbError as exc:
             _fail(str(exc))
         if as_json:
@@ -253,16 +256,18 @@ def _where(doc_id: str, span: Span) -> str:
 
 def _print_hits(hits: list[Hit]) -> None:
     if not hits:
-        console.print("[dim]no results[/]")
+        console.print("no results", style="dim")
     for rank, hit in enumerate(hits, start=1):
         where = _where(hit.doc_id, hit.span)
+        rerank = f", rerank {hit.rerank_score:.3f}" if hit.rerank_score is not None else ""
         console.print(
-            f"[bold]{rank}.[/] [cyan]{where}[/]  {hit.header_path or hit.title}  [dim]score {hit.score:.4f}"
-            + (f", rerank {hit.rerank_score:.3f}" if hit.rerank_score is not None else "")
-            + "[/]"
-        )
+            Text.assemble(
+                (f"{rank}.", "bold"), " ", (where, "cyan"), f"  {hit.header_path or hit.title}  ",
+                (f"score {hit.score:.4f}{rerank}", "dim"),
+            )
+        )  # fmt: skip
         snippet = " ".join(hit.text.split())
-        console.print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}", highlight=False)
+        console.print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}")
 
 
 @app.command()
@@ -295,7 +300,7 @@ def ask(
                     answer = kb.chat(messages, filters=where or None, on_token=streamed_to(streamed), user=user)
                     console.print()
                     if answer.question != question.strip():
-                        console.print(f"(asked as: {answer.question})", style="dim", highlight=False, markup=False)
+                        console.print(f"(asked as: {answer.question})", style="dim")
                     _print_answer(answer, streamed="".join(streamed))
             except KbError as exc:
                 _fail(str(exc))
@@ -311,7 +316,7 @@ def ask(
 def _read_follow_up(quiet: bool) -> str:
     """The next follow-up question from stdin; "" at the end of input or on an empty line."""
     if not quiet:
-        console.print("[bold]>[/] ", end="")
+        console.print(">", style="bold", end=" ")
     line = sys.stdin.readline()
     return line.strip()
 
@@ -322,37 +327,38 @@ def streamed_to(sink: list[str]) -> Callable[[str], None]:
 
 def _stream(piece: str, sink: list[str]) -> None:
     sink.append(piece)
-    console.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+    console.print(piece, end="", soft_wrap=True)
 
 
 def _print_answer(answer: Answer, streamed: str = "") -> None:
     """The answer (again if kb changed its markers after streaming), then its sources with path and lines."""
     if not streamed:
-        console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
+        console.print(answer.text, soft_wrap=True)
     elif answer.text.strip() != streamed.strip():
         label = "refused" if answer.refused else "with checked citations"
         if answer.refusal_reason == "unsupported":
             label = "withdrawn, no source supports the text above"
-        console.print(f"[dim]── {label}:[/]")
-        console.print(answer.text, highlight=False, markup=False, soft_wrap=True)
+        console.print(f"── {label}:", style="dim")
+        console.print(answer.text, soft_wrap=True)
     if answer.citations:
-        console.print("[bold]Sources[/]")
+        console.print("Sources", style="bold")
     for c in answer.citations:
+        where = (_where(c.doc_id, c.span), "cyan")
         console.print(
-            f"  [{c.number}] [cyan]{_where(c.doc_id, c.span)}[/]  {c.header_path or c.title}"
-            + (f"  [dim]{c.url}[/]" if c.url else ""),
-            highlight=False,
+            Text.assemble(
+                f"  [{c.number}] ", where, f"  {c.header_path or c.title}", (f"  {c.url}" if c.url else "", "dim")
+            )
         )
     if answer.refused and answer.sources:
         closest = ", ".join(f"{s.doc_id} ({s.relevance:.2f})" for s in answer.sources[:3])
-        console.print(f"[dim]refused ({answer.refusal_reason}); closest sections: {closest}[/]", highlight=False)
+        console.print(f"refused ({answer.refusal_reason}); closest sections: {closest}", style="dim")
     if answer.uncited_sentences:
-        console.print(f"[yellow]{len(answer.uncited_sentences)} sentence(s) cite no source[/]")
+        console.print(f"{len(answer.uncited_sentences)} sentence(s) cite no source", style="yellow")
     t = answer.timings
     stages = ", ".join(
         f"{k} {t[k]:.0f} ms" for k in ("embed", "retrieve", "rerank", "first_token", "generate", "total") if k in t
     )
-    console.print(f"[dim]{answer.backend}; {stages}[/]", highlight=False)
+    console.print(f"{answer.backend}; {stages}", style="dim")
 
 
 @app.command()
@@ -382,7 +388,7 @@ def status(kb_path: KbOption = DEFAULT_INDEX, as_json: Annotated[bool, typer.Opt
             "legacy", f"{state.legacy_documents} documents indexed before sources: reindex their folder to adopt them"
         )
     if state.damage:
-        table.add_row("[red]damage[/]", state.damage)
+        table.add_row(Text("damage", style="red"), state.damage)
     console.print(table)
     _print_sources(state.sources)
     settings = Table("setting", "value", title="settings (defaults < kb.toml < KB_* < arguments)", box=None)
@@ -397,7 +403,7 @@ def _when(stamp: float) -> str:
 
 def _print_sources(rows: list[dict[str, Any]]) -> None:
     if not rows:
-        console.print("[dim]no sources yet: kb source add NAME FOLDER[/]")
+        console.print("no sources yet: kb source add NAME FOLDER", style="dim")
         return
     table = Table("source", "folder", "documents", "chunks", "last reindex", "skipped", "acl", "url", box=None)
     for row in rows:
@@ -522,8 +528,7 @@ def migrate(
     )
     console.print(
         f'Use it: set qdrant_url = "{report.target}" and qdrant_collection = "{report.collection}" in '
-        f"{source}/kb.toml (or KB_QDRANT_URL / KB_QDRANT_COLLECTION).",
-        highlight=False,
+        f"{source}/kb.toml (or KB_QDRANT_URL / KB_QDRANT_COLLECTION)."
     )
 
 
@@ -586,14 +591,14 @@ def demo(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _open(kb_path, create=True) as kb:
-        console.rule("[bold]kb demo: ingest the sample knowledge base")
+        console.rule(Text("kb demo: ingest the sample knowledge base", style="bold"))
         report = _ingest_with_progress(kb, sample_kb_path(), {}, quiet=False)
         _print_report(report, kb)
         for query, filters in DEMO_SEARCHES:
-            console.rule(f"[bold]search[/] {query!r}" + (f" filters={filters}" if filters else ""))
+            console.rule(Text.assemble(("search", "bold"), f" {query!r}" + (f" filters={filters}" if filters else "")))
             _print_hits(kb.search(query, k=3, filters=filters))
         for question in DEMO_QUESTIONS:
-            console.rule(f"[bold]ask[/] {question!r}")
+            console.rule(Text.assemble(("ask", "bold"), f" {question!r}"))
             streamed: list[str] = []
             answer = kb.ask(question, on_token=lambda piece, sink=streamed: _stream(piece, sink))
             console.print()
@@ -733,7 +738,7 @@ def _with_tune_progress(work: Callable[[Callable[[str, int, int, str], None]], A
     interactive = err_console.is_terminal
     bar = RichProgress(
         TextColumn("[bold]{task.fields[stage]:9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}", style="dim"),
+        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}", style="dim", markup=False),
         console=err_console, disable=not interactive,
     )  # fmt: skip
     tasks: dict[str, Any] = {}
@@ -745,7 +750,7 @@ def _with_tune_progress(work: Callable[[Callable[[str, int, int, str], None]], A
         bar.update(tasks[stage], completed=done, total=total, description=message[-60:])
         if not interactive and (time.monotonic() - printed.get(stage, 0.0) > 15 or done >= total):
             printed[stage] = time.monotonic()
-            err_console.print(f"{time.strftime('%H:%M:%S')} {stage} {done}/{total} {message}", highlight=False)
+            err_console.print(f"{time.strftime('%H:%M:%S')} {stage} {done}/{total} {message}")
 
     with bar:
         return work(on_event)
@@ -766,7 +771,7 @@ def _tune_in_background(kb_path: Path, folder: Path, questions_dir: Path | None,
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                  preexec_fn=lambda: os.nice(19))  # fmt: skip
     console.print(f"kb tune runs in the background: pid {child.pid}, nice 19, log {folder / 'tune.log'}. "
-                  f"Follow it with: kb tune --kb {kb_path} --status", highlight=False)  # fmt: skip
+                  f"Follow it with: kb tune --kb {kb_path} --status")  # fmt: skip
 
 
 def _print_tune_status(state: dict[str, Any], as_json: bool) -> None:

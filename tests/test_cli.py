@@ -41,6 +41,28 @@ def test_ingest_search_status_round_trip(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and f"{status['embedder']['backend']})" in shown.output, shown.output
 
 
+def test_paths_headings_and_text_in_square_brackets_are_printed_as_they_are(tmp_path: Path, monkeypatch) -> None:
+    """Rich read them as style tags: ``docs/[wip].md`` printed as ``docs:.md``, a heading lost ``[deprecated]``,
+    and a document could print a clickable terminal link."""
+    monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
+    docs = tmp_path / "docs"
+    body = "The zqbr2 option is gone [note]; see [[install]] and [link=http://evil.example]click[/link] now."
+    write(docs, "[wip].md", f"# Options [deprecated]\n\n{body}\n")
+    write(docs, "[draft]/x.md", b"\xff\xfe\x00\xd8")
+    index = tmp_path / "idx"
+    result = runner.invoke(app, ["ingest", str(docs), "--kb", str(index)], terminal_width=300)
+    assert result.exit_code == 0 and "'docs:[draft]/x.md'" in result.output, result.output
+    result = runner.invoke(app, ["search", "zqbr2", "-k", "1", "--kb", str(index)], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "docs:[wip].md:1-3" in result.output and "Options [deprecated]" in result.output, result.output
+    assert body in " ".join(result.output.split()), result.output  # rich wraps the snippet line
+    result = runner.invoke(app, ["ask", "What about the zqbr2 option?", "--kb", str(index)], terminal_width=300)
+    assert result.exit_code == 0 and "docs:[wip].md:1-3" in result.output, result.output
+    (tmp_path / "more").mkdir()
+    result = runner.invoke(app, ["source", "add", "[x]", str(tmp_path / "more"), "--kb", str(index)])
+    assert result.exit_code == 2 and "'[x]'" in result.output, result.output  # an error names it as typed
+
+
 def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--kb", str(tmp_path / "idx")])
     assert result.exit_code == 2 and "not a folder" in result.output
