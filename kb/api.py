@@ -41,7 +41,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kb.acl import Principal
 from kb.citations import Answer
-from kb.errors import ConfigError, KbError
+from kb.errors import (
+    ConfigError,
+    IndexDamagedError,
+    IndexLockedError,
+    KbError,
+    LLMUnavailableError,
+    ModelNotAvailableError,
+)
 from kb.knowledge_base import KnowledgeBase, ReindexJob
 from kb.records import ChunkRecord
 from kb.settings import ApiKey, RetrievalMode, Role
@@ -113,6 +120,31 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or []
+
+
+# Errors that are the server's, not the caller's: a status that says so, and a message without the endpoint,
+# path or model behind it (read keys may not see those); the server log keeps the details.
+SERVER_FAULTS: dict[type[KbError], tuple[int, str, str]] = {
+    LLMUnavailableError: (502, "llm_unavailable", "the answer generator did not respond; the server log says why"),
+    ModelNotAvailableError: (
+        503,
+        "model_unavailable",
+        "a model the server needs is missing; the server log says which",
+    ),
+    IndexLockedError: (503, "index_busy", "the index is held by another writer; try again shortly"),
+    IndexDamagedError: (503, "index_damaged", "the index is damaged; an administrator must repair it (kb status)"),
+}
+
+
+def error_response(exc: KbError) -> tuple[int, dict[str, str]]:
+    """The HTTP status and ``{"error", "message"}`` for a kb error: the caller's fault is a 400 that says what
+    to change; the server's is a 5xx from :data:`SERVER_FAULTS`, logged with its details."""
+    fault = next((v for k, v in SERVER_FAULTS.items() if isinstance(exc, k)), None)
+    if fault is None:
+        return 400, {"error": "bad_request", "message": str(exc)}
+    status, code, message = fault
+    log.warning("%s: %s", code, exc)
+    return status, {"error": code, "message": message}
 
 
 class ReindexRun:
@@ -201,8 +233,10 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
     with the index's other sources.
 
     Without ``settings.api_keys`` every request is refused, unless ``allow_anonymous`` (then every caller
-    is a read-only anonymous user; reindex stays closed).
+    is a read-only anonymous user; reindex stays closed). A generator the settings cannot build (the openai
+    backend without ``llm_model``) is a :class:`ConfigError` here, at start-up, not a failed request later.
     """
+    _ = kb.llm  # built, not loaded: the local model loads on the first answer
     app = FastAPI(
         title="kb",
         version="1",
@@ -243,7 +277,8 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
 
     @app.exception_handler(KbError)
     async def _kb_error(_: Request, exc: KbError) -> JSONResponse:
-        return JSONResponse({"error": "bad_request", "message": str(exc), "fields": []}, status_code=400)
+        status, body = error_response(exc)
+        return JSONResponse({**body, "fields": []}, status_code=status)
 
     @app.get("/health", summary="Liveness: the process answers and the store is reachable.")
     def health() -> dict[str, Any]:
@@ -306,7 +341,7 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
                         else:
                             yield _sse("token", {"text": event})
                 except KbError as exc:  # the status line is already sent: report in-band
-                    yield _sse("error", {"error": "bad_request", "message": str(exc)})
+                    yield _sse("error", error_response(exc)[1])
                 except Exception:
                     log.exception("streamed answer failed")  # the details stay in the server log
                     yield _sse("error", {"error": "internal_error", "message": "the answer failed; see the server log"})

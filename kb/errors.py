@@ -41,3 +41,7 @@ class IndexDamagedError(KbError):
 
 class MassDeleteRefused(KbError):
     """A reindex would delete more of a source than ``max_delete_fraction`` allows (see ``--allow-mass-delete``)."""
+
+
+class LLMUnavailableError(KbError):
+    """The generator cannot be reached or answered with an error (the server's fault, not the caller's)."""

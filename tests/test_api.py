@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 
 from kb import KnowledgeBase
 from kb.api import create_app
+from kb.errors import ConfigError
 from kb.samples import sample_kb_path
 from kb.settings import ApiKey, Role
 
@@ -187,6 +188,31 @@ def test_streaming_sends_tokens_then_the_cited_answer(client: httpx.Client) -> N
     assert answer["citations"] and "".join(d["text"] for k, d in events if k == "token").strip()
 
 
+def test_a_generator_that_is_down_is_the_servers_fault_and_its_address_stays_private(tmp_path: Path) -> None:
+    """It was a 400 ("bad_request") whose message, and the stream's error event, named the LLM endpoint: a read key
+    may not see that address, and the caller can do nothing about it."""
+    hidden = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    unnamed = KnowledgeBase.open(tmp_path / "unnamed", llm_backend="openai", api_keys=KEYS)
+    with unnamed, pytest.raises(ConfigError, match="llm_model"):  # a generator it cannot build stops it at start-up
+        create_app(unnamed)
+    settings = {"llm_backend": "openai", "llm_base_url": hidden, "llm_model": "some-model", "api_keys": KEYS}
+    kb = KnowledgeBase.open(tmp_path / "index", **settings)
+    kb.ingest(sample_kb_path())
+    question = {"question": "What does error E4012 mean?"}
+    with kb, served_app(kb) as base, httpx.Client(base_url=base, headers={"X-API-Key": READ}, timeout=60) as client:
+        for path, body in (
+            ("/ask", question),
+            ("/chat", {"messages": [{"role": "user", "content": question["question"]}]}),
+        ):
+            reply = client.post(path, json=body)
+            assert reply.status_code == 502, (path, reply.text)
+            assert reply.json()["error"] == "llm_unavailable" and reply.json()["fields"] == [], reply.text
+            assert "127.0.0.1" not in reply.text and "/v1" not in reply.text, reply.text
+        with client.stream("POST", "/ask", json={**question, "stream": True}) as stream:
+            events = stream.read().decode()
+        assert "event: error" in events and '"llm_unavailable"' in events and "127.0.0.1" not in events, events
+
+
 def test_chat_answers_a_follow_up_and_refuses_bad_conversations_with_4xx(client: httpx.Client) -> None:
     messages = [
         {"role": "user", "content": "How do I manually fail over the ledger database?"},
@@ -208,7 +234,10 @@ def test_chat_answers_a_follow_up_and_refuses_bad_conversations_with_4xx(client:
         response = client.post("/chat", headers=auth(READ), json=bad)
         assert response.status_code == status, (bad, response.text)
         assert set(response.json()) >= {"error", "message"}
-    hr_only = [{"role": "user", "content": "What do level 5 engineers earn?"}, {"role": "user", "content": "and level 6?"}]
+    hr_only = [
+        {"role": "user", "content": "What do level 5 engineers earn?"},
+        {"role": "user", "content": "and level 6?"},
+    ]
     public = client.post("/chat", headers=auth(READ), json={"messages": hr_only}).json()
     assert all(c["doc_id"] != "docs:hr/salaries.md" for c in public["citations"]) and "141,000" not in public["text"]
 
@@ -311,7 +340,10 @@ def test_server_threads_share_two_malloc_arenas_instead_of_one_each() -> None:
     was_set, default = arenas("default")
     assert was_set == "False" and default > 2  # glibc's own limit is 8 per core: the 8 threads got their own
     assert arenas("capped") == ("True", 2)
-    assert subprocess.run(
-        [sys.executable, "-c", "from kb.api import cap_malloc_arenas; assert not cap_malloc_arenas()"],
-        env={**env, "MALLOC_ARENA_MAX": "4"},
-    ).returncode == 0  # the operator's own setting wins
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", "from kb.api import cap_malloc_arenas; assert not cap_malloc_arenas()"],
+            env={**env, "MALLOC_ARENA_MAX": "4"},
+        ).returncode
+        == 0
+    )  # the operator's own setting wins

@@ -16,12 +16,10 @@ from collections.abc import Iterator
 import httpx
 from pydantic import Field
 
-from kb.errors import KbError
+from kb.errors import LLMUnavailableError
 from kb.llm.base import ChatBackend
 
-
-class LLMUnavailableError(KbError):
-    """The generator cannot be reached or answered with an error."""
+__all__ = ["LLMUnavailableError", "OpenAICompatibleLLM"]
 
 
 class OpenAICompatibleLLM(ChatBackend):
