@@ -51,7 +51,7 @@ from kb.errors import (
 )
 from kb.knowledge_base import KnowledgeBase, ReindexJob
 from kb.records import ChunkRecord
-from kb.settings import ApiKey, RetrievalMode, Role
+from kb.settings import ApiKey, RetrievalMode, Role, model_shown_to_readers
 from kb.store.base import check_filter_values
 from kb.web import mount_web
 from kb.web.view import DEFAULT_AROUND, MAX_AROUND, document_view, facet_values, readable_scope
@@ -298,7 +298,10 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
             "documents": len(visible),
             "chunks": kb.store.count({"acl": readable} if readable is not None else None),
             "sources": sorted({e.source for e in visible if e.source}),
-            "embedder": {"name": state.embedder.get("name"), "dimension": state.embedder.get("dimension")},
+            "embedder": {
+                "name": model_shown_to_readers(str(state.embedder.get("name", ""))),
+                "dimension": state.embedder.get("dimension"),
+            },
             "chunking": state.chunking,
             "reranker": {"active": state.reranker["active"]},
             "updated_at": state.updated_at,

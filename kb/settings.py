@@ -386,6 +386,8 @@ class Settings(BaseSettings):
         if not full:
             for name in PRIVATE_SETTINGS:
                 data.pop(name, None)
+            for name in MODEL_SETTINGS:
+                data[name] = model_shown_to_readers(data[name])
         return data
 
     def chunking_identity(self) -> dict[str, Any]:
@@ -440,6 +442,16 @@ PRIVATE_SETTINGS = (
     "api_keys", "llm_api_key", "qdrant_api_key", "llm_base_url", "qdrant_url", "llm_model_path", "sources",
 )  # fmt: skip
 _SECRET_FIELDS = {"key", "llm_api_key", "qdrant_api_key"}
+MODEL_SETTINGS = ("embedder_model", "reranker_model")  # a hub id, or a folder on the server
+
+
+def model_shown_to_readers(model: str) -> str:
+    """A hub id as it is; a local folder by its own name only (``/srv/models/reranker-ab12`` → ``reranker-ab12``):
+    where the server keeps files is not a read key's to see, and ``kb tune`` installs absolute paths."""
+    path = Path(model).expanduser()
+    if model and (path.is_absolute() or model.startswith((".", "~")) or path.is_dir()):
+        return path.name
+    return model
 
 
 def _describe(exc: ValidationError, index_path: str | Path | None) -> str:

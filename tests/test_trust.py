@@ -34,7 +34,7 @@ runner = CliRunner()
 def small_index(path: Path) -> Path:
     """An index folder whose kb.toml carries SMALL, so the CLI opens it with the same settings."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "kb.toml").write_text("chunk_max_tokens = 64\nchunk_min_tokens = 8\nllm_backend = \"extractive\"\n")
+    (path / "kb.toml").write_text('chunk_max_tokens = 64\nchunk_min_tokens = 8\nllm_backend = "extractive"\n')
     return path
 
 
@@ -221,6 +221,19 @@ def test_read_key_status_shows_its_own_counts_and_no_keys_or_paths(http) -> None
     assert admin["path"] == str(kb.path) and {k["name"] for k in admin["settings"]["api_keys"]} >= {"hr-app"}
 
 
+def test_read_keys_see_a_model_folder_by_its_name_not_its_path(tmp_path: Path) -> None:
+    """``kb tune`` installs ``reranker_model`` as an absolute path: read keys saw where the server keeps files."""
+    folder = tmp_path / "srv" / "models" / "reranker-ab12"
+    folder.mkdir(parents=True)
+    settings = Settings(reranker_model=str(folder), embedder_model="./models/minilm")
+    shown = settings.public_dump(full=False)
+    assert (shown["reranker_model"], shown["embedder_model"]) == ("reranker-ab12", "minilm")
+    assert str(tmp_path) not in json.dumps(shown)
+    assert settings.public_dump()["reranker_model"] == str(folder)  # admin keys see the path
+    hub = Settings().public_dump(full=False)
+    assert (hub["embedder_model"], hub["reranker_model"]) == (Settings().embedder_model, Settings().reranker_model)
+
+
 @pytest.mark.parametrize("value", ["\ud800", 2**63, -(2**63) - 1, [1, 2**64]])
 def test_unstorable_filter_values_are_422_naming_the_field(http, value) -> None:
     client, _, _ = http
@@ -352,7 +365,9 @@ def test_second_open_in_the_same_process_says_so_and_collection_releases_it(tmp_
 def test_nodes_added_as_a_llamaindex_vector_store_are_first_class(tmp_path: Path) -> None:
     text = "# Ops guide\n\n## Restarts\n\nRestart the zqnodes worker with systemctl.\n"
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
-        nodes = MarkdownNodeParser().get_nodes_from_documents([Document(text=text, doc_id="ops-guide", metadata={"team": "ops"})])
+        nodes = MarkdownNodeParser().get_nodes_from_documents(
+            [Document(text=text, doc_id="ops-guide", metadata={"team": "ops"})]
+        )
         for node in nodes:
             node.embedding = kb.embedder.embed([node.get_content()])[0]
             node.id_ = f"my-id-{node.id_[:4]}"  # not a UUID
