@@ -10,14 +10,16 @@ the index folder, the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from kb.acl import AclDefault
 from kb.answerability import AnswerabilityGate
@@ -153,14 +155,14 @@ class Settings(BaseSettings):
     max_file_seconds: float = Field(
         60.0, gt=0.0, description="Parsing and chunking one file may take this long; slower files are skipped."
     )
-    include: list[str] = Field(
+    include: CommaList = Field(
         default_factory=lambda: [
             "*.md", "*.markdown", "*.rst", "*.rst.txt", "*.html", "*.htm", "*.txt",
             "*.adoc", "*.asciidoc", "*.pdf", "*.docx", "*.doc",
         ],
         description="Glob patterns (matched on the file name) of files to ingest.",
     )  # fmt: skip
-    exclude: list[str] = Field(
+    exclude: CommaList = Field(
         default_factory=lambda: [".*", "_build", "node_modules", "__pycache__"],
         description="Glob patterns of file or folder names to leave out.",
     )
@@ -226,7 +228,7 @@ class Settings(BaseSettings):
     context_weight: float = Field(
         0.0, ge=0.0, le=1.0, description="convex fusion: share of a chunk's score that comes from its document."
     )
-    indexed_fields: list[str] = Field(
+    indexed_fields: CommaList = Field(
         default_factory=lambda: ["product", "kind", "tags", "team"],
         description="Front-matter fields that get a payload index for fast filters.",
     )
@@ -352,8 +354,13 @@ class Settings(BaseSettings):
     @field_validator("include", "exclude", "indexed_fields", mode="before")
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
-        # KB_INCLUDE="*.md,*.rst" is friendlier in a shell than a JSON list.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        # KB_INCLUDE="*.md,*.rst" is friendlier in a shell than a JSON list; both are accepted.
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list ({exc}); or give the values comma-separated: a,b") from None
+        if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
@@ -373,6 +380,8 @@ class Settings(BaseSettings):
             return _build(cls, file_values, overrides)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, index_path)) from exc
+        except SettingsError as exc:  # a KB_* variable that should hold JSON does not
+            raise ConfigError(_describe_variable(exc)) from exc
 
     def public_dump(self, full: bool = True) -> dict[str, Any]:
         """The settings as JSON, secrets masked (for ``kb status`` and ``GET /status``).
@@ -437,6 +446,8 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+CommaList = Annotated[list[str], NoDecode]  # from the environment: "a,b" or a JSON list, read by _split_comma_list
+
 # Settings a read-only API key does not see: who else has keys, and where things live.
 PRIVATE_SETTINGS = (
     "api_keys", "llm_api_key", "qdrant_api_key", "llm_base_url", "qdrant_url", "llm_model_path", "sources",
@@ -452,6 +463,13 @@ def model_shown_to_readers(model: str) -> str:
     if model and (path.is_absolute() or model.startswith((".", "~")) or path.is_dir()):
         return path.name
     return model
+
+
+def _describe_variable(exc: SettingsError) -> str:
+    named = re.search(r'field "(\w+)"', str(exc))
+    variable = f"KB_{named.group(1).upper()}" if named else "a KB_* variable"
+    cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+    return f"{variable}: not valid JSON{cause}; this setting takes JSON in the environment, e.g. {variable}='[...]'"
 
 
 def _describe(exc: ValidationError, index_path: str | Path | None) -> str:

@@ -74,6 +74,26 @@ def test_errors_exit_2_with_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "chunk_max_tokens" in result.output
 
 
+def test_kb_variables_take_comma_lists_and_bad_json_is_an_error_naming_the_variable(tmp_path: Path) -> None:
+    """``KB_INCLUDE='*.md,*.rst'`` (the form the settings promise) and a malformed ``KB_API_KEYS`` crashed every
+    command with a 150-line traceback, exit 1."""
+    docs = tmp_path / "docs"
+    write(docs, "a.md", "# A\n\nMarkdown zqcomma.\n")
+    write(docs, "b.rst", "B\n=\n\nText zqcomma.\n")
+    write(docs, "c.txt", "Text zqcomma.\n")
+    index = str(tmp_path / "idx")
+    result = runner.invoke(app, ["ingest", str(docs), "--kb", index, "--json"], env={"KB_INCLUDE": "*.md, *.rst"})
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 2, result.output
+    for variable, value, named in (
+        ("KB_API_KEYS", '[{"key": "abc"', "KB_API_KEYS"),
+        ("KB_INDEXED_FIELDS", '["product"', "indexed_fields: Value error, not a JSON list"),
+    ):
+        result = runner.invoke(app, ["status", "--kb", index], env={variable: value})
+        assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output, result.output
+    result = runner.invoke(app, ["status", "--kb", index, "--json"], env={"KB_INDEXED_FIELDS": '["product", "team"]'})
+    assert json.loads(result.output)["settings"]["indexed_fields"] == ["product", "team"], result.output
+
+
 def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
     docs = tmp_path / "docs"
