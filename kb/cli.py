@@ -36,7 +36,7 @@ from kb.embedding import ModelIdentity
 from kb.errors import KbError
 from kb.indexing import IngestReport, Progress
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
-from kb.settings import RetrievalMode
+from kb.settings import RetrievalMode, Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Answers from your own documents, cited.")
 source_app = typer.Typer(no_args_is_help=True, help="The sources of an index: named folders with their own settings.")
@@ -138,7 +138,9 @@ def reindex(
         if target is None:
             _fail("name a source or folder to reindex, or pass --all")
         _fail("pass either a source/folder or --all, not both")
-    with _open(kb_path, for_rebuild=full, create=target is not None and Path(target).is_dir()) as kb:
+    # A folder to mirror, or sources declared in kb.toml, may start a new index; a source name alone may not.
+    create = (target is not None and Path(target).is_dir()) or _declares_sources(kb_path, target)
+    with _open(kb_path, for_rebuild=full, create=create) as kb:
         options = dict(full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, repair=repair, verify=verify)
         work = lambda progress: kb.reindex(target, progress=progress, **options)  # noqa: E731
         report = _with_progress(work, quiet=as_json or dry_run, label="reindex")
@@ -162,6 +164,15 @@ def reindex(
             _print_report(report, kb)
         if report.stopped:
             raise typer.Exit(3)
+
+
+def _declares_sources(kb_path: Path, name: str | None) -> bool:
+    """Whether kb.toml declares sources (``name`` among them, if given): then reindex builds a new index."""
+    try:
+        declared = {source.name for source in Settings.load(kb_path).sources}
+    except KbError:
+        return False  # opening the index says what is wrong with its settings
+    return bool(declared) if name is None else name in declared
 
 
 def _finish_report(report: IngestReport, kb: KnowledgeBase, as_json: bool) -> None:

@@ -190,8 +190,8 @@ class KnowledgeBase:
         # Embedded (and local mode): the folder decides. A server index may be named by KB_QDRANT_URL alone, with
         # nothing in its folder: the store decides below, from the collection.
         on_disk = client is None and settings.qdrant_url in ("", "local")
-        if not create and on_disk and not _index_exists(folder) and not (folder / LOCAL_MODE_DIR).is_dir():
-            raise missing
+        if not create and on_disk and not _index_exists(folder):
+            raise missing  # before the lock and the store: reading a missing index leaves nothing behind
         identity = model_identity(settings.embedder_model)
         _check_chunk_cap(settings)
         key = folder.resolve()
@@ -932,8 +932,9 @@ def _release(held: _Held, key: Path, ident: int) -> None:
 
 
 def _index_exists(folder: Path) -> bool:
-    # A server-backed index keeps its state in the collection: its folder holds only kb.toml.
-    return (folder / INDEX_FILE).is_file() or (folder / "kb.toml").is_file()
+    """Whether an embedded (or local-mode) index was built in ``folder``: a kb.toml alone (sources declared,
+    nothing indexed yet) is not one. A server-backed index keeps its state in the collection instead."""
+    return (folder / INDEX_FILE).is_file() or (folder / LOCAL_MODE_DIR).is_dir()
 
 
 def _bm25(identity: dict[str, Any]) -> Bm25Encoder:

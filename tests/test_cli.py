@@ -94,6 +94,23 @@ def test_kb_variables_take_comma_lists_and_bad_json_is_an_error_naming_the_varia
     assert json.loads(result.output)["settings"]["indexed_fields"] == ["product", "team"], result.output
 
 
+def test_sources_declared_in_kb_toml_are_built_by_reindex_and_reading_first_creates_nothing(tmp_path: Path) -> None:
+    """``kb reindex --all`` said "no index" for an index whose sources only kb.toml declares, and that failed run
+    (and every reading command) left a LOCK file and an empty shard behind."""
+    write(tmp_path / "docs", "a.md", "# A\n\nThe zqdeclared page.\n")
+    index = tmp_path / "idx"
+    write(index, "kb.toml", '[[sources]]\nname = "mydocs"\npath = "../docs"\n')
+    for command in (["status"], ["search", "zqdeclared"], ["reindex", "undeclared"]):
+        result = runner.invoke(app, [*command, "--kb", str(index)])
+        assert result.exit_code == 2 and "no index at" in result.output, (command, result.output)
+        assert sorted(p.name for p in index.iterdir()) == ["kb.toml"], command
+    for command in (["reindex", "--all"], ["reindex", "mydocs"]):
+        result = runner.invoke(app, [*command, "--kb", str(index), "--json"])
+        assert result.exit_code == 0, (command, result.output)
+    result = runner.invoke(app, ["search", "zqdeclared", "--kb", str(index), "--json"])
+    assert json.loads(result.output)[0]["doc_id"] == "mydocs:a.md", result.output
+
+
 def test_ask_prints_the_answer_with_sources_and_json(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KB_LLM_BACKEND", "extractive")
     docs = tmp_path / "docs"
