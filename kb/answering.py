@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore
 
 from kb.answerability import signals_for
@@ -30,7 +31,6 @@ from kb.errors import ConfigError
 from kb.grounding import drop_limits, support, ungrounded
 from kb.llm.base import ChatBackend
 from kb.prompting import ANSWER_WORD, build_messages, echoes_example, leaks_prompt, repeats_instructions
-from kb.reranking import CrossEncoderReranker
 from kb.retrieval import HybridSearch, RetrievedChunk, cosine
 from kb.settings import Settings
 from kb.tokens import TokenCounter
@@ -132,7 +132,7 @@ class AnswerEngine:
         embedder: Embedder,
         settings: Settings,
         llm: LLM | None,
-        reranker: CrossEncoderReranker | None = None,
+        reranker: BaseNodePostprocessor | None = None,
         counter: TokenCounter | None = None,
     ) -> None:
         self.retriever = retriever

@@ -50,12 +50,12 @@ from kb.tokens import TokenCounter
 if TYPE_CHECKING:  # the answer path and the LlamaIndex faces load on first use: `kb search` starts without them
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.llms import LLM
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
     from kb.answering import AnswerEngine, AnswerEvent
     from kb.llamaindex.query_engine import CitedQueryEngine
     from kb.llamaindex.retriever import HybridRetriever
-    from kb.reranking import CrossEncoderReranker
 
 DEFAULT_INDEX = Path("indexes/default")
 LEGACY_DIRTY_FILE = "DIRTY"
@@ -144,7 +144,7 @@ class KnowledgeBase:
         self.identity = model_identity(settings.embedder_model, _backend(settings, info))
         self._llm: LLM | None = None
         self._llm_built = False
-        self._reranker: CrossEncoderReranker | None = None
+        self._reranker: BaseNodePostprocessor | None = None
         self._reranker_built = False
         self._source_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -306,7 +306,7 @@ class KnowledgeBase:
         return self._llm
 
     @property
-    def reranker(self) -> CrossEncoderReranker | None:
+    def reranker(self) -> BaseNodePostprocessor | None:
         """The cross-encoder stage (loaded on first use), or ``None`` when off or unavailable (see
         ``reranker_note``): kb then answers from the fused ranking."""
         if not self._reranker_built:
@@ -326,8 +326,9 @@ class KnowledgeBase:
             self._reranker_built = True
         return self._reranker
 
-    def use_reranker(self, reranker: CrossEncoderReranker | None) -> None:
-        """Rerank with ``reranker`` (any LlamaIndex node postprocessor of this shape), or not at all with ``None``."""
+    def use_reranker(self, reranker: BaseNodePostprocessor | None) -> None:
+        """Rerank answers and ``search(rerank=True)`` with ``reranker`` (kb's cross-encoder or any LlamaIndex node
+        postprocessor), or not at all with ``None``."""
         self._reranker, self._reranker_built = reranker, True
         self.reranker_note = "" if reranker is not None else "reranking turned off by use_reranker(None)"
 
@@ -742,8 +743,18 @@ class KnowledgeBase:
         hits = [Hit.of(h.node_id, h.score, h.record) for h in found]
         if reranker is None or not hits:
             return hits
-        ranked = reranker.rank(query, [h.text for h in hits], k, [h.score for h in hits])
-        return [replace(hits[i], rerank_score=score) for i, score in ranked]
+        from kb.reranking import CrossEncoderReranker
+
+        if isinstance(reranker, CrossEncoderReranker):
+            ranked = reranker.rank(query, [h.text for h in hits], k, [h.score for h in hits])
+            return [replace(hits[i], rerank_score=score) for i, score in ranked]
+        # Any other node postprocessor (use_reranker): it sees nodes, as in answers; the hits stay the stored chunks.
+        from llama_index.core.schema import NodeWithScore
+
+        by_id = {h.node_id: h for h in hits}
+        nodes = [NodeWithScore(node=h.record.to_node(h.node_id), score=h.score) for h in found]
+        kept = reranker.postprocess_nodes(nodes, query_str=query)
+        return [replace(by_id[n.node.node_id], rerank_score=n.score) for n in kept if n.node.node_id in by_id][:k]
 
     def ask(
         self,
@@ -821,7 +832,7 @@ class KnowledgeBase:
                 "model": self.settings.reranker_model,
                 "backend": self.settings.reranker_backend.value,
                 "active": self.reranker is not None,
-                "blend": self.reranker.blend if self.reranker is not None else None,
+                "blend": getattr(self.reranker, "blend", None),
                 "note": self.reranker_note,
             },
             documents=len(documents),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from kb import KnowledgeBase
 from kb.reranking import CrossEncoderReranker, RerankerBackend, export_onnx
@@ -159,6 +160,31 @@ def test_search_rerank_option(reranker_kb: KnowledgeBase) -> None:
     assert len(hits) == 4 and all(h.rerank_score is not None for h in hits)
     assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
     assert all(h.rerank_score is None for h in reranker_kb.search("What does error E4012 mean?", k=4))
+
+
+class _Reverse(BaseNodePostprocessor):
+    """A stand-in for a user's own reranker: any LlamaIndex node postprocessor (here: reverse, keep 3)."""
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        return [NodeWithScore(node=n.node, score=float(i)) for i, n in enumerate(reversed(nodes))][:3]
+
+
+def test_any_node_postprocessor_reranks_search_and_answers(sample_kb: KnowledgeBase) -> None:
+    """``use_reranker`` takes any node postprocessor, but ``search(rerank=True)`` called the cross-encoder's own
+    ``rank`` and raised AttributeError."""
+    question = "What does error E4012 mean?"
+    fused = sample_kb.search(question, k=sample_kb.settings.reranker_candidates)
+    sample_kb.use_reranker(_Reverse())
+    try:
+        hits = sample_kb.search(question, k=5, rerank=True)
+        assert [h.node_id for h in hits] == [h.node_id for h in reversed(fused)][:3]
+        assert [h.rerank_score for h in hits] == [0.0, 1.0, 2.0] and hits[0].text == fused[-1].text
+        assert sample_kb.status().reranker["active"] and sample_kb.status().reranker["blend"] is None
+        assert sample_kb.ask(question).sources
+    finally:
+        sample_kb.use_reranker(None)
 
 
 @trains_a_model

@@ -117,8 +117,8 @@ class KbSystem:
                     "model": s.reranker_model,
                     "candidates": s.reranker_candidates,
                     "backend": s.reranker_backend.value,
-                    "max_tokens": self.kb.reranker.max_length,
-                    "blend": self.kb.reranker.blend,
+                    "max_tokens": getattr(self.kb.reranker, "max_length", None),
+                    "blend": getattr(self.kb.reranker, "blend", None),
                 }
                 if self.kb.reranker is not None
                 else f"none ({self.kb.reranker_note})"
