@@ -537,10 +537,7 @@ def migrate(
         f"{report.collection!r} at {report.target} in {report.seconds:.1f} s; verified: counts and every "
         "document version match."
     )
-    console.print(
-        f'Use it: set qdrant_url = "{report.target}" and qdrant_collection = "{report.collection}" in '
-        f"{source}/kb.toml (or KB_QDRANT_URL / KB_QDRANT_COLLECTION)."
-    )
+    console.print(f"Use it: {report.how_to_use()}.")
 
 
 @app.command()

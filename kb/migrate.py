@@ -20,7 +20,7 @@ from kb.errors import ConfigError
 from kb.manifest import INDEX_FILE, IndexInfo, Manifest
 from kb.settings import Settings
 from kb.sources import SOURCES_STATE
-from kb.store import collection_name
+from kb.store import LOCAL_MODE_DIR, collection_name
 from kb.store.base import ChunkStore
 from kb.store.server import ServerChunkStore, ServerPolicy, collection_options, connect
 
@@ -38,6 +38,23 @@ class MigrationReport:
     verified: bool = False
     seconds: float = 0.0
     mismatches: list[str] = field(default_factory=list)
+
+    def how_to_use(self) -> str:
+        """The settings that point an index at the copy: a server URL as given; a local-mode copy is read by the
+        index folder whose ``qdrant-local`` it is, with ``qdrant_url = "local"`` (the only local form it takes)."""
+        names = f'qdrant_collection = "{self.collection}"'
+        if not self.target.startswith("local:"):
+            return (
+                f'set qdrant_url = "{self.target}" and {names} in {self.source}/kb.toml '
+                "(or KB_QDRANT_URL / KB_QDRANT_COLLECTION)"
+            )
+        path = Path(self.target.removeprefix("local:"))
+        if path.name == LOCAL_MODE_DIR:
+            return f'set qdrant_url = "local" and {names} in {path.parent}/kb.toml'
+        return (
+            f"local mode reads an index folder's {LOCAL_MODE_DIR}/: move {path} to INDEX/{LOCAL_MODE_DIR} and set "
+            f'qdrant_url = "local" and {names} in INDEX/kb.toml'
+        )
 
 
 def migrate(

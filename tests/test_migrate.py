@@ -61,3 +61,18 @@ def test_cli_migrate_reports_and_bad_targets_are_clear_errors(embedded: Path, tm
     assert down.exit_code == 2 and "cannot reach the Qdrant server at http://127.0.0.1:9" in down.output
     missing = runner.invoke(app, ["migrate", "--from", str(tmp_path / "nothing"), "--to", "http://127.0.0.1:9"])
     assert missing.exit_code == 2 and "not" in missing.output
+
+
+def test_the_settings_migrate_prints_open_the_copy(embedded: Path, tmp_path: Path) -> None:
+    """It printed ``qdrant_url = "local:PATH"``, which the settings refuse; local mode takes ``"local"`` and reads
+    the index folder's qdrant-local/."""
+    runner = CliRunner()
+    replica = tmp_path / "replica"
+    done = runner.invoke(app, ["migrate", "--from", str(embedded), "--to", f"local:{replica / 'qdrant-local'}"])
+    advice = " ".join(done.output.split())
+    assert f'set qdrant_url = "local" and qdrant_collection = "handbook" in {replica}/kb.toml' in advice, advice
+    (replica / "kb.toml").write_text('qdrant_url = "local"\nqdrant_collection = "handbook"\n')
+    found = runner.invoke(app, ["search", "What does error E4012 mean?", "--kb", str(replica), "--json"])
+    assert found.exit_code == 0 and "retries.md" in found.output, found.output
+    elsewhere = runner.invoke(app, ["migrate", "--from", str(embedded), "--to", f"local:{tmp_path / 'q'}"])
+    assert "move" in elsewhere.output and "qdrant-local" in elsewhere.output, elsewhere.output
