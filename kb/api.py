@@ -52,7 +52,7 @@ from kb.errors import (
 from kb.knowledge_base import KnowledgeBase, ReindexJob
 from kb.records import ChunkRecord
 from kb.settings import ApiKey, RetrievalMode, Role, model_shown_to_readers
-from kb.store.base import check_filter_values
+from kb.store.base import check_filter_values, payload_key
 from kb.web import mount_web
 from kb.web.view import DEFAULT_AROUND, MAX_AROUND, document_view, facet_values, readable_scope
 
@@ -69,6 +69,7 @@ class _Strict(BaseModel):
     def _storable(cls, filters: dict[str, Any]) -> dict[str, Any]:
         for key, value in filters.items():
             try:
+                payload_key(key)
                 check_filter_values(key, value if isinstance(value, list) else [value])
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
@@ -102,6 +103,13 @@ class ChatRequest(_Strict):
     filters: dict[str, FilterValue] = Field(default_factory=dict)
     stream: StrictBool = Field(False, description="Server-sent events, as for /ask.")
 
+    @field_validator("messages", mode="after")
+    @classmethod
+    def _ends_with_a_question(cls, messages: list[ChatMessageModel]) -> list[ChatMessageModel]:
+        if messages and messages[-1].role != "user":
+            raise ValueError("the last message must be the user's question")
+        return messages
+
 
 class ReindexRequest(_Strict):
     source: StrictStr | None = Field(None, description="The source to reindex; none: every source.")
@@ -134,6 +142,9 @@ SERVER_FAULTS: dict[type[KbError], tuple[int, str, str]] = {
     IndexLockedError: (503, "index_busy", "the index is held by another writer; try again shortly"),
     IndexDamagedError: (503, "index_damaged", "the index is damaged; an administrator must repair it (kb status)"),
 }
+
+
+BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's detail when json.loads itself raised
 
 
 def error_response(exc: KbError) -> tuple[int, dict[str, str]]:
@@ -270,6 +281,9 @@ def create_app(kb: KnowledgeBase, docs: str | Path | None = None, allow_anonymou
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:  # not UTF-8, or nested past the parser
+            field = {"field": "body", "message": "not readable as JSON: send a UTF-8 JSON object"}
+            return JSONResponse({"error": "invalid_request", "message": field["message"], "fields": [field]}, 422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             {"error": code, "message": str(exc.detail), "fields": []}, exc.status_code, headers=exc.headers
