@@ -545,7 +545,7 @@ def serve(
     kb_path: KbOption = DEFAULT_INDEX,
     docs: Annotated[Path | None, typer.Option(help="Documents folder that POST /reindex mirrors.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     allow_anonymous: Annotated[
         bool, typer.Option(help="Without api_keys, let anyone read (never reindex). For local trials only.")
     ] = False,
@@ -571,7 +571,24 @@ def serve(
 
             start_background(kb)  # in this process: the index is held here; an install swaps the reranker
             err_console.print(f"kb tune runs in the background (nice 19): kb tune --kb {kb_path} --status")
-        uvicorn.run(create_app(kb, docs, allow_anonymous), host=host, port=port, log_level="info")
+        api = create_app(kb, docs, allow_anonymous)
+        _check_can_listen(host, port)
+        try:
+            uvicorn.run(api, host=host, port=port, log_level="info")
+        except SystemExit as exc:  # uvicorn's start-up failure is 3, which kb keeps for the mass-delete guard
+            if exc.code not in (0, None):
+                _fail(f"the server could not start on {host}:{port} (uvicorn's message is above)")
+            raise
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}): pass a free --port, or stop what holds it")
 
 
 DEMO_SEARCHES = [
@@ -717,6 +734,8 @@ def tune_command(
             )  # fmt: skip
         except KbError as exc:
             _fail(str(exc))
+    if not kb_path.is_dir():
+        _fail(f"no index at {kb_path}; kb tune adapts the reranker of an existing index (kb ingest DOCS first)")
     tuner = Tuner(kb_path, config, folder=folder, questions_dir=questions_dir)
     if status_only:
         _print_tune_status(tuner.status(), as_json)

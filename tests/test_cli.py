@@ -255,3 +255,21 @@ def test_kb_search_on_an_embedded_index_loads_neither_torch_nor_llamaindex_nor_q
         **__import__("os").environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert shown.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_and_tune_status_without_an_index_are_exit_2(tmp_path: Path) -> None:
+    """A taken port exited 3 (kb's code for the mass-delete guard), --port 99999 was a traceback, and
+    ``kb tune --status`` on a missing index exited 0."""
+    import socket
+
+    index = tmp_path / "idx"
+    write(tmp_path / "docs", "a.md", "# A\n\nText.\n")
+    assert runner.invoke(app, ["ingest", str(tmp_path / "docs"), "--kb", str(index)]).exit_code == 0
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--kb", str(index), "--allow-anonymous", "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output, result.output
+    result = runner.invoke(app, ["serve", "--kb", str(index), "--allow-anonymous", "--port", "99999"])
+    assert result.exit_code == 2 and "--port" in result.output and "Traceback" not in result.output, result.output
+    result = runner.invoke(app, ["tune", "--status", "--kb", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "no index at" in result.output, result.output
