@@ -221,9 +221,20 @@ def _print_report(report: IngestReport, kb: KnowledgeBase) -> None:
     table.add_row("chunks written", f"{report.chunks_written} ({report.chunks_reused} vectors reused, not re-embedded)")
     table.add_row("chunks in index", str(kb.store.count()))
     table.add_row("skipped files", str(len(report.skipped)))
+    if report.ignored:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(report.ignored.items(), key=lambda kv: -kv[1])[:8])
+        table.add_row("ignored files", f"{sum(report.ignored.values())} ({kinds}): no include pattern picks them")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.timings.items())
     table.add_row("time", f"{report.seconds:.2f}s ({stages})")
     console.print(table)
+    if not report.documents and not report.skipped and report.ignored:
+        err_console.print(
+            Text.assemble(
+                ("warning:", "yellow"),
+                f" no documents: none of the {sum(report.ignored.values())} files matched an include pattern "
+                "(the include setting, or the source's own); widen it to read them",
+            )
+        )
     for skipped in report.skipped[:20]:
         console.print(Text.assemble("  ", ("skipped", "yellow"), f" {skipped.doc_id!r}: {skipped.reason}"))
     if len(report.skipped) > 20:

@@ -900,6 +900,7 @@ def _dry_report(plan: IndexPlan) -> IngestReport:
         refreshed=list(plan.refreshed),
         adopted=list(plan.adopted),
         skipped=list(plan.skipped),
+        ignored=dict(plan.ignored),
         refused_deletes=plan.refused_deletes,
         not_deleted=list(plan.deleted) if plan.refused_deletes else [],
         sources=[plan.source.name],

@@ -15,11 +15,12 @@ import hashlib
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from kb.document import ParsedDocument
@@ -155,8 +156,9 @@ def detect_format(name: str, asciidoc_patterns: tuple[str, ...] | list[str] = ()
     return next((fmt for suffix, fmt in _SUFFIXES if lower.endswith(suffix)), None)
 
 
-def discover(root: Path, selection: Selection) -> Iterator[Found]:
-    """Every file under ``root`` that the selection picks (sorted), and every folder that cannot be read.
+def discover(root: Path, selection: Selection, ignored: Counter[str] | None = None) -> Iterator[Found]:
+    """Every file under ``root`` that the selection picks (sorted), and every folder that cannot be read;
+    ``ignored`` counts the files no include pattern picks, by extension (excluded ones are meant to be left out).
 
     Symlinks are followed only while they stay inside ``root`` and never twice to the same folder, so
     link loops and links out of the tree are ignored. ``root`` itself unreadable is a :class:`SourceError`:
@@ -186,7 +188,11 @@ def discover(root: Path, selection: Selection) -> Iterator[Found]:
         folder = here.relative_to(resolved).as_posix()
         prefix = "" if folder == "." else folder + "/"
         for name in sorted(filenames):
-            if excluded(name) or not included(name):
+            if excluded(name):
+                continue
+            if not included(name):
+                if ignored is not None:
+                    ignored[PurePath(name).suffix.lower() or "(no extension)"] += 1
                 continue
             yield _found(prefix + name, here, real, name)
     yield from _unlistable(errors, resolved)

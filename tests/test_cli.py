@@ -273,3 +273,18 @@ def test_serve_on_a_port_in_use_or_out_of_range_and_tune_status_without_an_index
     assert result.exit_code == 2 and "--port" in result.output and "Traceback" not in result.output, result.output
     result = runner.invoke(app, ["tune", "--status", "--kb", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no index at" in result.output, result.output
+
+
+def test_files_no_include_pattern_picks_are_counted_and_a_folder_of_only_those_is_a_warning(tmp_path: Path) -> None:
+    """``kb ingest`` of a folder of screenshots said "0 added, skipped files 0" and nothing else."""
+    shots = tmp_path / "shots"
+    for name in ("a.png", "b.PNG", "notes"):
+        write(shots, name, b"\x89PNG")
+    write(shots, ".hidden.md", "# Hidden\n\nExcluded on purpose.\n")
+    result = runner.invoke(app, ["ingest", str(shots), "--kb", str(tmp_path / "idx")], terminal_width=200)
+    assert result.exit_code == 0 and "ignored files    3 (.png 2, (no extension) 1)" in result.output, result.output
+    assert "no documents: none of the 3 files matched an include pattern" in " ".join(result.output.split())
+    write(shots, "page.md", "# Page\n\nText.\n")
+    result = runner.invoke(app, ["ingest", str(shots), "--kb", str(tmp_path / "idx"), "--json"])
+    report = json.loads(result.output)
+    assert report["added"] == 1 and report["ignored"] == {".png": 2, "(no extension)": 1}, report

@@ -68,7 +68,9 @@ class Indexer:
 
     def apply(self, plan: IndexPlan, progress: Progress | None = None) -> IngestReport:
         started = time.perf_counter()
-        report = IngestReport(unchanged=plan.unchanged, skipped=list(plan.skipped), sources=[plan.source.name])
+        report = IngestReport(
+            unchanged=plan.unchanged, skipped=list(plan.skipped), ignored=dict(plan.ignored), sources=[plan.source.name]
+        )
         report.timings["plan"] = plan.seconds
         deletes = [] if plan.refused_deletes else plan.deleted
         report.refused_deletes = plan.refused_deletes

@@ -15,6 +15,7 @@ in the folder are adopted: renamed to ``source:path`` with their vectors reused,
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ class IndexPlan:
     adopted: dict[str, str] = field(default_factory=dict)  # new id → legacy id (index built before sources)
     unchanged: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
+    ignored: Counter[str] = field(default_factory=Counter)  # files no include pattern picks, by extension
     acl_changed: dict[str, list[str]] = field(default_factory=dict)  # unchanged content, new groups
     files: dict[str, PlannedFile] = field(default_factory=dict, repr=False)
     policy: AclPolicy = field(default_factory=AclPolicy, repr=False)
@@ -104,7 +106,7 @@ def plan_source(
     fingerprint = source.fingerprint()
     present: set[str] = set()
     kept_prefixes: list[str] = []
-    for found in discover(root, selection):
+    for found in discover(root, selection, plan.ignored):
         if found.path is None:  # a folder that cannot be listed: keep what is indexed under it
             plan.skipped.append(SkippedFile(source.doc_id(found.relative), found.error))
             kept_prefixes.append(source.doc_id(found.relative))

@@ -29,6 +29,7 @@ class IngestReport:
     chunks_written: int = 0
     chunks_reused: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=dict)  # files no include pattern picks, by extension
     refused_deletes: str = ""  # why planned deletions were not applied (mass-delete guard)
     not_deleted: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -66,6 +67,8 @@ class IngestReport:
         self.not_deleted.extend(other.not_deleted)
         self.sources.extend(other.sources)
         self.unchanged += other.unchanged
+        for extension, files in other.ignored.items():
+            self.ignored[extension] = self.ignored.get(extension, 0) + files
         self.chunks_written += other.chunks_written
         self.chunks_reused += other.chunks_reused
         self.refused_deletes = "\n".join(r for r in (self.refused_deletes, other.refused_deletes) if r)
@@ -89,6 +92,7 @@ class IngestReport:
             "chunks_written": self.chunks_written,
             "chunks_reused": self.chunks_reused,
             "skipped": [{"doc_id": s.doc_id, "reason": s.reason} for s in self.skipped],
+            "ignored": dict(sorted(self.ignored.items())),
             "refused_deletes": self.refused_deletes,
             "not_deleted": len(self.not_deleted),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
