@@ -36,6 +36,7 @@ The admin's policy is a ceiling, and a document can only narrow it, never widen 
 from __future__ import annotations
 
 import fnmatch
+import os
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,11 +90,12 @@ class AclPolicy:
     default: AclDefault = AclDefault.PUBLIC
     rules: list[AclRule] = field(default_factory=list)
     ceiling: list[str] | None = None  # the source's acl
+    rules_file_read: bool = False  # whether the rules came from a file (an empty one counts)
 
     @classmethod
     def for_rules_file(cls, rules_file: Path, default: AclDefault, ceiling: Sequence[str] | None) -> AclPolicy:
         groups = normalize_groups(list(ceiling), "source acl") if ceiling is not None else None
-        return cls(default, load_rules(rules_file), groups)
+        return cls(default, load_rules(rules_file), groups, rules_file_read=os.path.lexists(rules_file))
 
     def policy(self, path: str) -> list[str]:
         """The admin's groups for the document at ``path`` (relative to the source root)."""
@@ -110,9 +112,14 @@ class AclPolicy:
             groups = intersect(groups, layer)
         return groups
 
-    def resolve(self, path: str, own: list[str] | None) -> list[str]:
-        """``own`` is the document's own ACL (already normalised), ``None`` when it has none."""
+    def resolve(self, path: str, own: list[str] | None, also: Sequence[str] = ()) -> list[str]:
+        """``own`` is the document's own ACL (already normalised), ``None`` when it has none. ``also``: the other
+        paths that lead to the same file (its real path, when listed through a link): the narrowest policy of
+        them all applies, so a link never opens a file its real place keeps to a group."""
         policy = self.policy(path)
+        for other in also:
+            if other != path:
+                policy = intersect(policy, self.policy(other))
         return policy if own is None else intersect(policy, own)
 
 
@@ -152,12 +159,21 @@ def normalize_groups(value: Any, where: str) -> list[str]:
 
 
 def load_rules(path: Path) -> list[AclRule]:
-    """The rules of an ACL file such as ``root/kb-acl.toml`` (none when absent); a malformed file is a ConfigError."""
-    if not path.is_file():
+    """The rules of an ACL file such as ``root/kb-acl.toml`` (none when absent); a malformed file, or one that is
+    there but cannot be read (a link to nothing, a folder, no permission), is a ConfigError: read as "no rules",
+    it would open every document the rules keep to a group."""
+    if not os.path.lexists(path):
         return []
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{path}: the ACL rules file cannot be read ({why}); nothing was indexed. Fix or remove it."
+        ) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); nothing was indexed. Fix the file.") from exc
     rules = data.get("rule", [])
     if not isinstance(rules, list) or set(data) - {"rule"}:

@@ -562,13 +562,20 @@ class KnowledgeBase:
         verify: bool = False,
     ) -> IngestReport:
         failures = ParseFailures.load(self.store, self.settings)
-        plan = plan_source(source, self.manifest, self.settings, sync, verify, allow_mass_delete, failures=failures)
+        rules_file = self.registry.read_rules_file(source.name)
+        plan = plan_source(
+            source, self.manifest, self.settings, sync, verify, allow_mass_delete, failures=failures,
+            rules_file_before=rules_file,
+        )  # fmt: skip
         if dry_run:
             return _dry_report(plan)
         report = self._apply(plan, progress)
         failures.record(plan, report)
         self.registry.record_run(
-            source.name, report.summary(), [{"doc_id": s.doc_id, "reason": s.reason} for s in report.skipped]
+            source.name,
+            report.summary(),
+            [{"doc_id": s.doc_id, "reason": s.reason} for s in report.skipped],
+            plan.policy.rules_file_read,
         )
         return report
 
@@ -646,11 +653,12 @@ class KnowledgeBase:
                 for name in sources:
                     held.enter_context(self._writing_source(name))
                 for source in sources.values():
-                    plan = plan_source(source, manifest, self.settings, sync=True)
+                    rules_file = self.registry.read_rules_file(source.name)
+                    plan = plan_source(source, manifest, self.settings, sync=True, rules_file_before=rules_file)
                     report.merge(_dry_report(plan) if dry_run else indexer.apply(plan, progress))
                 if dry_run:
                     raise _DryRun
-                refusal = self._rebuild_losses(manifest, same_model, allow_mass_delete)
+                refusal = self._rebuild_losses(manifest, [s.doc_id for s in report.skipped], allow_mass_delete)
                 if refusal:
                     report.refused_deletes = refusal
                     raise _DryRun
@@ -678,11 +686,23 @@ class KnowledgeBase:
             raise
         return report
 
-    def _rebuild_losses(self, rebuilt: Manifest, same_model: bool, allowed: bool) -> str:
-        """Why the rebuilt store may not replace the current one: it would lose too many documents."""
+    def _rebuild_losses(self, rebuilt: Manifest, skipped: list[str], allowed: bool) -> str:
+        """Why the rebuilt store may not replace the current one: it would lose a document whose file is still
+        there (unreadable or unparsable now: a reindex keeps its indexed version, a rebuild cannot), or too many
+        documents that are in no source any more. ``skipped``: the rebuild's skipped ids (a folder's end in /)."""
         current = self.manifest.snapshot()
         lost = [d for d in current if d not in rebuilt.documents]
-        if allowed or len(lost) <= 1 or len(lost) <= self.settings.max_delete_fraction * len(current):
+        if allowed:
+            return ""
+        failed = [d for d in lost if any(d == s or (s.endswith("/") and d.startswith(s)) for s in skipped)]
+        if failed:
+            return (
+                f"the rebuilt index would lose {len(failed)} documents whose files are there but could not be read "
+                f"or parsed now (e.g. {', '.join(failed[:3])}; the report lists why). Nothing was replaced: a "
+                "reindex keeps their indexed versions, a rebuild cannot. Fix them, or pass --allow-mass-delete "
+                "to drop them."
+            )
+        if len(lost) <= 1 or len(lost) <= self.settings.max_delete_fraction * len(current):
             return ""
         example = ", ".join(lost[:3])
         return (

@@ -33,7 +33,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kb.acl import normalize_groups
-from kb.errors import ConfigError
+from kb.errors import ConfigError, SourceError
+from kb.parsers.frontmatter import storable_metadata
 
 if TYPE_CHECKING:
     from kb.records import ChunkRecord
@@ -100,6 +101,14 @@ class DocumentSource(BaseModel):
         except ConfigError as exc:  # a ValueError, so pydantic names the field (sources.0.acl) and the file
             raise ValueError(str(exc)) from None
 
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return storable_metadata(value)
+        except SourceError as exc:  # a ValueError, so pydantic names the field (sources.0.metadata) and the file
+            raise ValueError(str(exc).replace("front matter", "metadata", 1)) from None
+
     @field_validator("url")
     @classmethod
     def _valid_template(cls, value: str) -> str:
@@ -164,9 +173,15 @@ class SourceStatus:
     last_reindex: float = 0.0
     summary: str = ""
     skipped: list[dict[str, str]] = field(default_factory=list)
+    rules_file: bool = False  # whether it read the source's ACL rules file: the next one must find it too
 
     def as_dict(self) -> dict[str, Any]:
-        return {"last_reindex": self.last_reindex, "summary": self.summary, "skipped": self.skipped}
+        return {
+            "last_reindex": self.last_reindex,
+            "summary": self.summary,
+            "skipped": self.skipped,
+            "rules_file": self.rules_file,
+        }
 
 
 class StateStore(Protocol):
@@ -195,7 +210,10 @@ class SourceRegistry:
         for name, raw in (data.get("status") or {}).items():
             if isinstance(raw, dict):
                 self.status[name] = SourceStatus(
-                    float(raw.get("last_reindex", 0.0)), str(raw.get("summary", "")), list(raw.get("skipped", []))
+                    float(raw.get("last_reindex", 0.0)),
+                    str(raw.get("summary", "")),
+                    list(raw.get("skipped", [])),
+                    raw.get("rules_file") is True,
                 )
         changed = False
         for source in declared or []:
@@ -244,9 +262,14 @@ class SourceRegistry:
         self.status.pop(name, None)
         self.save()
 
-    def record_run(self, name: str, summary: str, skipped: list[dict[str, str]]) -> None:
-        self.status[name] = SourceStatus(time.time(), summary, skipped[:200])
+    def record_run(self, name: str, summary: str, skipped: list[dict[str, str]], rules_file: bool = False) -> None:
+        self.status[name] = SourceStatus(time.time(), summary, skipped[:200], rules_file)
         self.save()
+
+    def read_rules_file(self, name: str) -> bool:
+        """Whether the last reindex of source ``name`` read its ACL rules file."""
+        status = self.status.get(name)
+        return status is not None and status.rules_file
 
     def save(self) -> None:
         self.save_to(self._state)

@@ -209,7 +209,12 @@ class IndexMachine(RuleBasedStateMachine):
     # -- kb acts ----------------------------------------------------------------------------------------
     def _expected(self, model: ModelSource, allow_mass_delete: bool) -> dict[str, tuple[str, list[str]]]:
         listed = {rel: v for rel, v in model.files.items() if not (model.unreadable and rel.startswith("sub/"))}
-        kept = {rel: v for rel, v in model.indexed.items() if model.unreadable and rel.startswith("sub/")}
+        # Kept as indexed under the unreadable folder: a policy that narrowed since applies, a wider one does not.
+        kept = {
+            rel: (h, intersect(groups, readers(model, rel, None)))
+            for rel, (h, groups) in model.indexed.items()
+            if model.unreadable and rel.startswith("sub/")
+        }
         expected = {rel: (sha(text), readers(model, rel, own)) for rel, (text, own) in listed.items()}
         deleting = [rel for rel in model.indexed if rel not in listed and rel not in kept]
         if not allow_mass_delete and len(deleting) > 1 and len(deleting) > 0.5 * len(model.indexed):

@@ -199,6 +199,130 @@ def test_document_metadata_cannot_publish_itself_out_of_a_restricted_folder(tmp_
         assert kb.manifest.documents["docs:hr/narrow.md"].acl == []  # hr-leads is not in the hr policy: only '*'
 
 
+# -- 7b. a link, a broken new version or a lost rules file never opens a restricted document -----------------
+def _visible(kb: KnowledgeBase, token: str, groups: list[str]) -> list[str]:
+    return [h.doc_id for h in kb.search(token, k=5, mode="bm25", user=Principal(groups=groups))]
+
+
+def test_a_link_inside_the_source_never_opens_what_its_real_path_keeps_to_a_group(tmp_path: Path) -> None:
+    """``latest -> v2`` sorts first, so the walk read v2/hr/salary.md as latest/hr/salary.md, where the
+    ``v2/hr/*`` rule does not match: it was public. A file link was a public copy."""
+    docs = tmp_path / "docs"
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "v2/hr/*"\ngroups = ["hr"]\n')
+    write(docs, "v2/hr/salary.md", "# Salary bands\n\nSalary bands zqlinked.\n")
+    write(docs, "v2/public.md", "# Public\n\nOpen page zqopen.\n")
+    (docs / "latest").symlink_to("v2")
+    (docs / "alias.md").symlink_to("v2/hr/salary.md")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        assert _visible(kb, "zqlinked", ["eng"]) == []
+        assert set(_visible(kb, "zqlinked", ["hr"])) == {"docs:latest/hr/salary.md", "docs:alias.md"}
+        assert _visible(kb, "zqopen", ["eng"]) == ["docs:latest/public.md"]  # a link alone narrows nothing
+
+
+def test_a_narrower_policy_reaches_a_document_whose_new_version_fails_to_parse(tmp_path: Path) -> None:
+    """Access changes were computed for unchanged documents only: a document kept at its indexed version
+    because the edit broke it (or its folder became unreadable) kept its old, wider groups."""
+    docs = tmp_path / "docs"
+    write(docs, "plan.md", "# Plan\n\nMerger codename zqotter.\n")
+    write(docs, "other.md", "# Other\n\nNothing here.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        write(docs, "plan.md", "---\ntitle: [unclosed\n---\n# Plan\n\nzqotter\n")
+        kb.update_source("docs", acl=["exec"])
+        for _ in range(2):  # the second run skips the remembered failure without parsing it
+            report = kb.reindex(docs)
+            assert [s.doc_id for s in report.skipped] == ["docs:plan.md"]
+            assert _visible(kb, "zqotter", ["eng"]) == [] and _visible(kb, "zqotter", ["exec"]) == ["docs:plan.md"]
+        kb.update_source("docs", acl=None)  # wider again: only content read again may earn it
+        kb.reindex(docs)
+        assert _visible(kb, "zqotter", ["eng"]) == []
+        write(docs, "plan.md", "# Plan\n\nFixed zqotter.\n")
+        kb.reindex(docs)
+        assert _visible(kb, "zqotter", ["eng"]) == ["docs:plan.md"]
+
+
+@pytest.mark.parametrize("gone", ["deleted", "a link to nothing", "a folder"])
+def test_a_rules_file_that_is_gone_or_unreadable_stops_the_reindex_instead_of_opening_documents(
+    tmp_path: Path, gone: str
+) -> None:
+    """A checkout without kb-acl.toml (or with a broken link to it) made every document public, silently."""
+    docs = tmp_path / "docs"
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "hr/*"\ngroups = ["hr"]\n')
+    write(docs, "hr/s.md", "# S\n\nzqrules secret.\n")
+    write(docs, "p.md", "# P\n\nPublic page.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        (docs / "kb-acl.toml").unlink()
+        if gone == "a link to nothing":
+            (docs / "kb-acl.toml").symlink_to(tmp_path / "nowhere.toml")
+        elif gone == "a folder":
+            (docs / "kb-acl.toml").mkdir()
+        with pytest.raises((SourceError, ConfigError), match=r"kb-acl\.toml"):
+            kb.reindex(docs)
+        with pytest.raises((SourceError, ConfigError), match=r"kb-acl\.toml"):
+            kb.reindex(docs, full=True)
+        assert _visible(kb, "zqrules", ["eng"]) == []
+        if gone == "deleted":  # on purpose: an empty rules file says so
+            (docs / "kb-acl.toml").write_text("")
+            assert kb.reindex(docs).acl_changed == ["docs:hr/s.md"]
+            assert _visible(kb, "zqrules", ["eng"]) == ["docs:hr/s.md"]
+
+
+def test_a_full_rebuild_refuses_to_drop_a_document_it_cannot_parse_now(tmp_path: Path) -> None:
+    """A reindex keeps the indexed version of a file whose edit broke it; --full rebuilt without it and
+    reported "0 deleted"."""
+    docs = tmp_path / "docs"
+    for name in "abc":
+        write(docs, f"{name}.md", f"# {name}\n\nDoc {name}.\n")
+    write(docs, "runbook.md", "# Failover\n\nFailover step zqkestrel.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        write(docs, "runbook.md", "---\nowner: [oops\n---\n# Failover\n\nzqkestrel revised\n")
+        kb.reindex(docs)
+        report = kb.reindex(docs, full=True)
+        assert "docs:runbook.md" in report.refused_deletes and report.stopped, report.refused_deletes
+        assert _visible(kb, "zqkestrel", ["*"]) == ["docs:runbook.md"]
+        report = kb.reindex(docs, full=True, allow_mass_delete=True)
+        assert not report.stopped and _visible(kb, "zqkestrel", ["*"]) == []
+
+
+@pytest.mark.parametrize(
+    ("front", "named"),
+    [("weight: .inf", "'weight'"), ("x: [1, .nan]", "'x'"), ('k: "\\uD800"', "'k'"), ('title: "\\uD800"', "'title'"),
+     ("n: 99999999999999999999", "'n'")],
+)  # fmt: skip
+def test_a_front_matter_value_the_store_cannot_hold_skips_that_file_not_every_reindex(
+    tmp_path: Path, front: str, named: str
+) -> None:
+    """The store refused the batch with a raw TypeError: every later reindex of every source stopped there."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a, "one.md", "# A\n\nalpha\n")
+    write(b, "one.md", "# B\n\nbeta\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.add_source("a", a)
+        kb.add_source("b", b)
+        for name in ("a", "b"):
+            kb.reindex(source=name)
+        write(a, "bad.md", f"---\n{front}\n---\n# Bad\n\nbad\n")
+        write(b, "two.md", "# B2\n\nzqgannet\n")
+        (b / "one.md").unlink()
+        reports = [kb.reindex(source=name) for name in ("a", "b")]
+        (skip,) = reports[0].skipped
+        assert skip.doc_id == "a:bad.md" and named in skip.reason and "front matter" in skip.reason, skip.reason
+        assert reports[1].added == ["b:two.md"] and reports[1].deleted == ["b:one.md"]
+        assert _visible(kb, "zqgannet", ["*"]) == ["b:two.md"]
+
+
+def test_a_source_metadata_value_the_store_cannot_hold_is_a_settings_error(tmp_path: Path) -> None:
+    write(tmp_path / "docs", "a.md", "# A\n\nText.\n")
+    index = small_index(tmp_path / "idx")
+    with (index / "kb.toml").open("a") as toml:
+        toml.write('[[sources]]\nname = "docs"\npath = "../docs"\nmetadata = { weight = inf }\n')
+    with pytest.raises(ConfigError, match=r"metadata 'weight': inf is not a finite number"):
+        KnowledgeBase.open(index)
+
+
 # -- 8, 12, 13. HTTP status, errors and misuse ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory):

@@ -150,7 +150,7 @@ class Indexer:
 
     def _prepare(self, plan: IndexPlan, parsed: ParsedFile) -> _Pending:
         source, planned = plan.source, plan.files[parsed.doc_id]
-        groups = plan.policy.resolve(planned.relative, parsed.own_acl)
+        groups = plan.policy.resolve(planned.relative, parsed.own_acl, also=(planned.real,) if planned.real else ())
         meta = {**source.metadata, **parsed.metadata}
         points, texts = [], []
         for chunk in parsed.chunks:

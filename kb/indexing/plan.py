@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kb.acl import AclPolicy
+from kb.acl import AclPolicy, intersect
 from kb.errors import SourceError
 from kb.loading import Selection, SkippedFile, discover, hash_file, inspect_file
 from kb.manifest import DocumentEntry, Manifest
@@ -40,6 +40,7 @@ class PlannedFile:
     relative: str
     content_hash: str
     replaces: str | None = None  # the manifest id this version replaces (itself, or a legacy id it adopts)
+    real: str = ""  # its real path under the root, when listed through a link: its ACL rules apply too
 
 
 @dataclass
@@ -86,6 +87,7 @@ def plan_source(
     allow_mass_delete: bool = False,
     adopt_from: str = "",
     failures: ParseFailures | None = None,
+    rules_file_before: bool = False,
 ) -> IndexPlan:
     """Compare ``source``'s folder with its manifest entries; nothing is written.
 
@@ -93,19 +95,41 @@ def plan_source(
     same reason instead of being parsed again (not with ``verify``).
 
     Documents of source ``adopt_from`` (default ``""``: those indexed before sources existed) whose path is
-    in the folder are adopted: renamed into this source, their vectors reused."""
+    in the folder are adopted: renamed into this source, their vectors reused.
+
+    ACLs never widen by accident: a document listed through a link takes the narrowest policy of its listed and
+    real paths; one whose indexed version stays (this version unread, unparsable or under an unreadable folder)
+    takes a policy that narrowed since, never a wider one; and with ``rules_file_before`` (the last reindex read
+    the source's rules file) a rules file that is gone stops the plan instead of opening what it kept closed."""
     root = source.folder
     if not root.is_dir():
         raise SourceError(f"{root}: not a folder (source {source.name!r}); pass the folder that holds the documents")
     started = time.perf_counter()
     selection = Selection.from_settings(settings, source.include, source.exclude, source.asciidoc_patterns or None)
     plan = IndexPlan(source, policy=AclPolicy.for_rules_file(source.acl_rules_path, settings.acl_default, source.acl))
+    if rules_file_before and not plan.policy.rules_file_read:
+        raise SourceError(
+            f"{source.acl_rules_path}: the ACL rules file the last reindex of source {source.name!r} read is gone; "
+            "nothing was changed (without it, documents its rules keep to a group would open). Restore it, or to "
+            "drop its rules on purpose leave an empty file there (no [[rule]] tables)"
+        )
+    real_root = root.resolve()
     documents = manifest.snapshot()
     mine = {d: e for d, e in documents.items() if e.source == source.name}
     legacy = {(e.path or d): d for d, e in documents.items() if e.source == adopt_from and adopt_from != source.name}
     fingerprint = source.fingerprint()
     present: set[str] = set()
     kept_prefixes: list[str] = []
+
+    def narrow_kept(doc_id: str, entry: DocumentEntry, paths: tuple[str, ...]) -> None:
+        """Its indexed version stays: a policy that narrowed since applies to it; a wider one only to content
+        read again (a copy checked out without its rules must not open what they kept to a group)."""
+        if entry.acl is None or doc_id in plan.acl_changed:
+            return
+        narrowed = intersect(entry.acl, plan.policy.resolve(paths[0], entry.own_acl, also=paths[1:]))
+        if narrowed != sorted(entry.acl):
+            plan.acl_changed[doc_id] = narrowed
+
     for found in discover(root, selection, plan.ignored):
         if found.path is None:  # a folder that cannot be listed: keep what is indexed under it
             plan.skipped.append(SkippedFile(source.doc_id(found.relative), found.error))
@@ -116,7 +140,11 @@ def plan_source(
             info = inspect_file(found.path, selection.options, root, found)
         except SourceError as exc:
             plan.skipped.append(SkippedFile(doc_id, str(exc)))
+            if doc_id in mine:
+                narrow_kept(doc_id, mine[doc_id], (found.relative,))
             continue
+        real = _relative(info.path, real_root) or found.relative
+        paths = (found.relative, real)
         present.add(doc_id)
         known = mine.get(doc_id)
         old_id = doc_id
@@ -135,29 +163,37 @@ def plan_source(
                 content_hash = hash_file(info)
             except SourceError as exc:
                 plan.skipped.append(SkippedFile(doc_id, str(exc)))
+                if known is not None and old_id == doc_id:
+                    narrow_kept(doc_id, known, paths)
                 continue
         indexed_as_is = known is not None and known.doc_hash == content_hash
         if failures is not None and not verify and not indexed_as_is:
             remembered = failures.known(source, doc_id, content_hash)
             if remembered is not None:  # the same bytes failed last time: the indexed version (if any) stays
                 plan.skipped.append(remembered)
+                if known is not None and old_id == doc_id:
+                    narrow_kept(doc_id, known, paths)
                 continue
-        planned = PlannedFile(doc_id, found.path, found.relative, content_hash, old_id if known else None)
+        planned = PlannedFile(doc_id, found.path, found.relative, content_hash, old_id if known else None, real)
         if known is None:
             plan.added.append(doc_id)
         elif old_id != doc_id:
             plan.adopted[doc_id] = old_id
         elif known.doc_hash != content_hash:
             plan.changed.append(doc_id)
+            narrow_kept(doc_id, known, paths)  # should the new version fail to parse, the old one stays
         elif known.fingerprint != fingerprint:
             plan.refreshed.append(doc_id)
         else:
             plan.unchanged += 1
-            groups = plan.policy.resolve(found.relative, known.own_acl)
+            groups = plan.policy.resolve(found.relative, known.own_acl, also=(real,))
             if groups != known.acl:
                 plan.acl_changed[doc_id] = groups
             continue
         plan.files[doc_id] = planned
+    for doc_id, entry in mine.items():  # under a folder that cannot be listed: kept as indexed
+        if doc_id not in present and any(doc_id.startswith(prefix) for prefix in kept_prefixes):
+            narrow_kept(doc_id, entry, (entry.path or doc_id.removeprefix(f"{source.name}:"),))
     if sync:
         kept = present | {s.doc_id for s in plan.skipped}
         plan.deleted = sorted(
@@ -187,3 +223,8 @@ def entry_for(source: DocumentSource, relative: str, previous: DocumentEntry | N
     return DocumentEntry(
         **{**base, **values, "source": source.name, "path": relative, "fingerprint": source.fingerprint()}
     )
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form, or "" when it is not under it."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -23,7 +24,13 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], int]:
         raise SourceError(f"front matter is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(values, dict):
         raise SourceError("front matter must be a YAML mapping (key: value lines)")
-    return {str(k): _plain(v) for k, v in values.items()}, match.end()
+    return storable_metadata(values), match.end()
+
+
+def storable_metadata(values: dict[Any, Any]) -> dict[str, Any]:
+    """``values`` as the store can hold them (see :func:`_plain`), for metadata that does not come from YAML (a
+    source's ``metadata``: TOML has ``inf`` and ``nan`` too); raises SourceError naming the field."""
+    return {_storable_key(k): _plain(v, _storable_key(k)) for k, v in values.items()}
 
 
 def blank_out(text: str, end: int) -> str:
@@ -31,12 +38,40 @@ def blank_out(text: str, end: int) -> str:
     return "".join("\n" if ch == "\n" else " " for ch in text[:end]) + text[end:]
 
 
-def _plain(value: Any) -> Any:
-    # Payloads must be JSON: dates and other YAML scalars become strings.
-    if isinstance(value, (str, int, float, bool)) or value is None:
+_INT64 = 2**63
+
+
+def _plain(value: Any, field: str) -> Any:
+    """A front-matter value as the store can hold it (JSON: dates and other YAML scalars become strings), or a
+    SourceError naming the field: ``.inf``, ``.nan``, a lone surrogate or a 65-bit integer made the store refuse
+    the whole batch, and every later reindex of every source stopped at it."""
+    if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SourceError(f"front matter {field!r}: {value} is not a finite number; give a number or a quoted text")
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        raise SourceError(f"front matter {field!r}: {value} is beyond a 64-bit integer; quote it to keep it as text")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        return _valid_text(value, field)
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, field) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
+        return {_storable_key(k, field): _plain(v, f"{field}.{k}") for k, v in value.items()}
+    return _valid_text(str(value), field)
+
+
+def _storable_key(key: Any, within: str = "") -> str:
+    return _valid_text(str(key), f"{within}.{key}" if within else str(key), what="name")
+
+
+def _valid_text(text: str, field: str, what: str = "value") -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceError(
+            f"front matter {field.encode('utf-8', 'backslashreplace').decode()!r}: the {what} is not valid Unicode "
+            "(a lone surrogate such as \\uD800); fix it"
+        ) from None
+    return text
