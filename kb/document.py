@@ -10,9 +10,12 @@ text *is* the file, so spans are file offsets; for HTML, PDF and Word it is the 
 from __future__ import annotations
 
 import bisect
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from kb.errors import SourceError
 
 
 class BlockKind(StrEnum):
@@ -27,6 +30,19 @@ class BlockKind(StrEnum):
 
 
 ATOMIC_KINDS = frozenset({BlockKind.CODE, BlockKind.TABLE})
+# A title or heading is carried by every chunk under it (header path, BM25 text, the embedder's context) and
+# metadata by every chunk of its document: a 20,000-word title cost a minute and 2 GB outside the parse limits.
+MAX_TITLE_CHARS = 300
+MAX_METADATA_CHARS = 64 * 1024
+
+
+def shorten(title: str) -> str:
+    """``title`` cut to ``MAX_TITLE_CHARS`` at a word boundary, with an ellipsis when cut."""
+    if len(title) <= MAX_TITLE_CHARS:
+        return title
+    cut = title[: MAX_TITLE_CHARS - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > MAX_TITLE_CHARS // 2 else cut).rstrip() + "…"
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,10 @@ class Block:
     level: int = 0
     title: str = ""
     anchor: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.title) > MAX_TITLE_CHARS:
+            object.__setattr__(self, "title", shorten(self.title))
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,12 @@ class ParsedDocument:
     page_starts: list[int] = field(default_factory=list)  # text offset where each page begins (PDF)
 
     def __post_init__(self) -> None:
+        self.title = shorten(self.title)
+        if len(json.dumps(self.metadata, default=str)) > MAX_METADATA_CHARS:
+            raise SourceError(
+                f"front matter / metadata is over {MAX_METADATA_CHARS // 1024} KB: it is copied into every chunk; "
+                "move long text into the document's body"
+            )
         if not self.line_starts:
             self.line_starts = [0] + [i + 1 for i, ch in enumerate(self.text) if ch == "\n"]
             self.source_lines = list(range(1, len(self.line_starts) + 1))

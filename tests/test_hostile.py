@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from kb import ConfigError, KnowledgeBase
 from kb.chunking import HeadingChunker
+from kb.records import ChunkRecord
 from kb.torture import make_torture_folder
 from tests.conftest import write
 from tests.fake_openai import FakeOpenAI, serve
@@ -134,6 +135,23 @@ def test_files_that_vanish_or_change_between_plan_and_parse(tmp_path: Path, monk
         assert kb.search("zqrewritten", k=1, mode="bm25")[0].doc_id == "docs:a.md"  # the bytes parsed, hashed anew
         monkeypatch.setattr(planning, "hash_file", real_hash)
         assert kb.reindex(docs).summary() == "0 added, 0 changed, 0 deleted, 2 unchanged"
+
+
+def test_a_huge_title_or_front_matter_is_not_copied_into_every_chunk(tmp_path: Path) -> None:
+    """Title, heading path and metadata go into every chunk, outside the parse workers' limits: a 138 KB file
+    with a 20,000-word title took 62 s at max_file_seconds = 10, and a 1 MB front-matter value 2.4 GB."""
+    docs = tmp_path / "docs"
+    title = " ".join(f"w{i}" for i in range(2_000))
+    write(docs, "long-title.md", f"# {title}\n\n" + "".join(f"## S{i}\n\nline {i}\n\n" for i in range(20)))
+    write(docs, "big-meta.md", '---\nblob: "' + "x" * 100_000 + '"\n---\n# Meta\n\nBody.\n')
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        report = kb.reindex(docs)
+        assert [(s.doc_id, "over 64 KB" in s.reason) for s in report.skipped] == [("docs:big-meta.md", True)]
+        records = [ChunkRecord.from_payload(p.payload) for p in kb.store.scroll()]
+        assert len(records) > 20 and all(len(r.title) <= 300 for r in records)
+        assert all(len(h) <= 300 for r in records for h in r.header_path)
+        assert records[0].title.startswith("w0 w1 w2") and records[0].title.endswith("…")
+        assert kb.search("w1999", k=1, mode="bm25")[0].doc_id == "docs:long-title.md"  # the text keeps every word
 
 
 def test_relative_folder_paths_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
