@@ -182,6 +182,12 @@ def discover(root: Path, selection: Selection, ignored: Counter[str] | None = No
         real = here.resolve()
         if real in seen_dirs or not real.is_relative_to(resolved):
             dirnames[:] = []
+            if not real.is_relative_to(resolved):  # say so: the README promises links out are listed, not lost
+                yield Found(
+                    here.relative_to(resolved).as_posix() + "/",
+                    None,
+                    f"a link to a folder outside the source ({real}); not followed, documents indexed under it kept",
+                )
             continue
         seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not excluded(d))

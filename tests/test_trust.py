@@ -220,6 +220,16 @@ def test_a_link_inside_the_source_never_opens_what_its_real_path_keeps_to_a_grou
         assert _visible(kb, "zqopen", ["eng"]) == ["docs:latest/public.md"]  # a link alone narrows nothing
 
 
+def test_a_folder_link_out_of_the_source_is_reported_not_silently_ignored(tmp_path: Path) -> None:
+    write(tmp_path / "outside", "o.md", "# O\n\nzqoutside\n")
+    write(tmp_path / "docs", "a.md", "# A\n\nText.\n")
+    (tmp_path / "docs" / "ext").symlink_to(tmp_path / "outside")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        (skip,) = kb.reindex(tmp_path / "docs").skipped
+        assert skip.doc_id == "docs:ext/" and "outside the source" in skip.reason, skip
+        assert _visible(kb, "zqoutside", ["*"]) == []
+
+
 def test_a_narrower_policy_reaches_a_document_whose_new_version_fails_to_parse(tmp_path: Path) -> None:
     """Access changes were computed for unchanged documents only: a document kept at its indexed version
     because the edit broke it (or its folder became unreadable) kept its old, wider groups."""
