@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from kb.errors import IndexLockedError
+from kb.errors import ConfigError, IndexLockedError
 
 LOCK_FILE = "LOCK"
 
@@ -28,8 +28,15 @@ class IndexLock:
         self._fd: int | None = None
 
     def acquire(self) -> IndexLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path.parent}: cannot open the index ({exc.strerror or exc}); kb writes {LOCK_FILE} there even "
+                "to read, since the embedded engine lets one process hold an index. Give it a writable folder (a "
+                "copy of a read-only index works), or serve it from a Qdrant server"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

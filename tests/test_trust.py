@@ -485,6 +485,23 @@ def test_reading_commands_refuse_a_missing_index_and_create_nothing(tmp_path: Pa
 
 
 # -- 15. opening twice in one process ----------------------------------------------------------------------------
+def test_an_index_in_a_read_only_folder_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """Every command, search and status included, died with "OSError: [Errno 30] Read-only file system: LOCK"."""
+    write(tmp_path / "docs", "a.md", "# A\n\nText.\n")
+    index = small_index(tmp_path / "idx")
+    with KnowledgeBase.open(index, **SMALL) as kb:
+        kb.reindex(tmp_path / "docs")
+    (index / "LOCK").unlink()
+    index.chmod(0o555)
+    try:
+        with permissions_enforced():
+            result = runner.invoke(app, ["search", "text", "--kb", str(index)])
+    finally:
+        index.chmod(0o755)
+    assert result.exit_code == 2 and "cannot open the index" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 def test_second_open_in_the_same_process_says_so_and_collection_releases_it(tmp_path: Path) -> None:
     first = KnowledgeBase.open(tmp_path / "idx", **SMALL)
     with pytest.raises(IndexLockedError, match=r"already open in this process.*close\(\)") as refused:
