@@ -98,6 +98,23 @@ def test_emptied_folder_is_refused_unless_mass_delete_is_allowed(tmp_path: Path)
         assert kb.manifest.documents == {} and kb.store.count() == 0
 
 
+def test_files_emptied_to_zero_bytes_count_as_deletions_for_the_guard(tmp_path: Path) -> None:
+    """An interrupted sync that truncates every file was "12 changed" and left an index of 0 chunks."""
+    docs = product_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        for page in sorted(docs.rglob("*.md"))[:10]:
+            page.write_bytes(b"")
+        report = kb.reindex(docs)
+        assert report.stopped and "emptied to 0 bytes" in report.refused_deletes and report.changed == []
+        assert len(report.skipped) == 10 and kb.store.count() == 12
+        assert kb.search("zqproduct3", k=1, mode="bm25")[0].doc_id == "docs:product/p3.md"
+        report = kb.reindex(docs, allow_mass_delete=True)
+        assert len(report.changed) == 10 and kb.store.count() == 2
+        (docs / "product" / "p7.md").write_bytes(b"")  # one emptied file is an ordinary edit
+        assert kb.reindex(docs).changed == ["docs:product/p7.md"]
+
+
 def test_ordinary_deletions_are_not_refused(tmp_path: Path) -> None:
     docs = product_docs(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:

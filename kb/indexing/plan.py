@@ -120,6 +120,7 @@ def plan_source(
     fingerprint = source.fingerprint()
     present: set[str] = set()
     kept_prefixes: list[str] = []
+    emptied: list[str] = []
 
     def narrow_kept(doc_id: str, entry: DocumentEntry, paths: tuple[str, ...]) -> None:
         """Its indexed version stays: a policy that narrowed since applies to it; a wider one only to content
@@ -181,6 +182,8 @@ def plan_source(
             plan.adopted[doc_id] = old_id
         elif known.doc_hash != content_hash:
             plan.changed.append(doc_id)
+            if info.size == 0 and known.size > 0:
+                emptied.append(doc_id)  # as good as deleted: the mass-delete guard counts it
             narrow_kept(doc_id, known, paths)  # should the new version fail to parse, the old one stays
         elif known.fingerprint != fingerprint:
             plan.refreshed.append(doc_id)
@@ -199,7 +202,14 @@ def plan_source(
         plan.deleted = sorted(
             d for d in mine if d not in kept and not any(d.startswith(prefix) for prefix in kept_prefixes)
         )
-        plan.refused_deletes = mass_delete_refusal(source, len(plan.deleted), len(mine), settings, allow_mass_delete)
+        deleting = len(plan.deleted) + len(emptied)
+        plan.refused_deletes = mass_delete_refusal(source, deleting, len(mine), settings, allow_mass_delete)
+        if plan.refused_deletes and emptied:  # an interrupted sync that truncated the files: keep what is indexed
+            plan.refused_deletes += f" ({len(emptied)} of them are files emptied to 0 bytes: kept as indexed)"
+            for doc_id in emptied:
+                plan.changed.remove(doc_id)
+                del plan.files[doc_id]
+                plan.skipped.append(SkippedFile(doc_id, "emptied to 0 bytes; kept as indexed (mass-delete guard)"))
     plan.seconds = time.perf_counter() - started
     return plan
 
