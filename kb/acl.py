@@ -90,12 +90,12 @@ class AclPolicy:
     default: AclDefault = AclDefault.PUBLIC
     rules: list[AclRule] = field(default_factory=list)
     ceiling: list[str] | None = None  # the source's acl
-    rules_file_read: bool = False  # whether the rules came from a file (an empty one counts)
+    rules_file_read: bool = False  # whether the rules came from a file with content (a comment alone counts)
 
     @classmethod
     def for_rules_file(cls, rules_file: Path, default: AclDefault, ceiling: Sequence[str] | None) -> AclPolicy:
         groups = normalize_groups(list(ceiling), "source acl") if ceiling is not None else None
-        return cls(default, load_rules(rules_file), groups, rules_file_read=os.path.lexists(rules_file))
+        return cls(default, load_rules(rules_file), groups, rules_file_read=_holds_something(rules_file))
 
     def policy(self, path: str) -> list[str]:
         """The admin's groups for the document at ``path`` (relative to the source root)."""
@@ -156,6 +156,20 @@ def normalize_groups(value: Any, where: str) -> list[str]:
     if ALL in groups:
         raise ConfigError(f"{where}: '*' is for principals (read everything), not for documents; use 'public'")
     return [PUBLIC] if PUBLIC in groups else sorted(groups)
+
+
+def _holds_something(path: Path) -> bool:
+    """Whether the rules file is there with any content: 0 bytes is what an interrupted sync leaves, so only a
+    file that says something (a comment is enough) drops the rules on purpose."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def widens(old: list[str], new: list[str]) -> bool:
+    """Whether ACL ``new`` lets in someone ``old`` did not."""
+    return intersect(old, new) != sorted(new)
 
 
 def load_rules(path: Path) -> list[AclRule]:

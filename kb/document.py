@@ -33,7 +33,17 @@ ATOMIC_KINDS = frozenset({BlockKind.CODE, BlockKind.TABLE})
 # A title or heading is carried by every chunk under it (header path, BM25 text, the embedder's context) and
 # metadata by every chunk of its document: a 20,000-word title cost a minute and 2 GB outside the parse limits.
 MAX_TITLE_CHARS = 300
-MAX_METADATA_CHARS = 64 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def check_metadata_size(values: dict[str, Any], what: str) -> None:
+    """A SourceError when ``values`` take over ``MAX_METADATA_BYTES`` as UTF-8 JSON: they go into every chunk."""
+    size = len(json.dumps(values, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise SourceError(
+            f"{what} is {size // 1024} KB, over {MAX_METADATA_BYTES // 1024} KB: it is copied into every chunk; "
+            "move long text into the document's body"
+        )
 
 
 def shorten(title: str) -> str:
@@ -106,12 +116,6 @@ class ParsedDocument:
     page_starts: list[int] = field(default_factory=list)  # text offset where each page begins (PDF)
 
     def __post_init__(self) -> None:
-        self.title = shorten(self.title)
-        if len(json.dumps(self.metadata, default=str)) > MAX_METADATA_CHARS:
-            raise SourceError(
-                f"front matter / metadata is over {MAX_METADATA_CHARS // 1024} KB: it is copied into every chunk; "
-                "move long text into the document's body"
-            )
         if not self.line_starts:
             self.line_starts = [0] + [i + 1 for i, ch in enumerate(self.text) if ch == "\n"]
             self.source_lines = list(range(1, len(self.line_starts) + 1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kb.acl import PUBLIC, AclDefault, Principal
+from kb.acl import PUBLIC, AclDefault, Principal, widens
 from kb.chunking import HeadingChunker
 from kb.citations import Answer
 from kb.document import Span
@@ -32,7 +32,15 @@ from kb.embedding import (
     model_identity,
     resolve_model_path,
 )
-from kb.errors import ConfigError, EmbedderMismatchError, IndexDamagedError, IndexLockedError, IndexNotFoundError
+from kb.errors import (
+    ConfigError,
+    EmbedderMismatchError,
+    IndexDamagedError,
+    IndexLockedError,
+    IndexNotFoundError,
+    KbError,
+    SourceError,
+)
 from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
 from kb.indexing.failures import ParseFailures
 from kb.indexing.plan import IndexPlan
@@ -430,9 +438,18 @@ class KnowledgeBase:
             raise ConfigError(f"source {old!r} has no folder to re-read; only folder sources can be renamed")
         if new in self.registry.sources:
             raise ConfigError(f"source {new!r} exists already")
+        rules_file = self.registry.read_rules_file(old)
         renamed = self.registry.put(_validated(**{**source.model_dump(), "name": new, "origin": "api"}))
         with self._writing_source(old), self._writing_source(new):
-            report = self._apply(plan_source(renamed, self.manifest, self.settings, sync=True, adopt_from=old))
+            try:
+                plan = plan_source(
+                    renamed, self.manifest, self.settings, sync=True, adopt_from=old, rules_file_before=rules_file
+                )
+            except KbError:
+                self.registry.remove(new)
+                raise
+            report = self._apply(plan)
+            self.registry.note_rules_file(new, plan.policy.rules_file_read)
             leftover = sorted(self.manifest.of_source(old))
             if leftover:  # indexed, but their files are gone: what a reindex of the old source would delete
                 with self.journal.writing(), self.store.transaction():
@@ -520,13 +537,23 @@ class KnowledgeBase:
         with ExitStack() as held:
             for target in targets:
                 held.enter_context(self._writing_source(target.name))
+            failed: list[str] = []
             for target in targets:
-                part = self._run(target, True, progress, dry_run, allow_mass_delete, verify)
+                try:
+                    part = self._run(target, True, progress, dry_run, allow_mass_delete, verify)
+                except (SourceError, ConfigError) as exc:
+                    if len(targets) == 1:
+                        raise
+                    failed.append(f"source {target.name!r}: {exc}")  # one source's problem is not the others'
+                    continue
                 report.merge(part)
             if repair:
                 report.repaired = sorted(set(self._repairing) & set(report.added))
                 self._repairing = []
                 self.damage = check_store(self.store, self.manifest)
+        if failed:
+            done = len(targets) - len(failed)
+            raise SourceError("; ".join(failed) + f" (the other {done} sources were reindexed: {report.summary()})")
         return report
 
     def reindex_in_background(self, folder: str | Path | None = None, **options: Any) -> ReindexJob:
@@ -652,13 +679,16 @@ class KnowledgeBase:
             with ExitStack() as held:
                 for name in sources:
                     held.enter_context(self._writing_source(name))
+                rules_read: dict[str, bool] = {}
                 for source in sources.values():
                     rules_file = self.registry.read_rules_file(source.name)
                     plan = plan_source(source, manifest, self.settings, sync=True, rules_file_before=rules_file)
+                    rules_read[source.name] = plan.policy.rules_file_read
                     report.merge(_dry_report(plan) if dry_run else indexer.apply(plan, progress))
                 if dry_run:
                     raise _DryRun
                 refusal = self._rebuild_losses(manifest, [s.doc_id for s in report.skipped], allow_mass_delete)
+                refusal = refusal or self._rebuild_opens(manifest, rules_read)
                 if refusal:
                     report.refused_deletes = refusal
                     raise _DryRun
@@ -674,6 +704,8 @@ class KnowledgeBase:
                     self.manifest = Manifest(self.store.manifest_backend())
                     self.journal = Journal(self.store, self.manifest, self.path / LEGACY_DIRTY_FILE)
                     self.registry.save()
+                    for name, read in rules_read.items():
+                        self.registry.note_rules_file(name, read)
                     self.identity, self._embedder = identity, embedder
                     self._incompatible = None
                     self.damage = Damage()
@@ -686,12 +718,32 @@ class KnowledgeBase:
             raise
         return report
 
+    def _rebuild_opens(self, rebuilt: Manifest, rules_read: dict[str, bool]) -> str:
+        """Why the rebuild may not replace the current index: a source with no rules file now, whose last reindex
+        is not recorded as having read none, would open documents (the incremental plan refuses the same)."""
+        unrecorded = {n for n, read in rules_read.items() if not read and self.registry.read_rules_file(n) is None}
+        after = rebuilt.documents
+        opened = [
+            d for d, e in self.manifest.snapshot().items()
+            if e.source in unrecorded and e.acl is not None and d in after and after[d].acl is not None
+            and widens(e.acl, after[d].acl)
+        ]  # fmt: skip
+        if not opened:
+            return ""
+        return (
+            f"the rebuilt index would open {len(opened)} documents (e.g. {', '.join(opened[:3])}): their source has "
+            "no ACL rules file now, and this index does not record whether the last reindex read one. Nothing was "
+            "replaced. Restore the rules file, or to drop its rules on purpose put a comment in it (# no rules)."
+        )
+
     def _rebuild_losses(self, rebuilt: Manifest, skipped: list[str], allowed: bool) -> str:
         """Why the rebuilt store may not replace the current one: it would lose a document whose file is still
         there (unreadable or unparsable now: a reindex keeps its indexed version, a rebuild cannot), or too many
         documents that are in no source any more. ``skipped``: the rebuild's skipped ids (a folder's end in /)."""
         current = self.manifest.snapshot()
-        lost = [d for d in current if d not in rebuilt.documents]
+        after = rebuilt.documents
+        emptied = [d for d, e in current.items() if e.chunks and d in after and not (after[d].chunks or after[d].size)]
+        lost = [d for d in current if d not in after] + emptied  # a file emptied to 0 bytes is as good as deleted
         if allowed:
             return ""
         failed = [d for d in lost if any(d == s or (s.endswith("/") and d.startswith(s)) for s in skipped)]
@@ -705,8 +757,9 @@ class KnowledgeBase:
         if len(lost) <= 1 or len(lost) <= self.settings.max_delete_fraction * len(current):
             return ""
         example = ", ".join(lost[:3])
+        why = f"; {len(emptied)} of them are files emptied to 0 bytes" if emptied else ""
         return (
-            f"the rebuilt index would lose {len(lost)} of {len(current)} documents (e.g. {example}): they are in "
+            f"the rebuilt index would lose {len(lost)} of {len(current)} documents (e.g. {example}{why}): they are in "
             "no source folder now (documents indexed before sources existed, nodes added with kb.store.add, or "
             "missing folders). Nothing was replaced. Add their folders as sources, or pass --allow-mass-delete."
         )

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
-from kb.document import ParsedDocument
+from kb.document import ParsedDocument, check_metadata_size, shorten
 from kb.errors import SourceError
 from kb.settings import Settings
 
@@ -189,6 +189,11 @@ def discover(root: Path, selection: Selection, ignored: Counter[str] | None = No
                     f"a link to a folder outside the source ({real}); not followed, documents indexed under it kept",
                 )
             continue
+        if _excluded_target(real, resolved, excluded):  # a link into an excluded folder ("archive -> ../private")
+            dirnames[:] = []
+            if ignored is not None:
+                ignored[LINK_TO_EXCLUDED] += 1
+            continue
         seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not excluded(d))
         folder = here.relative_to(resolved).as_posix()
@@ -200,8 +205,21 @@ def discover(root: Path, selection: Selection, ignored: Counter[str] | None = No
                 if ignored is not None:
                     ignored[PurePath(name).suffix.lower() or "(no extension)"] += 1
                 continue
-            yield _found(prefix + name, here, real, name)
+            found = _found(prefix + name, here, real, name)
+            if found.listed is None and _excluded_target(Path(os.path.realpath(found.path)), resolved, excluded):
+                if ignored is not None:
+                    ignored[LINK_TO_EXCLUDED] += 1
+                continue
+            yield found
     yield from _unlistable(errors, resolved)
+
+
+LINK_TO_EXCLUDED = "(a link to an excluded name)"
+
+
+def _excluded_target(real: Path, root: Path, excluded: Callable[[str], bool]) -> bool:
+    """Whether ``real`` (a link's target) lies under the root at a path the exclude patterns leave out."""
+    return real.is_relative_to(root) and any(excluded(part) for part in real.relative_to(root).parts)
 
 
 def _found(relative: str, folder: Path, real_folder: Path, name: str) -> Found:
@@ -285,13 +303,14 @@ def hash_file(info: FileInfo) -> str:
 
 @dataclass(frozen=True)
 class RawFile:
-    """A file's bytes and what identifies this version of it."""
+    """A file's bytes and what identifies this version of it; ``real``: the path read, links resolved."""
 
     path: Path
     data: bytes
     content_hash: str
     mtime: float
     size: int
+    real: Path | None = None
 
 
 def read_file(path: Path, options: ParseOptions | Settings, root: Path | None = None) -> RawFile:
@@ -305,7 +324,7 @@ def read_file(path: Path, options: ParseOptions | Settings, root: Path | None = 
         raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > options.max_file_bytes:  # it grew since it was checked
         raise SourceError(f"{len(data):,} bytes is over max_file_bytes={options.max_file_bytes:,}")
-    return RawFile(path, data, hashlib.sha256(data).hexdigest(), info.mtime, len(data))
+    return RawFile(path, data, hashlib.sha256(data).hexdigest(), info.mtime, len(data), info.path)
 
 
 def check_name(relative: Path | str) -> None:
@@ -356,9 +375,12 @@ def parse_bytes(data: bytes, source_format: SourceFormat, options: ParseOptions 
     if not _PARSERS:
         _PARSERS.update(_parsers())
     try:
-        return _PARSERS[source_format](data, options or ParseOptions())
+        document = _PARSERS[source_format](data, options or ParseOptions())
     except RecursionError as exc:
         raise SourceError("structure nested too deeply to parse") from exc
+    document.title = shorten(document.title)  # parsers set it last; every chunk carries it
+    check_metadata_size(document.metadata, "front matter / metadata")
+    return document
 
 
 def parse_text_as(text: str, source_format: SourceFormat) -> ParsedDocument:

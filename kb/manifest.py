@@ -60,6 +60,7 @@ class DocumentEntry:
     source: str = ""  # "" for documents indexed before sources existed
     path: str = ""  # relative to the source folder ("" → the doc id itself, for legacy entries)
     fingerprint: str = ""  # the source settings its payload was written with (see DocumentSource.fingerprint)
+    real: str = ""  # its real path under the source root when listed through a link (its rules apply too)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

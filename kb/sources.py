@@ -173,7 +173,7 @@ class SourceStatus:
     last_reindex: float = 0.0
     summary: str = ""
     skipped: list[dict[str, str]] = field(default_factory=list)
-    rules_file: bool = False  # whether it read the source's ACL rules file: the next one must find it too
+    rules_file: bool | None = None  # whether it read the source's ACL rules file (None: not recorded)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -213,7 +213,7 @@ class SourceRegistry:
                     float(raw.get("last_reindex", 0.0)),
                     str(raw.get("summary", "")),
                     list(raw.get("skipped", [])),
-                    raw.get("rules_file") is True,
+                    raw["rules_file"] if isinstance(raw.get("rules_file"), bool) else None,
                 )
         changed = False
         for source in declared or []:
@@ -262,14 +262,21 @@ class SourceRegistry:
         self.status.pop(name, None)
         self.save()
 
-    def record_run(self, name: str, summary: str, skipped: list[dict[str, str]], rules_file: bool = False) -> None:
+    def record_run(self, name: str, summary: str, skipped: list[dict[str, str]], rules_file: bool | None) -> None:
         self.status[name] = SourceStatus(time.time(), summary, skipped[:200], rules_file)
         self.save()
 
-    def read_rules_file(self, name: str) -> bool:
-        """Whether the last reindex of source ``name`` read its ACL rules file."""
+    def read_rules_file(self, name: str) -> bool | None:
+        """Whether the last reindex of source ``name`` read its ACL rules file; ``None`` when no reindex recorded
+        it (an index from before kb recorded it) — then the plan refuses only what would open documents."""
         status = self.status.get(name)
-        return status is not None and status.rules_file
+        return None if status is None else status.rules_file
+
+    def note_rules_file(self, name: str, read: bool) -> None:
+        """Record whether the rules file was read, for runs that keep no other status (a full rebuild, a rename)."""
+        status = self.status.setdefault(name, SourceStatus())
+        status.rules_file = read
+        self.save()
 
     def save(self) -> None:
         self.save_to(self._state)

@@ -154,6 +154,23 @@ def test_a_huge_title_or_front_matter_is_not_copied_into_every_chunk(tmp_path: P
         assert kb.search("w1999", k=1, mode="bm25")[0].doc_id == "docs:long-title.md"  # the text keeps every word
 
 
+def test_every_kind_of_title_is_capped_and_metadata_is_counted_in_utf8(tmp_path: Path) -> None:
+    """A review found the cap missed titles the parsers set last (front matter, HTML <title>) and source
+    metadata, and counted a CJK character as 6 bytes."""
+    docs = tmp_path / "docs"
+    words = " ".join(f"w{i}" for i in range(2_000))
+    write(docs, "front.md", f"---\ntitle: {words}\n---\n# Short\n\nBody zqfront.\n")
+    write(docs, "page.html", f"<html><head><title>{words}</title></head><body><p>Body zqhtml.</p></body></html>")
+    write(docs, "cjk.md", "---\nnote: " + "漢" * 12_000 + "\n---\n# CJK\n\nBody zqcjk.\n")  # 36 KB of UTF-8
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        report = kb.reindex(docs)
+        assert report.skipped == [] and len(report.added) == 3, report.skipped
+        assert all(len(e.title) <= 300 for e in kb.manifest.documents.values())
+        assert all(len(ChunkRecord.from_payload(p.payload).title) <= 300 for p in kb.store.scroll())
+        with pytest.raises(ConfigError, match="over 64 KB"):
+            kb.reindex(docs, metadata={"blob": "x" * 100_000})
+
+
 def test_relative_folder_paths_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "docs", "a.md", "# A\n\nRelative paths are fine.\n")
     monkeypatch.chdir(tmp_path)

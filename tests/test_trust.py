@@ -290,10 +290,124 @@ def test_a_rules_file_that_is_gone_or_unreadable_stops_the_reindex_instead_of_op
         with pytest.raises((SourceError, ConfigError), match=r"kb-acl\.toml"):
             kb.reindex(docs, full=True)
         assert _visible(kb, "zqrules", ["eng"]) == []
-        if gone == "deleted":  # on purpose: an empty rules file says so
-            (docs / "kb-acl.toml").write_text("")
+        if gone == "deleted":
+            (docs / "kb-acl.toml").write_bytes(b"")  # what an interrupted sync leaves: not a decision
+            with pytest.raises(SourceError, match=r"is empty \(0 bytes\)"):
+                kb.reindex(docs)
+            (docs / "kb-acl.toml").write_text("# no rules\n")  # on purpose: a file that says so
             assert kb.reindex(docs).acl_changed == ["docs:hr/s.md"]
             assert _visible(kb, "zqrules", ["eng"]) == ["docs:hr/s.md"]
+
+
+def _restricted_docs(root: Path) -> Path:
+    docs = root / "docs"
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "hr/*"\ngroups = ["hr"]\n')
+    write(docs, "hr/s.md", "# S\n\nzqguard secret.\n")
+    write(docs, "p.md", "# P\n\nPublic page.\n")
+    return docs
+
+
+def test_the_rules_file_guard_survives_renames_rebuilds_and_indexes_that_never_recorded_it(tmp_path: Path) -> None:
+    """A review found three ways past it: a rename (planned without the guard, its status dropped), a full
+    rebuild (never recorded that the rules were read) and a sources.json from before the guard."""
+    docs = _restricted_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs, full=True)  # a rebuild records it too
+        kb.rename_source("docs", "handbook")  # and a rename carries it
+        (docs / "kb-acl.toml").unlink()
+        with pytest.raises(SourceError, match="is gone"):
+            kb.rename_source("handbook", "wiki")
+        with pytest.raises(SourceError, match="is gone"):
+            kb.reindex(source="handbook")
+        assert _visible(kb, "zqguard", ["eng"]) == [] and "wiki" not in kb.sources
+    state = json.loads((tmp_path / "idx" / "sources.json").read_text())
+    state["status"]["handbook"].pop("rules_file")  # as an index from before the guard wrote it
+    (tmp_path / "idx" / "sources.json").write_text(json.dumps(state))
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        with pytest.raises(SourceError, match="does not record"):
+            kb.reindex(source="handbook")
+        report = kb.reindex(source="handbook", full=True)
+        assert report.stopped and "would open 1 documents" in report.refused_deletes
+        assert _visible(kb, "zqguard", ["eng"]) == []
+        write(docs, "kb-acl.toml", "# no rules\n")
+        kb.reindex(source="handbook")
+        assert _visible(kb, "zqguard", ["eng"]) == ["handbook:hr/s.md"]
+
+
+def test_one_sources_missing_rules_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    a = _restricted_docs(tmp_path / "a")
+    write(tmp_path / "c", "one.md", "# One\n\nText.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(a)
+        kb.reindex(tmp_path / "c")
+        (a / "kb-acl.toml").unlink()
+        (tmp_path / "c" / "one.md").unlink()
+        write(tmp_path / "c", "two.md", "# Two\n\nzqother\n")
+        with pytest.raises(SourceError, match=r"source 'docs'.*other 1 sources were reindexed"):
+            kb.reindex()
+        assert _visible(kb, "zqother", ["*"]) == ["c:two.md"] and "c:one.md" not in kb.manifest.documents
+        assert _visible(kb, "zqguard", ["eng"]) == []
+
+
+def test_a_link_into_an_excluded_folder_or_name_is_not_indexed(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "private/board.md", "# Board\n\nzqboard minutes.\n")
+    write(docs, "drafts.secret.md", "# Draft\n\nzqdraft text.\n")
+    write(docs, "public/page.md", "# Page\n\nPublic.\n")
+    (docs / "public" / "archive").symlink_to("../private")
+    (docs / "public" / "memo.md").symlink_to("../drafts.secret.md")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.add_source("docs", docs, exclude=["private", "*.secret.md"])
+        report = kb.reindex(source="docs")
+        assert report.added == ["docs:public/page.md"] and report.ignored == {"(a link to an excluded name)": 2}
+        assert _visible(kb, "zqboard", ["*"]) == [] and _visible(kb, "zqdraft", ["*"]) == []
+
+
+def test_a_kept_document_reached_through_a_link_narrows_by_its_real_path_too(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "v2/hr/*"\ngroups = ["hr"]\n')
+    write(docs, "v2/hr/salary.md", "# Salary\n\nzqreal bands.\n")
+    (docs / "latest").symlink_to("v2")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, max_file_bytes=2000) as kb:
+        kb.reindex(docs)
+        write(docs, "kb-acl.toml", '[[rule]]\npattern = "v2/hr/*"\ngroups = ["hr-leads"]\n')
+        write(docs, "v2/hr/salary.md", "# Salary\n\n" + "zqreal grows. " * 400)  # over max_file_bytes: kept
+        report = kb.reindex(docs)
+        assert [s.doc_id for s in report.skipped] == ["docs:latest/hr/salary.md"]
+        assert _visible(kb, "zqreal", ["hr"]) == []  # hr ∩ hr-leads: trusted callers only, until it is read again
+        assert kb.manifest.documents["docs:latest/hr/salary.md"].acl == []
+
+
+def test_a_rewritten_document_whose_file_cannot_be_read_narrows_and_reports_once(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    write(docs, "plan.md", "# Plan\n\nzqrewrite codename.\n")
+    write(docs, "other.md", "# Other\n\nText.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, parse_workers=0) as kb:
+        kb.reindex(docs)
+        (docs / "plan.md").chmod(0)
+        kb.update_source("docs", acl=["exec"], url="https://wiki/{path}")  # a rewrite and a narrower policy
+        try:
+            with permissions_enforced():
+                report = kb.reindex(docs)
+        finally:
+            (docs / "plan.md").chmod(0o644)
+        assert [s.doc_id for s in report.skipped] == ["docs:plan.md"]
+        assert _visible(kb, "zqrewrite", ["eng"]) == [] and _visible(kb, "zqrewrite", ["exec"]) == ["docs:plan.md"]
+        write(docs, "plan.md", "# Plan\n\nzqrewrite revised.\n")
+        write(docs, "kb-acl.toml", '[[rule]]\npattern = "*"\ngroups = ["board"]\n')
+        report = kb.reindex(docs)  # changed and narrowed: one document, counted once
+        assert report.changed == ["docs:plan.md"] and "docs:plan.md" not in report.acl_changed
+
+
+def test_files_emptied_to_zero_bytes_are_guarded_in_ingest_and_full_rebuild_too(tmp_path: Path) -> None:
+    docs = product_docs(tmp_path)
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        for page in sorted(docs.rglob("*.md"))[:10]:
+            page.write_bytes(b"")
+        assert kb.ingest(docs).stopped and kb.store.count() == 12
+        report = kb.reindex(docs, full=True)
+        assert report.stopped and "emptied to 0 bytes" in report.refused_deletes and kb.store.count() == 12
 
 
 def test_a_full_rebuild_refuses_to_drop_a_document_it_cannot_parse_now(tmp_path: Path) -> None:

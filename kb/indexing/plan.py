@@ -14,13 +14,14 @@ in the folder are adopted: renamed to ``source:path`` with their vectors reused,
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kb.acl import AclPolicy, intersect
+from kb.acl import AclPolicy, intersect, widens
 from kb.errors import SourceError
 from kb.loading import Selection, SkippedFile, discover, hash_file, inspect_file
 from kb.manifest import DocumentEntry, Manifest
@@ -87,7 +88,7 @@ def plan_source(
     allow_mass_delete: bool = False,
     adopt_from: str = "",
     failures: ParseFailures | None = None,
-    rules_file_before: bool = False,
+    rules_file_before: bool | None = False,
 ) -> IndexPlan:
     """Compare ``source``'s folder with its manifest entries; nothing is written.
 
@@ -100,18 +101,20 @@ def plan_source(
     ACLs never widen by accident: a document listed through a link takes the narrowest policy of its listed and
     real paths; one whose indexed version stays (this version unread, unparsable or under an unreadable folder)
     takes a policy that narrowed since, never a wider one; and with ``rules_file_before`` (the last reindex read
-    the source's rules file) a rules file that is gone stops the plan instead of opening what it kept closed."""
+    the source's rules file; ``None``: not recorded) a rules file that is gone or emptied stops the plan instead
+    of opening what it kept closed (when not recorded: if it would open any document)."""
     root = source.folder
     if not root.is_dir():
         raise SourceError(f"{root}: not a folder (source {source.name!r}); pass the folder that holds the documents")
     started = time.perf_counter()
     selection = Selection.from_settings(settings, source.include, source.exclude, source.asciidoc_patterns or None)
     plan = IndexPlan(source, policy=AclPolicy.for_rules_file(source.acl_rules_path, settings.acl_default, source.acl))
+    rules_path = source.acl_rules_path
     if rules_file_before and not plan.policy.rules_file_read:
+        state = "is empty (0 bytes)" if os.path.lexists(rules_path) else "is gone"
         raise SourceError(
-            f"{source.acl_rules_path}: the ACL rules file the last reindex of source {source.name!r} read is gone; "
-            "nothing was changed (without it, documents its rules keep to a group would open). Restore it, or to "
-            "drop its rules on purpose leave an empty file there (no [[rule]] tables)"
+            f"{rules_path}: the ACL rules file the last reindex of source {source.name!r} read {state}; nothing was "
+            f"changed (without it, documents its rules keep to a group would open). {_DROP_RULES}"
         )
     real_root = root.resolve()
     documents = manifest.snapshot()
@@ -127,7 +130,8 @@ def plan_source(
         read again (a copy checked out without its rules must not open what they kept to a group)."""
         if entry.acl is None or doc_id in plan.acl_changed:
             return
-        narrowed = intersect(entry.acl, plan.policy.resolve(paths[0], entry.own_acl, also=paths[1:]))
+        also = (*paths[1:], entry.real) if entry.real else paths[1:]  # where it was read last time, through a link
+        narrowed = intersect(entry.acl, plan.policy.resolve(paths[0], entry.own_acl, also=also))
         if narrowed != sorted(entry.acl):
             plan.acl_changed[doc_id] = narrowed
 
@@ -142,7 +146,7 @@ def plan_source(
         except SourceError as exc:
             plan.skipped.append(SkippedFile(doc_id, str(exc)))
             if doc_id in mine:
-                narrow_kept(doc_id, mine[doc_id], (found.relative,))
+                narrow_kept(doc_id, mine[doc_id], (found.relative, _relative(_real(found.path), real_root)))
             continue
         real = _relative(info.path, real_root) or found.relative
         paths = (found.relative, real)
@@ -181,10 +185,9 @@ def plan_source(
         elif old_id != doc_id:
             plan.adopted[doc_id] = old_id
         elif known.doc_hash != content_hash:
-            plan.changed.append(doc_id)
+            plan.changed.append(doc_id)  # should it fail to parse, the indexer narrows the version that stays
             if info.size == 0 and known.size > 0:
                 emptied.append(doc_id)  # as good as deleted: the mass-delete guard counts it
-            narrow_kept(doc_id, known, paths)  # should the new version fail to parse, the old one stays
         elif known.fingerprint != fingerprint:
             plan.refreshed.append(doc_id)
         else:
@@ -197,11 +200,21 @@ def plan_source(
     for doc_id, entry in mine.items():  # under a folder that cannot be listed: kept as indexed
         if doc_id not in present and any(doc_id.startswith(prefix) for prefix in kept_prefixes):
             narrow_kept(doc_id, entry, (entry.path or doc_id.removeprefix(f"{source.name}:"),))
+    if rules_file_before is None and not plan.policy.rules_file_read:
+        before = {d: mine[d].acl for d in plan.acl_changed if d in mine}
+        opened = [d for d, acl in before.items() if acl is not None and widens(acl, plan.acl_changed[d])]
+        if opened:
+            raise SourceError(
+                f"{rules_path}: there is no ACL rules file, and this index does not record whether the last reindex "
+                f"of source {source.name!r} read one; without it {len(opened)} documents would open (e.g. "
+                f"{', '.join(opened[:3])}). Nothing was changed. {_DROP_RULES}"
+            )
     if sync:
         kept = present | {s.doc_id for s in plan.skipped}
         plan.deleted = sorted(
             d for d in mine if d not in kept and not any(d.startswith(prefix) for prefix in kept_prefixes)
         )
+    if sync or emptied:  # an ingest deletes nothing, but emptied files would empty their documents all the same
         deleting = len(plan.deleted) + len(emptied)
         plan.refused_deletes = mass_delete_refusal(source, deleting, len(mine), settings, allow_mass_delete)
         if plan.refused_deletes and emptied:  # an interrupted sync that truncated the files: keep what is indexed
@@ -212,6 +225,9 @@ def plan_source(
                 plan.skipped.append(SkippedFile(doc_id, "emptied to 0 bytes; kept as indexed (mass-delete guard)"))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+_DROP_RULES = "Restore it, or to drop its rules on purpose put a comment in it (# no rules): a file that says so"
 
 
 def mass_delete_refusal(source: DocumentSource, deleting: int, indexed: int, settings: Settings, allowed: bool) -> str:
@@ -238,3 +254,8 @@ def entry_for(source: DocumentSource, relative: str, previous: DocumentEntry | N
 def _relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` in POSIX form, or "" when it is not under it."""
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else ""
+
+
+def _real(path: Path) -> Path:
+    """``path`` with every link resolved, as far as it exists (a dangling link: where it points)."""
+    return Path(os.path.realpath(path))

@@ -70,6 +70,7 @@ class ParsedFile:
     metadata: dict[str, Any]
     own_acl: list[str] | None
     chunks: list[Chunk] = field(default_factory=list)
+    real: str = ""  # the path the worker read, links resolved: its ACL rules apply, not the plan's guess
 
 
 class ParseFailure(SourceError):
@@ -118,6 +119,7 @@ def parse_job(job: ParseJob) -> ParsedFile:
         metadata,
         own_acl,
         chunks,
+        str(raw.real or ""),
     )
 
 

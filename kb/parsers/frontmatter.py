@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from kb.document import check_metadata_size
 from kb.errors import SourceError
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
@@ -30,7 +31,9 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], int]:
 def storable_metadata(values: dict[Any, Any]) -> dict[str, Any]:
     """``values`` as the store can hold them (see :func:`_plain`), for metadata that does not come from YAML (a
     source's ``metadata``: TOML has ``inf`` and ``nan`` too); raises SourceError naming the field."""
-    return {_storable_key(k): _plain(v, _storable_key(k)) for k, v in values.items()}
+    plain = {_storable_key(k): _plain(v, _storable_key(k)) for k, v in values.items()}
+    check_metadata_size(plain, "front matter / metadata")
+    return plain
 
 
 def blank_out(text: str, end: int) -> str:
