@@ -50,6 +50,9 @@ def shorten(title: str) -> str:
     """``title`` cut to ``MAX_TITLE_CHARS`` at a word boundary, with an ellipsis when cut."""
     if len(title) <= MAX_TITLE_CHARS:
         return title
+    title = " ".join(title.split())  # a run of blanks is not worth the room
+    if len(title) <= MAX_TITLE_CHARS:
+        return title
     cut = title[: MAX_TITLE_CHARS - 1]
     space = cut.rfind(" ")
     return (cut[:space] if space > MAX_TITLE_CHARS // 2 else cut).rstrip() + "…"

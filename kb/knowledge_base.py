@@ -438,6 +438,18 @@ class KnowledgeBase:
             raise ConfigError(f"source {old!r} has no folder to re-read; only folder sources can be renamed")
         if new in self.registry.sources:
             raise ConfigError(f"source {new!r} exists already")
+        with self._writing_source(old):
+            # Brought up to date first: a document whose file cannot be read or parsed now stays at its indexed
+            # version under its old id; the rename re-reads every file under new ids and would drop it.
+            current = self._run(source, sync=True)
+            documents = self.manifest.documents
+            stuck = [s.doc_id for s in current.skipped if s.doc_id in documents or s.doc_id.endswith("/")]
+            if stuck:
+                raise ConfigError(
+                    f"source {old!r} has documents whose files cannot be read or parsed now (e.g. "
+                    f"{', '.join(stuck[:3])}; kb reindex {old} says why): a rename re-reads every file and would "
+                    "drop their indexed versions. Fix them, then rename"
+                )
         rules_file = self.registry.read_rules_file(old)
         renamed = self.registry.put(_validated(**{**source.model_dump(), "name": new, "origin": "api"}))
         with self._writing_source(old), self._writing_source(new):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kb import ConfigError, KnowledgeBase, Principal
 from kb.acl import PUBLIC, AclPolicy, normalize_groups
+from kb.errors import SourceError
 from tests.conftest import write
 
 SMALL = dict(chunk_max_tokens=64, chunk_min_tokens=8, llm_backend="extractive")
@@ -96,7 +97,10 @@ def test_acl_only_change_applies_on_reindex_without_re_embedding(acl_kb) -> None
     assert report.acl_changed == ["docs:hr/salary-bands.md"] and report.chunks_written == 0 and not report.changed
     assert kb.search("zqsalary", k=1, mode="bm25", user=ENG)[0].doc_id == "docs:hr/salary-bands.md"
     assert kb.manifest.documents["docs:hr/salary-bands.md"].acl == ["eng", "hr"]
-    (docs / "kb-acl.toml").unlink()  # back to the default policy (public)
+    (docs / "kb-acl.toml").unlink()  # a checkout without it is not a decision: refused, nothing opens
+    with pytest.raises(SourceError, match="is gone"):
+        kb.reindex(docs)
+    (docs / "kb-acl.toml").write_text("# no rules: the default policy (public)\n")
     assert kb.reindex(docs).acl_changed == ["docs:hr/salary-bands.md"]
     assert kb.search("zqsalary", k=1, mode="bm25", user=Principal())[0].doc_id == "docs:hr/salary-bands.md"
     assert kb.reindex(docs).acl_changed == []  # stable
@@ -147,7 +151,7 @@ def test_malformed_acls_are_refused_without_touching_the_index(acl_kb) -> None:
     write(docs, "kb-acl.toml", "[[rule]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         kb.reindex(docs)
-    (docs / "kb-acl.toml").unlink()
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "hr/*"\ngroups = ["hr"]\n')  # the rules it was built with
     write(docs, "bad.md", "---\nacl: {eng: true}\n---\n# Bad\n\nSecret zqbadacl text.\n")
     report = kb.reindex(docs)
     assert [(s.doc_id, "acl" in s.reason) for s in report.skipped] == [("docs:bad.md", True)]

@@ -100,11 +100,13 @@ def test_symlinks_do_not_leave_the_root_or_loop(tmp_path: Path) -> None:
     (root / "inside" / "loop").symlink_to(root, target_is_directory=True)
     (root / "escape-file.md").symlink_to(outside / "private.md")
     found = [f.relative for f in discover(root, Selection.from_settings(Settings()))]
-    assert found == ["escape-file.md", "inside/doc.md"]  # the looping and escaping folders are not walked
+    # The looping and escaping folders are not walked; the escaping one is reported (as its documents are kept).
+    assert found == ["escape-file.md", "escape/", "inside/doc.md"]
     docs, skipped = load_folder(root, Settings())
-    # A file link pointing out of the root is reported, never read.
+    # A file or folder link pointing out of the root is reported, never read.
     assert [d.doc_id for d in docs] == ["inside/doc.md"]
-    assert all("outside the ingested folder" in s.reason for s in skipped)
+    assert sorted(s.doc_id for s in skipped) == ["escape-file.md", "escape/"]
+    assert all("outside the" in s.reason for s in skipped)
 
 
 def test_a_symlink_loop_named_like_a_document_is_skipped_not_a_crash(tmp_path: Path) -> None:

@@ -399,6 +399,22 @@ def test_a_rewritten_document_whose_file_cannot_be_read_narrows_and_reports_once
         assert report.changed == ["docs:plan.md"] and "docs:plan.md" not in report.acl_changed
 
 
+def test_a_rename_refuses_to_drop_a_document_whose_file_fails_now(tmp_path: Path) -> None:
+    """The rename re-read every file under the new name and deleted the old ids it could not adopt."""
+    docs = tmp_path / "docs"
+    write(docs, "runbook.md", "# Failover\n\nFailover step zqrename.\n")
+    write(docs, "other.md", "# Other\n\nText.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        write(docs, "runbook.md", "---\nowner: [oops\n---\n# Failover\n\nzqrename revised\n")
+        with pytest.raises(ConfigError, match=r"docs:runbook\.md"):
+            kb.rename_source("docs", "ops")
+        assert "ops" not in kb.sources and _visible(kb, "zqrename", ["*"]) == ["docs:runbook.md"]
+        write(docs, "runbook.md", "# Failover\n\nFixed zqrename.\n")
+        kb.rename_source("docs", "ops")
+        assert _visible(kb, "zqrename", ["*"]) == ["ops:runbook.md"]
+
+
 def test_files_emptied_to_zero_bytes_are_guarded_in_ingest_and_full_rebuild_too(tmp_path: Path) -> None:
     docs = product_docs(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
