@@ -98,13 +98,18 @@ def test_emptied_folder_is_refused_unless_mass_delete_is_allowed(tmp_path: Path)
         assert kb.manifest.documents == {} and kb.store.count() == 0
 
 
+def _index_then_empty_ten(kb: KnowledgeBase, docs: Path) -> None:
+    """Index the 12 product and ops pages, then truncate 10 of them: an interrupted sync."""
+    kb.reindex(docs)
+    for page in sorted(docs.rglob("*.md"))[:10]:
+        page.write_bytes(b"")
+
+
 def test_files_emptied_to_zero_bytes_count_as_deletions_for_the_guard(tmp_path: Path) -> None:
     """An interrupted sync that truncates every file was "12 changed" and left an index of 0 chunks."""
     docs = product_docs(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
-        kb.reindex(docs)
-        for page in sorted(docs.rglob("*.md"))[:10]:
-            page.write_bytes(b"")
+        _index_then_empty_ten(kb, docs)
         report = kb.reindex(docs)
         assert report.stopped and "emptied to 0 bytes" in report.refused_deletes and report.changed == []
         assert len(report.skipped) == 10 and kb.store.count() == 12
@@ -418,9 +423,7 @@ def test_a_rename_refuses_to_drop_a_document_whose_file_fails_now(tmp_path: Path
 def test_files_emptied_to_zero_bytes_are_guarded_in_ingest_and_full_rebuild_too(tmp_path: Path) -> None:
     docs = product_docs(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
-        kb.reindex(docs)
-        for page in sorted(docs.rglob("*.md"))[:10]:
-            page.write_bytes(b"")
+        _index_then_empty_ten(kb, docs)
         assert kb.ingest(docs).stopped and kb.store.count() == 12
         report = kb.reindex(docs, full=True)
         assert report.stopped and "emptied to 0 bytes" in report.refused_deletes and kb.store.count() == 12
