@@ -92,6 +92,11 @@ class AclPolicy:
     ceiling: list[str] | None = None  # the source's acl
     rules_file_read: bool = False  # whether the rules came from a file with content (a comment alone counts)
 
+    @property
+    def rules_to_keep(self) -> bool:
+        """Whether a rules file with rules was read: the next reindex must find it (a comment-only file may go)."""
+        return self.rules_file_read and bool(self.rules)
+
     @classmethod
     def for_rules_file(cls, rules_file: Path, default: AclDefault, ceiling: Sequence[str] | None) -> AclPolicy:
         groups = normalize_groups(list(ceiling), "source acl") if ceiling is not None else None
@@ -183,7 +188,8 @@ def load_rules(path: Path) -> list[AclRule]:
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(
-            f"{path}: the ACL rules file cannot be read ({why}); nothing was indexed. Fix or remove it."
+            f"{path}: the ACL rules file cannot be read ({why}); nothing was indexed. Fix it (to drop its rules, "
+            "replace it with a file holding only a comment)."
         ) from exc
     try:
         data = tomllib.loads(text)

@@ -441,9 +441,14 @@ class KnowledgeBase:
         with self._writing_source(old):
             # Brought up to date first: a document whose file cannot be read or parsed now stays at its indexed
             # version under its old id; the rename re-reads every file under new ids and would drop it.
-            current = self._run(source, sync=True)
+            current = self._run(source, sync=True, verify=True)  # read every file: a stat says nothing of that
+            if current.refused_deletes:
+                raise ConfigError(f"source {old!r} was not renamed: {current.refused_deletes}")
             documents = self.manifest.documents
-            stuck = [s.doc_id for s in current.skipped if s.doc_id in documents or s.doc_id.endswith("/")]
+            stuck = [
+                s.doc_id for s in current.skipped
+                if s.doc_id in documents or (s.doc_id.endswith("/") and any(d.startswith(s.doc_id) for d in documents))
+            ]  # fmt: skip
             if stuck:
                 raise ConfigError(
                     f"source {old!r} has documents whose files cannot be read or parsed now (e.g. "
@@ -461,7 +466,7 @@ class KnowledgeBase:
                 self.registry.remove(new)
                 raise
             report = self._apply(plan)
-            self.registry.note_rules_file(new, plan.policy.rules_file_read)
+            self.registry.note_rules_file(new, plan.policy.rules_to_keep)
             leftover = sorted(self.manifest.of_source(old))
             if leftover:  # indexed, but their files are gone: what a reindex of the old source would delete
                 with self.journal.writing(), self.store.transaction():
@@ -614,7 +619,7 @@ class KnowledgeBase:
             source.name,
             report.summary(),
             [{"doc_id": s.doc_id, "reason": s.reason} for s in report.skipped],
-            plan.policy.rules_file_read,
+            plan.policy.rules_to_keep,
         )
         return report
 
@@ -691,11 +696,13 @@ class KnowledgeBase:
             with ExitStack() as held:
                 for name in sources:
                     held.enter_context(self._writing_source(name))
-                rules_read: dict[str, bool] = {}
+                rules_read: dict[str, bool] = {}  # a rules file with content was read (a comment alone counts)
+                rules_kept: dict[str, bool] = {}  # one with rules: the next reindex must find it
                 for source in sources.values():
                     rules_file = self.registry.read_rules_file(source.name)
                     plan = plan_source(source, manifest, self.settings, sync=True, rules_file_before=rules_file)
                     rules_read[source.name] = plan.policy.rules_file_read
+                    rules_kept[source.name] = plan.policy.rules_to_keep
                     report.merge(_dry_report(plan) if dry_run else indexer.apply(plan, progress))
                 if dry_run:
                     raise _DryRun
@@ -716,8 +723,8 @@ class KnowledgeBase:
                     self.manifest = Manifest(self.store.manifest_backend())
                     self.journal = Journal(self.store, self.manifest, self.path / LEGACY_DIRTY_FILE)
                     self.registry.save()
-                    for name, read in rules_read.items():
-                        self.registry.note_rules_file(name, read)
+                    for name, kept in rules_kept.items():
+                        self.registry.note_rules_file(name, kept)
                     self.identity, self._embedder = identity, embedder
                     self._incompatible = None
                     self.damage = Damage()
@@ -981,7 +988,7 @@ def _dry_report(plan: IndexPlan) -> IngestReport:
         changed=list(plan.changed),
         deleted=[] if plan.refused_deletes else list(plan.deleted),
         unchanged=plan.unchanged,
-        acl_changed=list(plan.acl_changed),
+        acl_changed=[d for d in plan.acl_changed if d not in {*plan.changed, *plan.refreshed}],
         refreshed=list(plan.refreshed),
         adopted=list(plan.adopted),
         skipped=list(plan.skipped),

@@ -420,6 +420,72 @@ def test_a_rename_refuses_to_drop_a_document_whose_file_fails_now(tmp_path: Path
         assert _visible(kb, "zqrename", ["*"]) == ["ops:runbook.md"]
 
 
+def test_third_review_of_the_guards(tmp_path: Path) -> None:
+    """What a third review found: a kept emptied file did not narrow; an index that never recorded its rules file
+    let changed documents widen; a comment-only rules file could never be removed; a document indexed before
+    kb kept its real path never got one."""
+    from dataclasses import replace
+
+    docs = tmp_path / "docs"
+    for i in range(3):
+        write(docs, f"secret/s{i}.md", f"# S{i}\n\nzqempty{i} text.\n")
+    (docs / "alias.md").symlink_to("secret/s0.md")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+        entry = kb.manifest.documents["docs:alias.md"]
+        assert entry.real == "secret/s0.md"
+        kb.manifest.commit(put={"docs:alias.md": replace(entry, real="")})  # as written before the field
+        kb.reindex(docs)
+        assert kb.manifest.documents["docs:alias.md"].real == "secret/s0.md"
+        write(docs, "kb-acl.toml", '[[rule]]\npattern = "secret/*"\ngroups = ["hr"]\n')
+        for i in range(3):
+            (docs / "secret" / f"s{i}.md").write_bytes(b"")  # an interrupted sync, and the new rules with it
+        report = kb.reindex(docs)
+        assert report.stopped and _visible(kb, "zqempty1", ["eng"]) == [] and _visible(kb, "zqempty1", ["hr"])
+        for i in range(3):
+            write(docs, f"secret/s{i}.md", f"# S{i}\n\nzqempty{i} text, edited.\n")
+        kb.reindex(docs)
+        write(docs, "kb-acl.toml", "# no rules\n")  # dropped on purpose, then the file may go
+        kb.reindex(docs)
+        (docs / "kb-acl.toml").unlink()
+        kb.reindex(docs)
+        assert _visible(kb, "zqempty1", ["eng"]) == ["docs:secret/s1.md"]
+    write(docs, "kb-acl.toml", '[[rule]]\npattern = "secret/*"\ngroups = ["hr"]\n')
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        kb.reindex(docs)
+    state = json.loads((tmp_path / "idx" / "sources.json").read_text())
+    state["status"]["docs"].pop("rules_file")
+    (tmp_path / "idx" / "sources.json").write_text(json.dumps(state))
+    (docs / "kb-acl.toml").unlink()
+    write(docs, "secret/s2.md", "# S2\n\nzqempty2 changed without its rules.\n")
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:
+        with pytest.raises(SourceError, match="does not record"):
+            kb.reindex(docs)
+        assert _visible(kb, "zqempty2", ["eng"]) == []
+
+
+def test_a_rename_reads_every_file_and_keeps_the_mass_delete_guard(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    for i in range(6):
+        write(docs, f"d{i}.md", f"# D{i}\n\nzqkeep{i} text.\n")
+    write(tmp_path / "common", "c.md", "# C\n\nShared.\n")
+    (docs / "shared").symlink_to(tmp_path / "common")  # a folder link out: reported, and no obstacle
+    with KnowledgeBase.open(tmp_path / "idx", **SMALL, parse_workers=0) as kb:
+        kb.reindex(docs)
+        kb.rename_source("docs", "src")
+        (docs / "d1.md").chmod(0)  # same size and mtime: only reading it shows it cannot be read
+        try:
+            with permissions_enforced(), pytest.raises(ConfigError, match=r"src:d1\.md"):
+                kb.rename_source("src", "src2")
+        finally:
+            (docs / "d1.md").chmod(0o644)
+        for i in range(1, 6):
+            (docs / f"d{i}.md").unlink()
+        with pytest.raises(ConfigError, match="max_delete_fraction"):
+            kb.rename_source("src", "src2")
+        assert len(kb.manifest.of_source("src")) == 6 and "src2" not in kb.sources
+
+
 def test_files_emptied_to_zero_bytes_are_guarded_in_ingest_and_full_rebuild_too(tmp_path: Path) -> None:
     docs = product_docs(tmp_path)
     with KnowledgeBase.open(tmp_path / "idx", **SMALL) as kb:

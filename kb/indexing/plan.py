@@ -57,6 +57,7 @@ class IndexPlan:
     unchanged: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)  # files no include pattern picks, by extension
+    real_changed: dict[str, str] = field(default_factory=dict)  # unchanged documents: their real path, newly seen
     acl_changed: dict[str, list[str]] = field(default_factory=dict)  # unchanged content, new groups
     files: dict[str, PlannedFile] = field(default_factory=dict, repr=False)
     policy: AclPolicy = field(default_factory=AclPolicy, repr=False)
@@ -185,24 +186,33 @@ def plan_source(
         elif old_id != doc_id:
             plan.adopted[doc_id] = old_id
         elif known.doc_hash != content_hash:
-            plan.changed.append(doc_id)  # should it fail to parse, the indexer narrows the version that stays
+            plan.changed.append(doc_id)
             if info.size == 0 and known.size > 0:
                 emptied.append(doc_id)  # as good as deleted: the mass-delete guard counts it
+            narrow_kept(doc_id, known, paths)  # first: should the new version fail (or the run stop), the old stays
         elif known.fingerprint != fingerprint:
             plan.refreshed.append(doc_id)
+            narrow_kept(doc_id, known, paths)
         else:
             plan.unchanged += 1
             groups = plan.policy.resolve(found.relative, known.own_acl, also=(real,))
             if groups != known.acl:
                 plan.acl_changed[doc_id] = groups
+            if real != found.relative and real != known.real:
+                plan.real_changed[doc_id] = real  # recorded for manifests written before it was kept
             continue
         plan.files[doc_id] = planned
     for doc_id, entry in mine.items():  # under a folder that cannot be listed: kept as indexed
         if doc_id not in present and any(doc_id.startswith(prefix) for prefix in kept_prefixes):
             narrow_kept(doc_id, entry, (entry.path or doc_id.removeprefix(f"{source.name}:"),))
     if rules_file_before is None and not plan.policy.rules_file_read:
-        before = {d: mine[d].acl for d in plan.acl_changed if d in mine}
-        opened = [d for d, acl in before.items() if acl is not None and widens(acl, plan.acl_changed[d])]
+        after = dict(plan.acl_changed)
+        for doc_id in (*plan.changed, *plan.refreshed):  # re-read: the new policy applies to them in full
+            entry, planned = mine[doc_id], plan.files[doc_id]
+            also = tuple(path for path in (planned.real, entry.real) if path)
+            after[doc_id] = plan.policy.resolve(planned.relative, entry.own_acl, also=also)
+        before = {d: mine[d].acl for d in after if d in mine}
+        opened = [d for d, acl in before.items() if acl is not None and widens(acl, after[d])]
         if opened:
             raise SourceError(
                 f"{rules_path}: there is no ACL rules file, and this index does not record whether the last reindex "
@@ -227,7 +237,10 @@ def plan_source(
     return plan
 
 
-_DROP_RULES = "Restore it, or to drop its rules on purpose put a comment in it (# no rules): a file that says so"
+_DROP_RULES = (
+    "Restore it; or, if the rules are meant to go (or the source never had a rules file), put a kb-acl.toml with "
+    "only a comment (# no rules) there for one reindex: a file without rules may be removed afterwards"
+)
 
 
 def mass_delete_refusal(source: DocumentSource, deleting: int, indexed: int, settings: Settings, allowed: bool) -> str:
