@@ -33,7 +33,7 @@ from kb.acl import Principal
 from kb.citations import Answer
 from kb.document import Span
 from kb.embedding import ModelIdentity
-from kb.errors import KbError
+from kb.errors import KbError, PartialReindexError
 from kb.indexing import IngestReport, Progress
 from kb.knowledge_base import DEFAULT_INDEX, Hit, KnowledgeBase
 from kb.settings import RetrievalMode, Settings
@@ -142,16 +142,20 @@ def reindex(
     create = (target is not None and Path(target).is_dir()) or _declares_sources(kb_path, target)
     with _open(kb_path, for_rebuild=full, create=create) as kb:
         options = dict(full=full, dry_run=dry_run, allow_mass_delete=allow_mass_delete, repair=repair, verify=verify)
-        work = lambda progress: kb.reindex(target, progress=progress, **options)  # noqa: E731
+        failed: PartialReindexError | None = None
+
+        def work(progress: Progress) -> IngestReport:
+            nonlocal failed
+            try:
+                return kb.reindex(target, progress=progress, **options)
+            except PartialReindexError as exc:  # reported like a whole run, then the failure: exit 2
+                failed = exc
+                return exc.report  # type: ignore[return-value]
+
         report = _with_progress(work, quiet=as_json or dry_run, label="reindex")
         if as_json:
-            print(
-                json.dumps(
-                    report.as_dict()
-                    | {"added_ids": report.added, "changed_ids": report.changed, "deleted_ids": report.deleted},
-                    indent=2,
-                )
-            )
+            ids = {"added_ids": report.added, "changed_ids": report.changed, "deleted_ids": report.deleted}
+            print(json.dumps(report.as_dict() | ids | ({"error": str(failed)} if failed else {}), indent=2))
         elif dry_run:
             console.print(f"plan: {report.summary()}" + (" (full rebuild)" if full else ""))
             for label, ids in (("add", report.added), ("change", report.changed), ("delete", report.deleted)):
@@ -162,6 +166,8 @@ def reindex(
             _print_refusal(report)
         else:
             _print_report(report, kb)
+        if failed is not None:
+            _fail(str(failed))
         if report.stopped:
             raise typer.Exit(3)
 

@@ -45,3 +45,12 @@ class MassDeleteRefused(KbError):
 
 class LLMUnavailableError(KbError):
     """The generator cannot be reached or answered with an error (the server's fault, not the caller's)."""
+
+
+class PartialReindexError(SourceError):
+    """Some sources of a reindex failed (the message names them and why); the others were reindexed, and
+    ``report`` says what was done to them."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report  # an IngestReport (kb.indexing imports this module)

@@ -39,6 +39,7 @@ from kb.errors import (
     IndexLockedError,
     IndexNotFoundError,
     KbError,
+    PartialReindexError,
     SourceError,
 )
 from kb.indexing import Damage, Indexer, IngestReport, Journal, Progress, check_store, plan_source
@@ -570,7 +571,10 @@ class KnowledgeBase:
                 self.damage = check_store(self.store, self.manifest)
         if failed:
             done = len(targets) - len(failed)
-            raise SourceError("; ".join(failed) + f" (the other {done} sources were reindexed: {report.summary()})")
+            verb = "planned" if dry_run else "reindexed"
+            raise PartialReindexError(
+                "; ".join(failed) + f" (the other {done} sources were {verb}: {report.summary()})", report
+            )
         return report
 
     def reindex_in_background(self, folder: str | Path | None = None, **options: Any) -> ReindexJob:
@@ -963,6 +967,8 @@ class ReindexJob:
     def _run(self, work: Callable[[Progress], IngestReport]) -> None:
         try:
             self.report = work(self._progress)
+        except PartialReindexError as exc:  # failed, but the other sources' work is done: keep its report
+            self.report, self.error = exc.report, exc  # type: ignore[assignment]
         except BaseException as exc:
             self.error = exc
 

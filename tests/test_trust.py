@@ -348,10 +348,18 @@ def test_one_sources_missing_rules_file_does_not_stop_the_others(tmp_path: Path)
         (a / "kb-acl.toml").unlink()
         (tmp_path / "c" / "one.md").unlink()
         write(tmp_path / "c", "two.md", "# Two\n\nzqother\n")
+        job = kb.reindex_in_background()  # what POST /reindex runs: failed, with the others' report kept
         with pytest.raises(SourceError, match=r"source 'docs'.*other 1 sources were reindexed"):
-            kb.reindex()
+            job.wait(120)
+        assert job.report is not None and job.report.added == ["c:two.md"] and job.report.deleted == ["c:one.md"]
         assert _visible(kb, "zqother", ["*"]) == ["c:two.md"] and "c:one.md" not in kb.manifest.documents
         assert _visible(kb, "zqguard", ["eng"]) == []
+    write(tmp_path / "c", "three.md", "# Three\n\nMore.\n")
+    (tmp_path / "idx" / "kb.toml").write_text('chunk_max_tokens = 64\nchunk_min_tokens = 8\n')
+    result = runner.invoke(app, ["reindex", "--all", "--kb", str(tmp_path / "idx"), "--json"])
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.stdout)
+    assert report["added_ids"] == ["c:three.md"] and "source 'docs'" in report["error"], report
 
 
 def test_a_link_into_an_excluded_folder_or_name_is_not_indexed(tmp_path: Path) -> None:
