@@ -16,17 +16,17 @@ version, never both or neither; after a crash the sweep (:mod:`kb.indexing.journ
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kb.acl import intersect
 from kb.chunking import Chunk
 from kb.embedding import Embedder
 from kb.errors import SourceError
 from kb.indexing.journal import Journal
-from kb.indexing.plan import IndexPlan, PlannedFile, entry_for
+from kb.indexing.plan import IndexPlan, PlannedFile, entry_for, under_root
 from kb.indexing.report import IngestReport, Progress
 from kb.indexing.workers import ChunkOptions, ParsedFile, ParseJob, parse_guarded, parse_pool
 from kb.loading import ParseOptions, SkippedFile
@@ -140,7 +140,6 @@ class Indexer:
                         job.doc_id, str(outcome), getattr(outcome, "failure", ""), getattr(outcome, "content_hash", "")
                     )
                 )
-                self._narrow_kept(plan, job.doc_id, report)
             else:
                 batch.append(self._prepare(plan, outcome))
                 getattr(report, outcome_of[job.doc_id]).append(job.doc_id)
@@ -248,30 +247,15 @@ class Indexer:
 
     def _set_acls(self, plan: IndexPlan, report: IngestReport) -> None:
         """ACL-only changes: payload updates of the stored chunks, no parsing or embedding."""
-        self._apply_acls(plan.acl_changed, report)
-
-    def _apply_acls(self, changed: dict[str, list[str]], report: IngestReport) -> None:
         tick = time.perf_counter()
         documents = self.manifest.snapshot()
         with self.store.transaction():
-            for doc_id, groups in changed.items():
+            for doc_id, groups in plan.acl_changed.items():
                 self.store.set_acl(doc_id, groups)
             self.store.flush()
-            self.manifest.commit(put={d: replace(documents[d], acl=g) for d, g in changed.items()})
-        report.acl_changed.extend(changed)
+            self.manifest.commit(put={d: replace(documents[d], acl=g) for d, g in plan.acl_changed.items()})
+        report.acl_changed.extend(plan.acl_changed)
         report.timings["store"] += time.perf_counter() - tick
-
-    def _narrow_kept(self, plan: IndexPlan, doc_id: str, report: IngestReport) -> None:
-        """Its new version failed, so its indexed version stays: a policy that narrowed since applies to it (never a
-        wider one: only content read again may earn that)."""
-        planned = plan.files[doc_id]
-        entry = self.manifest.documents.get(doc_id) if planned.replaces == doc_id else None
-        if entry is None or entry.acl is None:
-            return
-        also = tuple(path for path in (planned.real, entry.real) if path)
-        narrowed = intersect(entry.acl, plan.policy.resolve(planned.relative, entry.own_acl, also=also))
-        if narrowed != sorted(entry.acl):
-            self._apply_acls({doc_id: narrowed}, report)
 
     def _delete(self, doc_ids: list[str], report: IngestReport) -> None:
         tick = time.perf_counter()
@@ -298,8 +282,5 @@ def embedding_text(title: str, chunk: Chunk, max_tokens: int, counter: TokenCoun
 def _read_at(parsed: ParsedFile, source: DocumentSource, planned: PlannedFile) -> tuple[str, ...]:
     """The real path the worker read, under the source root (a link swapped since the plan: its new target's
     rules apply); outside the root, or unknown, the plan's."""
-    real = Path(parsed.real) if parsed.real else None
-    root = source.folder.resolve()
-    if real is not None and real.is_relative_to(root):
-        return (real.relative_to(root).as_posix(),)
-    return (planned.real,) if planned.real else ()
+    read = under_root(Path(parsed.real), f"{source.folder.resolve()}{os.sep}") if parsed.real else ""
+    return tuple(path for path in (read or planned.real,) if path)

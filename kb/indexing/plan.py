@@ -117,7 +117,7 @@ def plan_source(
             f"{rules_path}: the ACL rules file the last reindex of source {source.name!r} read {state}; nothing was "
             f"changed (without it, documents its rules keep to a group would open). {_DROP_RULES}"
         )
-    real_root = root.resolve()
+    real_root = f"{root.resolve()}{os.sep}"  # a string prefix: the real path of every file is taken against it
     documents = manifest.snapshot()
     mine = {d: e for d, e in documents.items() if e.source == source.name}
     legacy = {(e.path or d): d for d, e in documents.items() if e.source == adopt_from and adopt_from != source.name}
@@ -147,9 +147,9 @@ def plan_source(
         except SourceError as exc:
             plan.skipped.append(SkippedFile(doc_id, str(exc)))
             if doc_id in mine:
-                narrow_kept(doc_id, mine[doc_id], (found.relative, _relative(_real(found.path), real_root)))
+                narrow_kept(doc_id, mine[doc_id], (found.relative, under_root(_real(found.path), real_root)))
             continue
-        real = _relative(info.path, real_root) or found.relative
+        real = under_root(info.path, real_root) or found.relative
         paths = (found.relative, real)
         present.add(doc_id)
         known = mine.get(doc_id)
@@ -264,9 +264,11 @@ def entry_for(source: DocumentSource, relative: str, previous: DocumentEntry | N
     )
 
 
-def _relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` in POSIX form, or "" when it is not under it."""
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else ""
+def under_root(path: Path, root: str) -> str:
+    """``path`` relative to the folder ``root`` (its resolved path and a separator), or "" when it is not under it:
+    string slicing, because every file of every reindex goes through here (Path.relative_to cost 0.09 s at 13k)."""
+    text = str(path)
+    return text[len(root) :].replace(os.sep, "/") if text.startswith(root) else ""
 
 
 def _real(path: Path) -> Path:
